@@ -1,0 +1,110 @@
+"""Embedding new samples into a frozen model.
+
+The decoder and the gene embeddings stay fixed.  Every new sample starts at the
+embedding of the training sample whose *reconstructed* profile is nearest (Euclidean)
+to the new profile, and is then refined by Adam on its own profile only.  All new
+samples are optimised together (in blocks of rows), not one by one; each sample's
+loss (mean squared error over genes) depends only on its own embedding, so the result
+for a sample does not depend on which other samples are embedded with it, except
+through the shared random gene draws.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .model import FactorizedEmbeddingNet, FusedProfileLoss
+from .train import _Progress
+
+#: rows of new samples per block (bounds the activations of one block)
+ROW_BLOCK = 256
+
+
+def _gene_subset(m: int, k: int, generator: torch.Generator) -> torch.Tensor | None:
+    if k >= m:
+        return None
+    return torch.randperm(m, generator=generator)[:k].sort().values
+
+
+@torch.no_grad()
+def reconstruct(net: FactorizedEmbeddingNet, Z: torch.Tensor, gene_index: torch.Tensor | None = None,
+                row_block: int = ROW_BLOCK, gene_chunk: int = 4096) -> torch.Tensor:
+    """Decoder output for embeddings ``Z`` (rows x genes), in blocks of rows."""
+    dev = net.gene_embedding.device
+    outs = [net.decode(Z[i:i + row_block].to(dev), gene_index=gene_index, gene_chunk=gene_chunk).cpu()
+            for i in range(0, Z.shape[0], row_block)]
+    m = net.n_genes if gene_index is None else len(gene_index)
+    return torch.cat(outs) if outs else torch.empty(0, m)
+
+
+@torch.no_grad()
+def nearest_reconstruction_init(net: FactorizedEmbeddingNet, X_new: torch.Tensor, *, init_genes: int,
+                                generator: torch.Generator, row_block: int = ROW_BLOCK) -> torch.Tensor:
+    """Embedding of the training sample whose reconstruction is nearest to each new
+    profile (squared Euclidean distance over ``init_genes`` fixed random genes, or over
+    all genes when the model has no more than that)."""
+    dev = net.gene_embedding.device
+    J = _gene_subset(net.n_genes, init_genes, generator)
+    Xj = (X_new if J is None else X_new[:, J]).to(dev, torch.float32)
+    x_sq = (Xj * Xj).sum(1, keepdim=True)
+    best = torch.full((Xj.shape[0],), float("inf"), device=dev)
+    arg = torch.zeros(Xj.shape[0], dtype=torch.long, device=dev)
+    J_dev = None if J is None else J.to(dev)
+    train_Z = net.sample_embedding.detach()
+    for i in range(0, train_Z.shape[0], row_block):
+        R = net.decode(train_Z[i:i + row_block], gene_index=J_dev, gene_chunk=4096)
+        d = x_sq - 2.0 * Xj @ R.t() + (R * R).sum(1)[None, :]
+        val, pos = d.min(1)
+        better = val < best
+        best = torch.where(better, val, best)
+        arg = torch.where(better, pos + i, arg)
+    return train_Z[arg].clone()
+
+
+def embed_new_samples(net: FactorizedEmbeddingNet, X_new: torch.Tensor, *, steps: int, lr: float,
+                      infer_genes: int, init_genes: int, generator: torch.Generator,
+                      compute_dtype: torch.dtype = torch.float32, gene_chunk: int | None = None,
+                      progress: bool = False, row_block: int = ROW_BLOCK) -> torch.Tensor:
+    """Embeddings of the rows of ``X_new`` (float32, samples x genes) in ``net``'s space.
+
+    ``net`` is not modified (its parameters are only read).  Adam with cosine decay of
+    the learning rate from ``lr`` to 0 over ``steps`` steps; each step uses all genes
+    when ``infer_genes >= n_genes``, otherwise ``infer_genes`` genes drawn at random.
+    """
+    dev = net.gene_embedding.device
+    Z = torch.nn.Parameter(nearest_reconstruction_init(net, X_new, init_genes=init_genes,
+                                                       generator=generator, row_block=row_block))
+    if steps <= 0:
+        return Z.detach().cpu()
+    opt = torch.optim.Adam([Z], lr=lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.5 * (1.0 + math.cos(math.pi * t / steps)))
+    fused = FusedProfileLoss(gene_chunk=gene_chunk, compute_dtype=compute_dtype)
+    layers = [(w.detach(), b.detach()) for w, b in net.decoder_weights()]
+    W1s = net.first_sample.weight.detach()
+    n_new = X_new.shape[0]
+    bar = _Progress(steps, "factembed transform", progress)
+    with torch.no_grad():
+        G_all = net.gene_term()
+    try:
+        for step in range(1, steps + 1):
+            J = _gene_subset(net.n_genes, infer_genes, generator)
+            G = G_all if J is None else G_all[J.to(dev)]
+            opt.zero_grad(set_to_none=True)
+            total = 0.0
+            for i in range(0, n_new, row_block):
+                xb = X_new[i:i + row_block]
+                xb = (xb if J is None else xb[:, J]).to(dev, torch.float32)
+                S = Z[i:i + row_block] @ W1s.t()
+                rows = torch.ones(S.shape[0], device=dev)
+                # sum over rows of each row's mean squared error
+                loss = fused(S, G, xb, layers, weight_grads=False, row_weights=rows)
+                loss.backward()
+                total += float(loss.detach())
+            opt.step()
+            sched.step()
+            bar.update(step, total / max(1, n_new), float("nan"))
+    finally:
+        bar.close()
+    return Z.detach().cpu()

@@ -1,0 +1,210 @@
+"""The training loop: whole-profile batches, Adam, progress, history.
+
+Each step draws ``batch_samples`` rows of the data matrix (a permutation of the samples
+is walked through, reshuffled every pass), computes the gene term of the first layer
+once for all genes, and evaluates the MSE and its gradients with the fused blocked
+kernel of :mod:`factembed.model`.  The L2 term ``l2 * sum(p^2)`` over all parameters is
+applied exactly through Adam's (non-decoupled) ``weight_decay = 2 * l2``, whose gradient
+is the same ``2 * l2 * p``; it is therefore not recomputed every step.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .model import FactorizedEmbeddingNet, FusedProfileLoss
+
+
+@dataclass
+class History:
+    """Per-step training record: MSE of the batch, Pearson r of the batch
+    reconstruction (all pairs of the batch pooled) and seconds since the start."""
+    step: list[int] = field(default_factory=list)
+    loss: list[float] = field(default_factory=list)
+    pearson_r: list[float] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, list]:
+        return {"step": self.step, "loss": self.loss, "pearson_r": self.pearson_r,
+                "seconds": self.seconds}
+
+    def __len__(self) -> int:
+        return len(self.step)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} was requested but CUDA is not available")
+    return dev
+
+
+def bf16_native(device: torch.device) -> bool:
+    """True where bf16 matrix products run on native hardware (CUDA with bf16, or a
+    CPU with AVX-512 BF16 / AMX).  Elsewhere bf16 is emulated and far slower."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except Exception:  # pragma: no cover - very old torch
+        return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    if precision == "fp32":
+        return torch.float32
+    if precision == "bf16":
+        return torch.bfloat16
+    return torch.bfloat16 if bf16_native(device) else torch.float32
+
+
+class BatchSampler:
+    """Batches of ``batch_samples`` distinct sample indices; every pass over the
+    samples is a fresh permutation (the last incomplete batch of a pass is dropped
+    so every batch has the same size; its samples come first in no special way)."""
+
+    def __init__(self, n_samples: int, batch_samples: int, generator: torch.Generator) -> None:
+        self.n = n_samples
+        self.b = min(batch_samples, n_samples)
+        self.gen = generator
+        self.perm = torch.randperm(self.n, generator=self.gen)
+        self.pos = 0
+        self.passes = 0
+
+    def next(self) -> torch.Tensor:
+        if self.pos + self.b > self.n:
+            self.perm = torch.randperm(self.n, generator=self.gen)
+            self.pos = 0
+            self.passes += 1
+        idx = self.perm[self.pos:self.pos + self.b]
+        self.pos += self.b
+        return idx
+
+
+def pearson_from_stats(x_sum: float, x_sq: float, y_sum: float, y_sq: float, xy: float, n: int) -> float:
+    cov = xy - x_sum * y_sum / n
+    vx = x_sq - x_sum * x_sum / n
+    vy = y_sq - y_sum * y_sum / n
+    if vx <= 0 or vy <= 0:
+        return float("nan")
+    return float(cov / math.sqrt(vx * vy))
+
+
+def make_optimizer(params, lr: float, l2: float, device: torch.device) -> torch.optim.Adam:
+    kwargs = dict(lr=lr, weight_decay=2.0 * l2)
+    try:
+        return torch.optim.Adam(params, fused=True, **kwargs)
+    except (RuntimeError, TypeError):  # fused Adam unsupported on this device/torch
+        return torch.optim.Adam(params, **kwargs)
+
+
+class _Progress:
+    """A tqdm bar refreshed at most a few times a second (no per-step overhead)."""
+
+    def __init__(self, total: int, desc: str, enabled: bool) -> None:
+        self.bar = None
+        if enabled:
+            from tqdm.auto import tqdm
+            self.bar = tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True,
+                            mininterval=0.5, smoothing=0.1)
+        self.last = 0.0
+        self.done = 0
+
+    def update(self, step: int, loss: float, r: float) -> None:
+        if self.bar is None:
+            return
+        now = time.perf_counter()
+        if now - self.last >= 0.5:
+            self.bar.set_postfix(loss=f"{loss:.4g}", r=f"{r:.3f}", refresh=False)
+            self.last = now
+        self.bar.update(step - self.done)
+        self.done = step
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def train(net: FactorizedEmbeddingNet, X: torch.Tensor, *, n_steps: int, lr: float, l2: float,
+          batch_samples: int, generator: torch.Generator, device: torch.device,
+          compute_dtype: torch.dtype = torch.float32, gene_chunk: int | None = None,
+          progress: bool = True, callback: Callable[[int, float, float], None] | None = None,
+          history: History | None = None, start_step: int = 0,
+          optimizer: torch.optim.Optimizer | None = None,
+          sampler: BatchSampler | None = None) -> tuple[History, torch.optim.Optimizer, BatchSampler]:
+    """Train ``net`` in place on the (samples x genes) float32 matrix ``X``.
+
+    ``X`` stays where it is (CPU memory or a memory map); only the rows of a batch are
+    copied to ``device``.  Returns the history, the optimizer and the batch sampler
+    (the last two so that a caller can checkpoint and resume).
+    """
+    history = history if history is not None else History()
+    optimizer = optimizer or make_optimizer(net.parameters(), lr, l2, device)
+    sampler = sampler or BatchSampler(X.shape[0], batch_samples, generator)
+    fused = FusedProfileLoss(gene_chunk=gene_chunk, compute_dtype=compute_dtype)
+    X_dev = X if X.device == device else None
+    bar = _Progress(n_steps, "factembed fit", progress)
+    bar.done = start_step
+    t0 = time.perf_counter() - (history.seconds[-1] if history.seconds else 0.0)
+    pairs = sampler.b * X.shape[1]
+    pending: list[tuple[int, float, torch.Tensor]] = []
+
+    def flush() -> None:
+        # One host transfer for many steps: no device synchronisation per step.
+        if not pending:
+            return
+        rows = torch.stack([rec for _, _, rec in pending]).tolist()
+        for (step, seconds, _), (loss_v, x_sum, x_sq, y_sum, y_sq, xy) in zip(pending, rows):
+            if not math.isfinite(loss_v):
+                raise FloatingPointError(
+                    f"training diverged at step {step}: loss is {loss_v}; "
+                    f"try a smaller lr (now {lr}) or a larger l2 (now {l2})")
+            r = pearson_from_stats(x_sum, x_sq, y_sum, y_sq, xy, pairs)
+            history.step.append(step)
+            history.loss.append(loss_v)
+            history.pearson_r.append(r)
+            history.seconds.append(seconds)
+            if callback is not None:
+                callback(step, loss_v, r)
+        bar.update(history.step[-1], history.loss[-1], history.pearson_r[-1])
+        pending.clear()
+
+    flush_every = 16 if device.type == "cpu" else 256
+    try:
+        for step in range(start_step + 1, n_steps + 1):
+            idx = sampler.next()
+            if X_dev is not None:
+                xb = X_dev.index_select(0, idx.to(device))
+            else:
+                xb = X.index_select(0, idx).to(device, non_blocking=True)
+            optimizer.zero_grad(set_to_none=True)
+            S = net.sample_term(net.sample_embedding[idx.to(device)])
+            G = net.gene_term()
+            loss = fused(S, G, xb, net.decoder_weights())
+            loss.backward()
+            optimizer.step()
+            record = torch.cat([loss.detach().reshape(1), xb.sum().reshape(1),
+                                (xb * xb).sum().reshape(1), fused.last_stats])
+            pending.append((step, time.perf_counter() - t0, record))
+            if len(pending) >= flush_every:
+                flush()
+        flush()
+    finally:
+        bar.close()
+    return history, optimizer, sampler
+
+
+def as_float32_tensor(X: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """A float32 C-contiguous CPU tensor sharing memory with ``X`` when possible."""
+    if isinstance(X, torch.Tensor):
+        return X.detach().to(torch.float32).contiguous()
+    arr = np.ascontiguousarray(X, dtype=np.float32)
+    return torch.from_numpy(arr)

@@ -1,0 +1,29 @@
+import numpy as np
+import pytest
+
+
+def planted(n=240, m=300, k=4, rank=3, noise=0.1, seed=0):
+    """Low-rank matrix whose samples fall in k well-separated clusters."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % k
+    centers = rng.normal(0, 1.0, (k, rank))
+    U = centers[labels] + 0.15 * rng.normal(size=(n, rank))
+    V = rng.normal(size=(rank, m))
+    X = (U @ V + noise * rng.normal(size=(n, m))).astype(np.float32)
+    return X, labels
+
+
+@pytest.fixture(scope="session")
+def planted_data():
+    return planted()
+
+
+@pytest.fixture(scope="session")
+def fitted_small(planted_data):
+    """A small model trained once for the whole session (tests must not modify it)."""
+    from factembed import FactorizedEmbeddings
+    X, labels = planted_data
+    fe = FactorizedEmbeddings(gene_dim=16, hidden=(32, 16), n_steps=4000, infer_steps=100,
+                              random_state=0, verbose=False)
+    fe.fit(X)
+    return fe, X, labels
