@@ -166,7 +166,7 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
 
     @classmethod
     def from_config(cls, config: FEConfig) -> "FactorizedEmbeddings":
-        return cls(**config.to_dict())
+        return cls(**{name: getattr(config, name) for name in FEConfig.field_names()})
 
     def _generator(self, salt: int = 0) -> torch.Generator:
         g = torch.Generator()
