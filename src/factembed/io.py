@@ -413,6 +413,10 @@ def read_expression(
         which ``label_column`` is taken, aligned by sample id.
     chunk_rows:
         Upper bound on the rows read per chunk.
+
+    Text tables: surrounding whitespace of names is stripped; ``NA``,
+    ``N/A``, ``NULL``, ``nan`` and empty cells are read as NaN (which
+    :class:`Preprocessing` then rejects, naming sample and gene).
     """
     path = os.fspath(path)
     _check_input_file(path)
