@@ -198,11 +198,20 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
         return arr
 
     # -- fitting --------------------------------------------------------------------
-    def fit(self, X: Any, y: Any = None) -> "FactorizedEmbeddings":
+    def fit(self, X: Any, y: Any = None, *, sample_names: Any = None,
+            gene_names: Any = None) -> "FactorizedEmbeddings":
         """Learn sample embeddings, gene embeddings and the decoder from ``X``
-        (samples x genes, already on the scale to model, e.g. log10(x + 1))."""
+        (samples x genes, already on the scale to model, e.g. log10(x + 1)).
+
+        Gene names come from DataFrame columns or ``gene_names``; when known, ``transform``
+        matches DataFrame columns to them by name.  ``y`` is ignored."""
         cfg = self.config
         arr, samples, genes = check_matrix(X, min_samples=2)
+        samples = samples if sample_names is None else np.asarray(sample_names, dtype=object)
+        genes = genes if gene_names is None else np.asarray(gene_names, dtype=object)
+        for what, names, size in (("sample_names", samples, arr.shape[0]), ("gene_names", genes, arr.shape[1])):
+            if names is not None and len(names) != size:
+                raise FEInputError(f"{what} has {len(names)} entries for {size} {what.split('_')[0]}s")
         n, m = arr.shape
         device = resolve_device(cfg.device)
         dtype = resolve_precision(cfg.precision, device)
