@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Protocol
 
 import numpy as np
 import torch
@@ -66,10 +66,33 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     return torch.bfloat16 if bf16_native(device) else torch.float32
 
 
+class RowSource(Protocol):
+    """Anything that hands out rows of a (samples x genes) matrix: an in-memory tensor
+    (see :class:`TensorRows`) or a backed, on-disk source."""
+    shape: tuple[int, int]
+
+    def rows(self, index: torch.Tensor) -> torch.Tensor:
+        """float32 rows ``index`` (a 1-D long tensor), shape (len(index), n_genes)."""
+        ...
+
+
+class TensorRows:
+    """A float32 matrix held in memory (CPU or device) as a :class:`RowSource`."""
+
+    def __init__(self, X: torch.Tensor) -> None:
+        self.X = X
+        self.shape = tuple(X.shape)
+        self.device = X.device
+
+    def rows(self, index: torch.Tensor) -> torch.Tensor:
+        return self.X.index_select(0, index.to(self.X.device))
+
+
 class BatchSampler:
     """Batches of ``batch_samples`` distinct sample indices; every pass over the
     samples is a fresh permutation (the last incomplete batch of a pass is dropped
-    so every batch has the same size; its samples come first in no special way)."""
+    so every batch has the same size).  ``state_dict``/``load_state_dict`` capture
+    the position and the random state, so a resumed run draws the same batches."""
 
     def __init__(self, n_samples: int, batch_samples: int, generator: torch.Generator) -> None:
         self.n = n_samples
@@ -87,6 +110,16 @@ class BatchSampler:
         idx = self.perm[self.pos:self.pos + self.b]
         self.pos += self.b
         return idx
+
+    def state_dict(self) -> dict:
+        return {"perm": self.perm.clone(), "pos": self.pos, "passes": self.passes,
+                "generator": self.gen.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.perm = state["perm"].clone()
+        self.pos = int(state["pos"])
+        self.passes = int(state["passes"])
+        self.gen.set_state(state["generator"])
 
 
 def pearson_from_stats(x_sum: float, x_sq: float, y_sum: float, y_sq: float, xy: float, n: int) -> float:
@@ -133,28 +166,32 @@ class _Progress:
             self.bar.close()
 
 
-def train(net: FactorizedEmbeddingNet, X: torch.Tensor, *, n_steps: int, lr: float, l2: float,
+def train(net: FactorizedEmbeddingNet, X: torch.Tensor | RowSource, *, n_steps: int, lr: float, l2: float,
           batch_samples: int, generator: torch.Generator, device: torch.device,
           compute_dtype: torch.dtype = torch.float32, gene_chunk: int | None = None,
           progress: bool = True, callback: Callable[[int, float, float], None] | None = None,
           history: History | None = None, start_step: int = 0,
           optimizer: torch.optim.Optimizer | None = None,
           sampler: BatchSampler | None = None) -> tuple[History, torch.optim.Optimizer, BatchSampler]:
-    """Train ``net`` in place on the (samples x genes) float32 matrix ``X``.
+    """Train ``net`` in place on the (samples x genes) float32 matrix ``X`` (a tensor or
+    any :class:`RowSource`).
 
-    ``X`` stays where it is (CPU memory or a memory map); only the rows of a batch are
-    copied to ``device``.  Returns the history, the optimizer and the batch sampler
-    (the last two so that a caller can checkpoint and resume).
+    ``X`` stays where it is (CPU memory, a memory map, a file); only the rows of a batch
+    are copied to ``device``.  ``sampler`` may be any object with ``next() -> index``
+    and a batch size ``b`` (e.g. a block-shuffling sampler for on-disk data).
+    ``callback(step, loss, r)`` is called for every step, in order, after the step.
+    Returns the history, the optimizer and the batch sampler (the last two so that a
+    caller can checkpoint and resume).
     """
+    source = TensorRows(X) if isinstance(X, torch.Tensor) else X
     history = history if history is not None else History()
     optimizer = optimizer or make_optimizer(net.parameters(), lr, l2, device)
-    sampler = sampler or BatchSampler(X.shape[0], batch_samples, generator)
+    sampler = sampler or BatchSampler(source.shape[0], batch_samples, generator)
     fused = FusedProfileLoss(gene_chunk=gene_chunk, compute_dtype=compute_dtype)
-    X_dev = X if X.device == device else None
     bar = _Progress(n_steps, "factembed fit", progress)
     bar.done = start_step
     t0 = time.perf_counter() - (history.seconds[-1] if history.seconds else 0.0)
-    pairs = sampler.b * X.shape[1]
+    pairs = sampler.b * source.shape[1]
     pending: list[tuple[int, float, torch.Tensor]] = []
 
     def flush() -> None:
@@ -181,10 +218,7 @@ def train(net: FactorizedEmbeddingNet, X: torch.Tensor, *, n_steps: int, lr: flo
     try:
         for step in range(start_step + 1, n_steps + 1):
             idx = sampler.next()
-            if X_dev is not None:
-                xb = X_dev.index_select(0, idx.to(device))
-            else:
-                xb = X.index_select(0, idx).to(device, non_blocking=True)
+            xb = source.rows(idx).to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
             S = net.sample_term(net.sample_embedding[idx.to(device)])
             G = net.gene_term()
