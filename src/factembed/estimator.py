@@ -91,6 +91,12 @@ def check_matrix(X: Any, *, what: str = "X", min_samples: int = 1,
     return arr32, samples, genes
 
 
+def _is_row_source(X: Any) -> bool:
+    """True for backed sources (objects with ``rows(index)`` and ``shape``), which
+    :meth:`FactorizedEmbeddings.fit` streams instead of loading."""
+    return hasattr(X, "rows") and hasattr(X, "shape") and not isinstance(X, (np.ndarray, torch.Tensor))
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -206,13 +212,20 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
         Gene names come from DataFrame columns or ``gene_names``; when known, ``transform``
         matches DataFrame columns to them by name.  ``y`` is ignored."""
         cfg = self.config
-        arr, samples, genes = check_matrix(X, min_samples=2)
+        if _is_row_source(X):
+            # a backed (on-disk) source: validated block by block as it is read
+            source, samples, genes = X, getattr(X, "samples", None), getattr(X, "genes", None)
+            if source.shape[0] < 2 or source.shape[1] < 1:
+                raise FEInputError(f"X has shape {tuple(source.shape)}; at least 2 samples and 1 gene are needed")
+        else:
+            arr, samples, genes = check_matrix(X, min_samples=2)
+            source = as_float32_tensor(arr)
+        n, m = source.shape
         samples = samples if sample_names is None else np.asarray(sample_names, dtype=object)
         genes = genes if gene_names is None else np.asarray(gene_names, dtype=object)
-        for what, names, size in (("sample_names", samples, arr.shape[0]), ("gene_names", genes, arr.shape[1])):
+        for what, names, size in (("sample_names", samples, n), ("gene_names", genes, m)):
             if names is not None and len(names) != size:
                 raise FEInputError(f"{what} has {len(names)} entries for {size} {what.split('_')[0]}s")
-        n, m = arr.shape
         device = resolve_device(cfg.device)
         dtype = resolve_precision(cfg.precision, device)
         gen = self._generator()
@@ -221,9 +234,11 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
         net = FactorizedEmbeddingNet(n, m, cfg.sample_dim, cfg.gene_dim, cfg.hidden, generator=gen)
         net.to(device)
         n_steps = cfg.n_steps or auto_n_steps(n, cfg.batch_samples)
-        history, _, _ = train(net, as_float32_tensor(arr), n_steps=n_steps, lr=cfg.lr, l2=cfg.l2,
+        sampler = source.make_sampler(cfg.batch_samples, gen) if hasattr(source, "make_sampler") else None
+        history, _, _ = train(net, source, n_steps=n_steps, lr=cfg.lr, l2=cfg.l2,
                               batch_samples=cfg.batch_samples, generator=gen, device=device,
-                              compute_dtype=dtype, gene_chunk=cfg.gene_chunk, progress=cfg.verbose)
+                              compute_dtype=dtype, gene_chunk=cfg.gene_chunk, progress=cfg.verbose,
+                              sampler=sampler)
         self._set_fitted(net, n_steps=n_steps, history=history.as_dict(), samples=samples, genes=genes)
         return self
 

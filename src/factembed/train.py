@@ -172,7 +172,8 @@ def train(net: FactorizedEmbeddingNet, X: torch.Tensor | RowSource, *, n_steps: 
           progress: bool = True, callback: Callable[[int, float, float], None] | None = None,
           history: History | None = None, start_step: int = 0,
           optimizer: torch.optim.Optimizer | None = None,
-          sampler: BatchSampler | None = None) -> tuple[History, torch.optim.Optimizer, BatchSampler]:
+          sampler: BatchSampler | None = None,
+          before_step: Callable[[], None] | None = None) -> tuple[History, torch.optim.Optimizer, BatchSampler]:
     """Train ``net`` in place on the (samples x genes) float32 matrix ``X`` (a tensor or
     any :class:`RowSource`).
 
@@ -180,6 +181,8 @@ def train(net: FactorizedEmbeddingNet, X: torch.Tensor | RowSource, *, n_steps: 
     are copied to ``device``.  ``sampler`` may be any object with ``next() -> index``
     and a batch size ``b`` (e.g. a block-shuffling sampler for on-disk data).
     ``callback(step, loss, r)`` is called for every step, in order, after the step.
+    ``before_step()`` runs after the gradients are computed and before Adam's update
+    (e.g. an all-reduce of the replicated parameters' gradients across processes).
     Returns the history, the optimizer and the batch sampler (the last two so that a
     caller can checkpoint and resume).
     """
@@ -224,6 +227,8 @@ def train(net: FactorizedEmbeddingNet, X: torch.Tensor | RowSource, *, n_steps: 
             G = net.gene_term()
             loss = fused(S, G, xb, net.decoder_weights())
             loss.backward()
+            if before_step is not None:
+                before_step()
             optimizer.step()
             record = torch.cat([loss.detach().reshape(1), xb.sum().reshape(1),
                                 (xb * xb).sum().reshape(1), fused.last_stats])
