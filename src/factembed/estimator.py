@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +29,13 @@ from .config import FEConfig, auto_n_steps
 from .errors import FEInputError
 from .infer import embed_new_samples, reconstruct
 from .model import FactorizedEmbeddingNet
-from .train import as_float32_tensor, resolve_device, resolve_precision, train
+from .checkpoint import Checkpointer
+from .train import (BatchSampler, History, as_float32_tensor, make_optimizer, resolve_device,
+                    resolve_precision, train)
 
 FORMAT_VERSION = 1
+#: parameters that do not change the trained model (may differ on resume)
+_RUNTIME_PARAMS = ("verbose", "device", "infer_steps", "infer_lr", "infer_genes", "init_genes")
 WEIGHTS_FILE = "weights.safetensors"
 META_FILE = "model.json"
 
@@ -204,13 +209,23 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
         return arr
 
     # -- fitting --------------------------------------------------------------------
-    def fit(self, X: Any, y: Any = None, *, sample_names: Any = None,
-            gene_names: Any = None) -> "FactorizedEmbeddings":
+    def fit(self, X: Any, y: Any = None, *, sample_names: Any = None, gene_names: Any = None,
+            checkpoint_dir: str | os.PathLike | None = None, checkpoint_every: int = 1000,
+            resume: bool = False, divergence_retries: int = 0) -> "FactorizedEmbeddings":
         """Learn sample embeddings, gene embeddings and the decoder from ``X``
         (samples x genes, already on the scale to model, e.g. log10(x + 1)).
 
         Gene names come from DataFrame columns or ``gene_names``; when known, ``transform``
-        matches DataFrame columns to them by name.  ``y`` is ignored."""
+        matches DataFrame columns to them by name.  ``y`` is ignored.
+
+        Checkpoints: with ``checkpoint_dir``, the full training state is written there
+        atomically every ``checkpoint_every`` steps; ``resume=True`` continues from the
+        newest valid checkpoint (on CPU with the same seed the result is bitwise that of
+        an uninterrupted run).  If the loss becomes NaN/inf, training stops with a
+        ``FloatingPointError`` (the last good checkpoint is kept); with
+        ``divergence_retries=k`` it instead divides the learning rate by 10 and continues from
+        the last good checkpoint (or from the start), up to ``k`` times.  The learning
+        rate finally used is ``lr_``."""
         cfg = self.config
         if _is_row_source(X):
             # a backed (on-disk) source: validated block by block as it is read
@@ -234,11 +249,65 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
         net = FactorizedEmbeddingNet(n, m, cfg.sample_dim, cfg.gene_dim, cfg.hidden, generator=gen)
         net.to(device)
         n_steps = cfg.n_steps or auto_n_steps(n, cfg.batch_samples)
-        sampler = source.make_sampler(cfg.batch_samples, gen) if hasattr(source, "make_sampler") else None
-        history, _, _ = train(net, source, n_steps=n_steps, lr=cfg.lr, l2=cfg.l2,
-                              batch_samples=cfg.batch_samples, generator=gen, device=device,
-                              compute_dtype=dtype, gene_chunk=cfg.gene_chunk, progress=cfg.verbose,
-                              sampler=sampler)
+        init_state = {k: v.clone() for k, v in net.state_dict().items()}
+
+        def new_sampler():
+            if hasattr(source, "make_sampler"):
+                return source.make_sampler(cfg.batch_samples, gen)
+            return BatchSampler(n, cfg.batch_samples, gen)
+
+        checkpointer = None
+        if checkpoint_dir is not None:
+            checkpointer = Checkpointer(checkpoint_dir, every=checkpoint_every, meta={
+                "config": {k: v for k, v in cfg.to_dict().items() if k not in _RUNTIME_PARAMS + ("n_steps",)},
+                "n_samples": n, "n_genes": m})
+        elif resume:
+            raise ValueError("resume=True needs checkpoint_dir")
+        gen_start = gen.get_state()
+        sampler = new_sampler()
+        optimizer = make_optimizer(net.parameters(), cfg.lr, cfg.l2, device)
+        history, start = History(), 0
+        state = checkpointer.latest() if (checkpointer is not None and resume) else None
+        if state is not None:
+            if state.meta != checkpointer.meta:
+                raise FEInputError(f"checkpoint in {checkpoint_dir} belongs to a different run "
+                                   f"(data shape or hyper-parameters differ); use another directory")
+            net.load_state_dict(state.net_state)
+            optimizer.load_state_dict(state.optimizer_state)
+            sampler.load_state_dict(state.sampler_state)
+            history, start = History(**state.history), state.step
+        lr = cfg.lr
+        while True:
+            try:
+                history, _, _ = train(net, source, n_steps=n_steps, lr=lr, l2=cfg.l2,
+                                      batch_samples=cfg.batch_samples, generator=gen, device=device,
+                                      compute_dtype=dtype, gene_chunk=cfg.gene_chunk, progress=cfg.verbose,
+                                      sampler=sampler, optimizer=optimizer, history=history,
+                                      start_step=start, checkpointer=checkpointer)
+                break
+            except FloatingPointError as exc:
+                if divergence_retries <= 0:
+                    raise
+                divergence_retries -= 1
+                lr /= 10.0
+                state = checkpointer.latest() if checkpointer is not None else None
+                if state is not None:
+                    net.load_state_dict(state.net_state)
+                    optimizer = make_optimizer(net.parameters(), lr, cfg.l2, device)
+                    optimizer.load_state_dict(state.optimizer_state)
+                    sampler = new_sampler()
+                    sampler.load_state_dict(state.sampler_state)
+                    history, start = History(**state.history), state.step
+                else:
+                    net.load_state_dict(init_state)
+                    gen.set_state(gen_start)
+                    sampler = new_sampler()
+                    optimizer = make_optimizer(net.parameters(), lr, cfg.l2, device)
+                    history, start = History(), 0
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                warnings.warn(f"{exc}; retrying from step {start} with lr={lr:g}", stacklevel=2)
+        self.lr_ = lr
         self._set_fitted(net, n_steps=n_steps, history=history.as_dict(), samples=samples, genes=genes)
         return self
 

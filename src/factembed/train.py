@@ -13,12 +13,15 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
 
 import numpy as np
 import torch
 
 from .model import FactorizedEmbeddingNet, FusedProfileLoss
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .checkpoint import Checkpointer
 
 
 @dataclass
@@ -173,7 +176,8 @@ def train(net: FactorizedEmbeddingNet, X: torch.Tensor | RowSource, *, n_steps: 
           history: History | None = None, start_step: int = 0,
           optimizer: torch.optim.Optimizer | None = None,
           sampler: BatchSampler | None = None,
-          before_step: Callable[[], None] | None = None) -> tuple[History, torch.optim.Optimizer, BatchSampler]:
+          before_step: Callable[[], None] | None = None,
+          checkpointer: "Checkpointer | None" = None) -> tuple[History, torch.optim.Optimizer, BatchSampler]:
     """Train ``net`` in place on the (samples x genes) float32 matrix ``X`` (a tensor or
     any :class:`RowSource`).
 
@@ -183,6 +187,8 @@ def train(net: FactorizedEmbeddingNet, X: torch.Tensor | RowSource, *, n_steps: 
     ``callback(step, loss, r)`` is called for every step, in order, after the step.
     ``before_step()`` runs after the gradients are computed and before Adam's update
     (e.g. an all-reduce of the replicated parameters' gradients across processes).
+    ``checkpointer`` writes a checkpoint every ``checkpointer.every`` steps, only after
+    every step up to it was checked finite.
     Returns the history, the optimizer and the batch sampler (the last two so that a
     caller can checkpoint and resume).
     """
@@ -233,7 +239,10 @@ def train(net: FactorizedEmbeddingNet, X: torch.Tensor | RowSource, *, n_steps: 
             record = torch.cat([loss.detach().reshape(1), xb.sum().reshape(1),
                                 (xb * xb).sum().reshape(1), fused.last_stats])
             pending.append((step, time.perf_counter() - t0, record))
-            if len(pending) >= flush_every:
+            if checkpointer is not None and step % checkpointer.every == 0:
+                flush()
+                checkpointer.save(step, net, optimizer, sampler, history)
+            elif len(pending) >= flush_every:
                 flush()
         flush()
     finally:
