@@ -128,7 +128,8 @@ def _write_fit_outputs(fe, data, out: Path, extra: dict, title: str) -> list[Pat
     return written
 
 
-def _fit_data(data, cfg: FEConfig, preprocessing, out: Path, title: str, label_column: str | None):
+def _fit_data(data, cfg: FEConfig, preprocessing, out: Path, title: str, label_column: str | None,
+              checkpoint: dict | None = None):
     from .estimator import FactorizedEmbeddings
 
     fitted, data = preprocessing.fit_apply(data)
@@ -136,7 +137,7 @@ def _fit_data(data, cfg: FEConfig, preprocessing, out: Path, title: str, label_c
           f"({fitted.config})", file=sys.stderr)
     fe = FactorizedEmbeddings.from_config(cfg)
     t0 = time.perf_counter()
-    fe.fit(data.X, sample_names=data.samples, gene_names=data.genes)
+    fe.fit(data.X, sample_names=data.samples, gene_names=data.genes, **(checkpoint or {}))
     seconds = time.perf_counter() - t0
     extra = {"preprocessing": fitted.to_dict(), "label_column": label_column,
              "source": data.source, "fit_seconds": seconds}
@@ -152,8 +153,15 @@ def cmd_fit(args: argparse.Namespace) -> int:
     pre = Preprocessing(log10p1=not args.no_log and data.transform != "log10p1",
                         protein_coding_only=not args.all_biotypes,
                         drop_constant=not args.keep_constant, top_variable=args.top_genes)
+    checkpoint = None
+    if args.checkpoint_every > 0:
+        checkpoint = {"checkpoint_dir": args.checkpoint_dir or str(Path(args.output) / "checkpoints"),
+                      "checkpoint_every": args.checkpoint_every, "resume": args.resume,
+                      "divergence_retries": args.divergence_retries}
+    elif args.resume:
+        raise ValueError("--resume needs checkpoints (--checkpoint-every > 0)")
     fe, data, seconds, written = _fit_data(data, cfg, pre, Path(args.output),
-                                           f"FE of {Path(args.data).name}", args.label_column)
+                                           f"FE of {Path(args.data).name}", args.label_column, checkpoint)
     print(f"fitted {fe.n_steps_:,} steps in {seconds:.1f} s; {_summary_line(fe.history_)}")
     for p in written:
         print(f"wrote {p}")
@@ -301,6 +309,16 @@ def build_parser() -> argparse.ArgumentParser:
                                                                "(when biotypes are known)")
     g.add_argument("--keep-constant", action="store_true", help="keep genes that are constant across samples")
     g.add_argument("--top-genes", type=int, default=None, help="keep only the K most variable genes")
+    c = f.add_argument_group("checkpoints")
+    c.add_argument("--checkpoint-dir", default=None,
+                   help="where to write training checkpoints (default OUTPUT/checkpoints)")
+    c.add_argument("--checkpoint-every", type=int, default=1000,
+                   help="steps between checkpoints; 0 disables them (default %(default)s)")
+    c.add_argument("--resume", action="store_true",
+                   help="continue from the newest valid checkpoint of an interrupted run")
+    c.add_argument("--divergence-retries", type=int, default=0,
+                   help="on NaN/inf loss, divide lr by 10 and continue from the last checkpoint, "
+                        "up to this many times (default %(default)s: stop with an error)")
     add_config_options(f)
     f.set_defaults(func=cmd_fit)
 
