@@ -133,6 +133,12 @@ def _fit_data(data, cfg: FEConfig, preprocessing, out: Path, title: str, label_c
     from .estimator import FactorizedEmbeddings
 
     fitted, data = preprocessing.fit_apply(data)
+    empty = ~np.any(data.X != data.X[:, :1], axis=1) if data.n_genes > 1 else np.zeros(data.n_samples, bool)
+    if empty.any():
+        import warnings
+        warnings.warn(f"{data.source or 'data'}: {int(empty.sum())} sample(s) have a constant (e.g. all-zero) "
+                      f"profile and were left out of training (first: {data.samples[empty][0]})", stacklevel=2)
+        data = data.subset_samples(np.flatnonzero(~empty))
     print(f"training on {data.n_samples:,} samples x {data.n_genes:,} genes "
           f"({fitted.config})", file=sys.stderr)
     fe = FactorizedEmbeddings.from_config(cfg)

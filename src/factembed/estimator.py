@@ -80,19 +80,23 @@ def check_matrix(X: Any, *, what: str = "X", min_samples: int = 1,
         raise FEInputError(f"{what} has {arr.shape[0]} sample(s); at least {min_samples} are needed")
     if n_genes is not None and arr.shape[1] != n_genes:
         raise FEInputError(f"{what} has {arr.shape[1]} genes but the model was fitted on {n_genes}")
-    if np.issubdtype(arr.dtype, np.floating) and arr.dtype.itemsize > 4:
-        big = np.abs(arr) > np.finfo(np.float32).max
-        if np.any(big & np.isfinite(arr)):
-            i, j = np.argwhere(big & np.isfinite(arr))[0]
-            raise FEInputError(f"{what}: value at row {i}, column {j} ({arr[i, j]:g}) overflows float32")
-    arr32 = np.ascontiguousarray(arr, dtype=np.float32)
-    finite = np.isfinite(arr32)
-    if not finite.all():
-        i, j = np.argwhere(~finite)[0]
-        row = samples[i] if samples is not None else f"row {i}"
-        col = genes[j] if genes is not None else f"column {j}"
-        raise FEInputError(f"{what} contains {int((~finite).sum())} NaN/inf value(s); first at "
-                           f"{row}, {col} ({arr32[i, j]})")
+    with np.errstate(over="ignore"):  # out-of-range values become inf and are reported below
+        arr32 = np.ascontiguousarray(arr, dtype=np.float32)
+    # scan in row blocks (never a full-size boolean mask) for values that are not finite
+    # in float32: NaN, inf, or finite values beyond float32's range (which became inf)
+    step = max(1, (1 << 22) // arr32.shape[1])
+    for a in range(0, arr32.shape[0], step):
+        bad = ~np.isfinite(arr32[a:a + step])
+        if bad.any():
+            i, j = np.argwhere(bad)[0]
+            i += a
+            row = samples[i] if samples is not None else f"row {i}"
+            col = genes[j] if genes is not None else f"column {j}"
+            original = arr[i, j]
+            if np.isfinite(original):
+                raise FEInputError(f"{what}: value at {row}, {col} ({original:g}) overflows float32")
+            n_bad = sum(int((~np.isfinite(arr32[b:b + step])).sum()) for b in range(a, arr32.shape[0], step))
+            raise FEInputError(f"{what} contains {n_bad} NaN/inf value(s); first at {row}, {col} ({original})")
     return arr32, samples, genes
 
 

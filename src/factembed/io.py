@@ -1533,7 +1533,9 @@ def _locate_bad(block: np.ndarray, a: int, data: ExpressionData, genes: np.ndarr
     sample, gene = str(data.samples[a + i]), str(genes[j])
     if not math.isfinite(v):
         what = "NaN" if math.isnan(v) else ("inf" if v > 0 else "-inf")
-        raise FEInputError(f"sample {sample!r}, gene {gene!r}: value is {what}; impute or drop it first", data.source)
+        hint = " (infinite, or beyond float32's range of +-3.4e38)" if what != "NaN" else ""
+        raise FEInputError(f"sample {sample!r}, gene {gene!r}: value is {what}{hint}; impute or drop it first",
+                           data.source)
     raise FEInputError(
         f"sample {sample!r}, gene {gene!r}: negative value {v:g} cannot be log10(x+1)-transformed "
         "(use Preprocessing(log10p1=False) if the data are already log-transformed)",
