@@ -585,3 +585,20 @@ def test_csv_round_trip_property(tmp_path, shape, data, ext, with_labels):
     assert e.samples.tolist() == d.samples.tolist()
     assert e.genes.tolist() == d.genes.tolist()
     assert (None if e.labels is None else e.labels.tolist()) == labels
+
+
+def test_apply_without_copy_reuses_the_buffer():
+    """fit_apply(copy=False) compacts the kept genes inside the input's own buffer."""
+    import numpy as np
+    from factembed.io import ExpressionData, Preprocessing
+    rng = np.random.default_rng(0)
+    X = rng.random((50, 40)).astype(np.float32) * 10
+    X[:, [3, 17]] = 5.0                                   # constant genes are dropped
+    ref_fitted, ref = Preprocessing().fit_apply(ExpressionData(X=X.copy(), samples=np.arange(50).astype(str),
+                                                               genes=np.arange(40).astype(str)))
+    data = ExpressionData(X=X, samples=np.arange(50).astype(str), genes=np.arange(40).astype(str))
+    address = data.X.__array_interface__["data"][0]
+    fitted, out = Preprocessing().fit_apply(data, copy=False)
+    assert out.X.__array_interface__["data"][0] == address
+    assert out.X.shape == (50, 38) and list(out.genes) == list(ref.genes)
+    np.testing.assert_array_equal(out.X, ref.X)

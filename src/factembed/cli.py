@@ -132,7 +132,7 @@ def _fit_data(data, cfg: FEConfig, preprocessing, out: Path, title: str, label_c
               checkpoint: dict | None = None):
     from .estimator import FactorizedEmbeddings
 
-    fitted, data = preprocessing.fit_apply(data)
+    fitted, data = preprocessing.fit_apply(data, copy=False)   # one copy of the matrix in memory
     empty = ~np.any(data.X != data.X[:, :1], axis=1) if data.n_genes > 1 else np.zeros(data.n_samples, bool)
     if empty.any():
         import warnings
@@ -295,6 +295,95 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_or_demo(args: argparse.Namespace):
+    """DATA, or the bundled HSMM demo (labels = time point) when DATA is ``demo``."""
+    if args.data == "demo":
+        from .datasets import load_demo
+        return load_demo()
+    return _read(args, args.data)
+
+
+def _experiment_preprocessing(args: argparse.Namespace, data):
+    from .io import Preprocessing
+    return Preprocessing(log10p1=not args.no_log and data.transform != "log10p1",
+                         protein_coding_only=False, drop_constant=True, top_variable=args.top_genes)
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        vals = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not vals:
+        raise argparse.ArgumentTypeError("expected at least one number")
+    return vals
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate, metric_by_dim_table
+
+    cfg = config_from_args(args)
+    data = _read_or_demo(args)
+    methods = [m.strip().lower() for m in args.methods.split(",") if m.strip()]
+    res = evaluate(data, methods=methods, dims=args.dims, n_folds=args.folds, fe_config=cfg,
+                   preprocessing=_experiment_preprocessing(args, data), output=args.output, jobs=args.jobs,
+                   seed=args.cv_seed, n_pairs=args.pairs, progress=cfg.verbose,
+                   title=args.title or ("HSMM demo" if args.data == "demo" else Path(args.data).name))
+    df = res["results"]
+    print(f"{data.n_samples} samples x {data.n_genes} genes, {args.folds}-fold CV in {res['seconds']:.0f} s; "
+          f"chance {res['chance']:.3f}; mean ± sd over folds")
+    for metric in ("knn_accuracy", "logreg_accuracy", "mlp_accuracy", "distance_r", "recon_r"):
+        if metric in set(df["metric"]):
+            print(f"\n{metric}\n{metric_by_dim_table(df, metric).to_string()}")
+    print()
+    for p in res["written"]:
+        print(f"wrote {p}")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .sweep import parse_shard, run_sweep
+
+    cfg = config_from_args(args)
+    data = _read_or_demo(args)
+    res = run_sweep(data, l2s=args.l2_grid, gene_dims=args.gene_dims, output=args.output, config=cfg,
+                    preprocessing=_experiment_preprocessing(args, data), shard=parse_shard(args.shard),
+                    cv_folds=args.cv_folds, progress=cfg.verbose,
+                    label_name=args.label_column or ("Hours" if args.data == "demo" else "label"),
+                    title=args.title or ("HSMM demo" if args.data == "demo" else Path(args.data).name))
+    print(f"shard {args.shard or '0/1'}: {len(res['cells'])} cell(s), trained {len(res['trained'])}, "
+          f"skipped {len(res['skipped'])} already finished")
+    df = res["results"]
+    if len(df):
+        print(df.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    for p in res["written"]:
+        print(f"wrote {p}")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from . import plot
+
+    if args.kind == "evaluate":
+        from .evaluate import evaluation_figures
+        written = evaluation_figures(args.input, title=args.title)
+    elif args.kind == "sweep":
+        from .sweep import sweep_outputs
+        written = sweep_outputs(args.input)[1]
+    elif args.kind == "speed":
+        written = plot.plot_speed_by_gene_dim(args.input, args.output or Path(args.input).with_suffix(""),
+                                              title=args.title or "Computing time by gene-embedding size")
+    else:  # history
+        import pandas as pd
+        h = pd.read_csv(args.input)
+        written = plot.plot_training_curves({k: h[k].to_numpy() for k in h.columns},
+                                            args.output or Path(args.input).with_suffix(""),
+                                            title=args.title or "Training", pdf=True)
+    for p in written:
+        print(f"wrote {p}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="factembed", description="Factorized Embeddings of gene-expression data.")
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
@@ -348,6 +437,51 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="print a model's hyper-parameters, data shape and final loss")
     i.add_argument("model", help="model directory")
     i.set_defaults(func=cmd_info)
+
+    e = sub.add_parser("evaluate", help="cross-validated FE vs PCA vs UMAP: accuracy, distance preservation")
+    e.add_argument("data", help="expression file, or 'demo' for the bundled HSMM data")
+    e.add_argument("--dims", type=_int_tuple, default=(2, 4, 8, 16, 32, 64),
+                   help="embedding dimensions, comma separated (default 2,4,8,16,32,64)")
+    e.add_argument("--folds", type=int, default=5, help="stratified CV folds (default %(default)s)")
+    e.add_argument("--methods", default="fe,pca,umap",
+                   help="comma separated, from fe, pca, umap, full (whole profile) (default %(default)s)")
+    e.add_argument("-o", "--output", default="factembed_evaluate", help="output directory (default %(default)s)")
+    e.add_argument("--jobs", type=int, default=1, help="worker processes, one thread each (default %(default)s)")
+    e.add_argument("--pairs", type=int, default=2000, help="sampled test pairs for distance preservation "
+                                                           "(default %(default)s)")
+    e.add_argument("--cv-seed", type=int, default=0, help="seed of the fold split and pair sample "
+                                                          "(default %(default)s)")
+    e.add_argument("--title", default=None, help="data set name for titles")
+    e.add_argument("--no-log", action="store_true", help="do not apply log10(x + 1) (values already on log scale)")
+    e.add_argument("--top-genes", type=int, default=None,
+                   help="keep the K most variable genes (chosen on each training fold)")
+    _add_read_options(e)
+    add_config_options(e)
+    e.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("sweep", conflict_handler="resolve",
+                       help="grid of models over L2 x gene_dim: density/scatter grids, accuracy heat-map")
+    s.add_argument("data", help="expression file, or 'demo' for the bundled HSMM data")
+    s.add_argument("-o", "--output", default="factembed_sweep", help="output directory (default %(default)s)")
+    s.add_argument("--shard", default=None, help="run only the cells k with k %% N == i (i/N, 0-based)")
+    s.add_argument("--cv-folds", type=int, default=5, help="folds of the kNN accuracy (default %(default)s)")
+    s.add_argument("--title", default=None, help="data set name for titles")
+    s.add_argument("--no-log", action="store_true", help="do not apply log10(x + 1) (values already on log scale)")
+    s.add_argument("--top-genes", type=int, default=None, help="keep only the K most variable genes")
+    _add_read_options(s)
+    add_config_options(s)
+    s.add_argument("--l2", dest="l2_grid", type=_float_list, default=[0.0, 1e-8, 1e-7, 1e-6, 1e-5],
+                   help="L2 values (grid columns), comma separated (default 0,1e-8,1e-7,1e-6,1e-5)")
+    s.add_argument("--gene-dims", type=_int_tuple, default=(10, 25, 50, 75, 100, 1000),
+                   help="gene-embedding sizes (grid rows), comma separated (default 10,25,50,75,100,1000)")
+    s.set_defaults(func=cmd_sweep)
+
+    pl = sub.add_parser("plot", help="redraw figures: of an evaluate/sweep directory, a speed CSV, a history CSV")
+    pl.add_argument("kind", choices=("evaluate", "sweep", "speed", "history"))
+    pl.add_argument("input", help="evaluate/sweep output directory, speed CSV (gene_dim,it_per_s) or history CSV")
+    pl.add_argument("-o", "--output", default=None, help="figure path without extension (speed, history)")
+    pl.add_argument("--title", default=None, help="figure title")
+    pl.set_defaults(func=cmd_plot)
     return p
 
 

@@ -1643,10 +1643,11 @@ class Preprocessing:
             n_input_genes=data.n_genes,
         )
 
-    def fit_apply(self, data: ExpressionData) -> tuple["FittedPreprocessing", ExpressionData]:
-        """``fit`` then ``apply`` on the same data."""
+    def fit_apply(self, data: ExpressionData, *, copy: bool = True) -> tuple["FittedPreprocessing", ExpressionData]:
+        """``fit`` then ``apply`` on the same data (``copy=False``: reuse ``data.X``'s
+        memory, see :meth:`FittedPreprocessing.apply`)."""
         fitted = self.fit(data)
-        return fitted, fitted.apply(data)
+        return fitted, fitted.apply(data, copy=copy)
 
     def to_dict(self) -> dict:
         return {"log10p1": bool(self.log10p1), "protein_coding_only": bool(self.protein_coding_only),
@@ -1694,8 +1695,10 @@ class FittedPreprocessing:
         with the training mean (transformed scale) and emits a warning.
         NaN/inf values, and negative values when ``log10p1``, raise
         :class:`FEInputError` naming the sample and gene.  The result is a new
-        ``float32`` matrix; with ``copy=False`` and data already holding
-        exactly the kept genes in order, ``data.X`` is transformed in place.
+        ``float32`` matrix; with ``copy=False``, when the kept genes appear in ``data``
+        in the same order (always so for the data the preprocessing was fitted on),
+        ``data.X``'s buffer is reused (columns compacted and transformed in place), so
+        ``data`` must not be used afterwards.
         """
         data = _check_data(data)
         if self.log10p1 and data.log_transformed:
@@ -1717,8 +1720,15 @@ class FittedPreprocessing:
                 stacklevel=2,
             )
         identity = n_missing == 0 and len(idx) == data.n_genes and np.array_equal(idx, np.arange(data.n_genes))
+        ordered_subset = n_missing == 0 and bool(np.all(np.diff(idx) > 0))
         if identity and not copy:
             X = data.X
+        elif ordered_subset and not copy and data.X.flags.c_contiguous and data.X.flags.owndata:
+            # kept genes in their original order: compact the columns inside data.X's own
+            # buffer, so the matrix never exists twice
+            keep = np.zeros(data.n_genes, dtype=bool)
+            keep[idx] = True
+            X = _compact_columns_inplace(data.X, keep)
         else:
             X = _aligned_matrix(data, idx, np.zeros(len(idx), dtype=np.float32))
         col_ok = ~present if n_missing else None
