@@ -112,3 +112,14 @@ def test_debug_shows_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "factembed", "--debug", "info", str(tmp_path / "none")],
                           capture_output=True, text=True)
     assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+def test_all_zero_sample_is_left_out_with_warning(tiny_files):
+    d, data = tiny_files
+    X = data.X.copy()
+    X[5] = 0.0
+    write_expression(d / "z.h5", ExpressionData(X=X, samples=data.samples, genes=data.genes, labels=data.labels))
+    with pytest.warns(UserWarning, match="1 sample.*constant.*s5"):
+        assert main(["fit", str(d / "z.h5"), "-o", str(d / "mz"), "--checkpoint-every", "0", *FAST]) == 0
+    emb = pd.read_csv(d / "mz" / "embedding.csv")
+    assert len(emb) == 79 and "s5" not in set(emb["sample"])
