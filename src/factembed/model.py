@@ -21,6 +21,9 @@ from a workspace instead of being allocated every step.
 from __future__ import annotations
 
 import math
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
@@ -111,12 +114,67 @@ class FactorizedEmbeddingNet(nn.Module):
         return sum((p * p).sum() for p in self.parameters())
 
 
-def default_gene_chunk(batch_samples: int, first_width: int, n_genes: int, device: torch.device) -> int:
-    """Genes per fused block: ~3 MiB of first-layer activations on CPU, all genes on GPU."""
+# ---------------------------------------------------------------------------------------
+# CPU execution of the fused kernel: gene blocks are shared out to worker threads.
+# ---------------------------------------------------------------------------------------
+
+#: Worker threads of the fused kernel on CPU (``None``: ``min(torch.get_num_threads(),
+#: MAX_AUTO_WORKERS)``).  The gene blocks of a step are shared out to the workers, each
+#: with ``torch.get_num_threads() // workers`` intra-op threads (one on small machines):
+#: this beats one sweep of OpenMP-parallel operations, whose skinny matrix products and
+#: element-wise passes scale poorly and which slow down many-fold whenever another
+#: process competes for the cores (every operation waits for all its threads).
+CPU_WORKERS: int | None = None
+#: Cap of the automatic worker count (Python issues every operation: many workers would
+#: contend for the GIL).
+MAX_AUTO_WORKERS = 4
+
+_POOL: dict = {"pool": None, "key": None, "pid": None}
+_POOL_LOCK = threading.Lock()
+
+
+def _worker_init(intra: int) -> None:
+    torch.get_num_threads()      # settle this thread's lazy thread-count initialisation first,
+    torch.set_num_threads(intra)  # then its own intra-op threads (OpenMP and MKL: per thread)
+
+
+def _worker_pool(size: int, intra: int) -> ThreadPoolExecutor:
+    """A process-wide pool of ``size`` workers with ``intra`` intra-op threads each
+    (rebuilt after a fork or when the shape changes)."""
+    with _POOL_LOCK:
+        if _POOL["pool"] is None or _POOL["key"] != (size, intra) or _POOL["pid"] != os.getpid():
+            old = _POOL["pool"]
+            if old is not None and _POOL["pid"] == os.getpid():
+                old.shutdown(wait=True)
+            prev = torch.get_num_threads()
+            pool = ThreadPoolExecutor(size, thread_name_prefix="factembed-kernel",
+                                      initializer=_worker_init, initargs=(intra,))
+            # start every worker now, then restore the process-wide default, which
+            # set_num_threads in the workers also changed (the caller's own stays as it was)
+            barrier = threading.Barrier(size)
+            list(pool.map(lambda _: barrier.wait(), range(size)))
+            torch.set_num_threads(prev)
+            _POOL.update(pool=pool, key=(size, intra), pid=os.getpid())
+        return _POOL["pool"]
+
+
+def cpu_workers(n_blocks: int) -> int:
+    """Worker threads used for ``n_blocks`` gene blocks on CPU."""
+    want = CPU_WORKERS if CPU_WORKERS is not None else min(torch.get_num_threads(), MAX_AUTO_WORKERS)
+    return int(max(1, min(want, n_blocks)))
+
+
+def default_gene_chunk(batch_samples: int, first_width: int, n_genes: int, device: torch.device,
+                       workers: int = 1) -> int:
+    """Genes per fused block: ~``_CPU_BLOCK_BYTES`` of first-layer activations on CPU
+    (evened out so that every worker gets the same number of blocks), all genes on GPU."""
     if device.type != "cpu":
         return n_genes
     chunk = _CPU_BLOCK_BYTES // (4 * max(1, batch_samples) * max(1, first_width))
-    return int(max(32, min(n_genes, chunk)))
+    chunk = int(max(32, min(n_genes, chunk)))
+    blocks = -(-n_genes // chunk)
+    blocks = -(-blocks // workers) * workers
+    return int(max(1, -(-n_genes // blocks)))
 
 
 @dataclass
@@ -125,6 +183,7 @@ class _Workspace:
     costs page faults on every step otherwise)."""
     acts: list[torch.Tensor] = field(default_factory=list)
     grads: list[torch.Tensor] = field(default_factory=list)
+    dy: torch.Tensor | None = None
     key: tuple = ()
 
     def ensure(self, rows: int, widths: list[int], dtype: torch.dtype, device: torch.device) -> None:
@@ -132,6 +191,7 @@ class _Workspace:
         if key != self.key:
             self.acts = [torch.empty(rows, w, dtype=dtype, device=device) for w in widths]
             self.grads = [torch.empty(rows, w, dtype=dtype, device=device) for w in widths]
+            self.dy = torch.empty(rows, 1, dtype=dtype, device=device)
             self.key = key
 
 
@@ -145,13 +205,19 @@ class FusedProfileLoss:
     ``S`` and ``G`` gradients are computed).
 
     Each block of genes is run forward, the loss and its gradient are formed, and the
-    block is run backward at once, so activations never exist for all pairs.
+    block is run backward at once, so activations never exist for all pairs.  On CPU
+    the blocks are shared out (statically: block ``k`` to worker ``k mod workers``) to
+    ``workers`` threads with one intra-op thread each, every worker accumulating its
+    own partial sums, which are then added in worker order: for a fixed ``gene_chunk``
+    and ``workers`` the result is bit-for-bit reproducible.
     """
 
-    def __init__(self, gene_chunk: int | None = None, compute_dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, gene_chunk: int | None = None, compute_dtype: torch.dtype = torch.float32,
+                 workers: int | None = None) -> None:
         self.gene_chunk = gene_chunk
         self.compute_dtype = compute_dtype
-        self.workspace = _Workspace()
+        self.workers = workers
+        self.workspaces: list[_Workspace] = []
         self.last_stats: torch.Tensor | None = None  # [sum y, sum y^2, sum x*y]
 
     def __call__(self, S: torch.Tensor, G: torch.Tensor, X: torch.Tensor,
@@ -160,39 +226,83 @@ class FusedProfileLoss:
         flat = [t for wb in layers for t in wb]
         return _FusedFn.apply(self, weight_grads, row_weights, S, G, X, *flat)
 
+    def plan(self, B: int, h0: int, m: int, device: torch.device) -> tuple[int, int]:
+        """(genes per block, worker threads) for a batch of ``B`` profiles of ``m`` genes."""
+        on_cpu = device.type == "cpu"
+        want = (self.workers if self.workers is not None else cpu_workers(m)) if on_cpu else 1
+        chunk = self.gene_chunk or default_gene_chunk(B, h0, m, device, workers=want)
+        chunk = min(chunk, m)
+        workers = min(max(1, want), -(-m // chunk)) if on_cpu else 1
+        return chunk, workers
+
     def evaluate(self, S, G, X, layers, weight_grads, row_weights, gene_grad=True):
         """Loss, stats and gradients (no autograd).  ``row_weights`` (B,) scales the
         squared error of each profile (default: the plain mean over all pairs)."""
         B, h0 = S.shape
         m = G.shape[0]
-        n_layers = len(layers)
+        dev = S.device
         widths = [h0] + [w.shape[0] for w, _ in layers[:-1]]
-        chunk = self.gene_chunk or default_gene_chunk(B, h0, m, S.device)
-        chunk = min(chunk, m)
+        chunk, workers = self.plan(B, h0, m, dev)
         cdt = self.compute_dtype
-        self.workspace.ensure(B * chunk, widths, cdt, S.device)
-        acts, grads = self.workspace.acts, self.workspace.grads
+        acc = torch.promote_types(cdt, torch.float32)  # accumulation dtype
+        while len(self.workspaces) < workers:
+            self.workspaces.append(_Workspace())
+        for ws in self.workspaces[:workers]:
+            ws.ensure(B * chunk, widths, cdt, dev)
         Wc = [(w.detach().to(cdt), b.detach().to(cdt)) for w, b in layers]
         S_c, G_c = S.detach().to(cdt), G.detach().to(cdt)
-
-        f32 = torch.promote_types(cdt, torch.float32)  # accumulation dtype
-        dS = torch.zeros(B, h0, dtype=f32, device=S.device)
-        dG = torch.empty(m, h0, dtype=f32, device=S.device) if gene_grad else None
-        dW = [(torch.zeros_like(w, dtype=f32), torch.zeros_like(b, dtype=f32)) for w, b in layers] \
-            if weight_grads else None
-        stats = torch.zeros(4, dtype=f32, device=S.device)  # loss_sum, sum y, sum y^2, sum xy
+        dG = torch.empty(m, h0, dtype=acc, device=dev) if gene_grad else None
         if row_weights is None:
-            scale = torch.full((B, 1), 1.0 / (B * m), dtype=f32, device=S.device)
+            scale = torch.full((B, 1), 1.0 / (B * m), dtype=acc, device=dev)
         else:
-            scale = (row_weights.to(f32) / m).reshape(B, 1)
+            scale = (row_weights.to(acc) / m).reshape(B, 1)
+        blocks = [(j0, min(chunk, m - j0)) for j0 in range(0, m, chunk)]
+        args = (S_c, G_c, X, Wc, scale, weight_grads, dG, acc)
+        if workers == 1:
+            parts = [self._sweep(blocks, self.workspaces[0], *args)]
+        else:
+            pool = _worker_pool(workers, max(1, torch.get_num_threads() // workers))
+            futures = [pool.submit(self._sweep, blocks[w::workers], self.workspaces[w], *args)
+                       for w in range(workers)]
+            parts = [f.result() for f in futures]
+        dS, dW, stats = parts[0]
+        for dS_w, dW_w, stats_w in parts[1:]:       # fixed order: reproducible sums
+            dS.add_(dS_w)
+            stats.add_(stats_w)
+            if dW is not None:
+                for (dw, db), (dw_w, db_w) in zip(dW, dW_w):
+                    dw.add_(dw_w)
+                    db.add_(db_w)
+        self.last_stats = stats[1:].clone()
+        return stats[0], dS, dG, dW
 
-        for j0 in range(0, m, chunk):
-            c = min(chunk, m - j0)
+    @staticmethod
+    def _sweep(blocks, ws, S_c, G_c, X, Wc, scale, weight_grads, dG, acc):
+        """Forward, loss and backward of ``blocks`` (a list of ``(first gene, genes)``);
+        returns this sweep's partial (dS, [(dW, db)] per layer, stats) and writes dG rows."""
+        B, h0 = S_c.shape
+        dev = S_c.device
+        same = S_c.dtype == acc
+        n_layers = len(Wc)
+        acts, grads = ws.acts, ws.grads
+        dS = torch.zeros(B, h0, dtype=acc, device=dev)
+        dW = [(torch.zeros(w.shape, dtype=acc, device=dev), torch.zeros(b.shape, dtype=acc, device=dev))
+              for w, b in Wc] if weight_grads else None
+        stats = torch.zeros(4, dtype=acc, device=dev)  # loss_sum, sum y, sum y^2, sum xy
+        scale2 = 2.0 * scale
+        w_out, b_out = Wc[-1]
+        w_out_vec = w_out.reshape(-1)
+        S3 = S_c[:, None, :]
+        fused_add_relu = S_c.dtype in (torch.float32, torch.float64)   # aten::_add_relu's dtypes
+        for j0, c in blocks:
             P = B * c
             # ---- forward ----------------------------------------------------------
             a0 = acts[0][:P]
-            torch.add(G_c[None, j0:j0 + c, :], S_c[:, None, :], out=a0.view(B, c, h0))
-            a0.clamp_min_(0)
+            if fused_add_relu:
+                torch.ops.aten._add_relu.out(G_c[None, j0:j0 + c, :], S3, out=a0.view(B, c, h0))
+            else:
+                torch.add(G_c[None, j0:j0 + c, :], S3, out=a0.view(B, c, h0))
+                a0.clamp_min_(0)
             a = a0
             for k in range(n_layers - 1):
                 w, b = Wc[k]
@@ -200,45 +310,51 @@ class FusedProfileLoss:
                 torch.addmm(b, a, w.t(), out=nxt)
                 nxt.clamp_min_(0)
                 a = nxt
-            w_out, b_out = Wc[-1]
-            y = torch.addmm(b_out, a, w_out.t()).view(B, c).to(f32)
+            y = torch.addmv(b_out, a, w_out_vec).view(B, c)
+            if not same:
+                y = y.to(acc)
             x = X[:, j0:j0 + c]
             diff = y - x
-            sq = diff * diff
-            stats[0] += (sq * scale).sum()
+            stats[0] += (diff * diff * scale).sum()
             stats[1] += y.sum()
             stats[2] += (y * y).sum()
             stats[3] += (x * y).sum()
             # ---- backward ---------------------------------------------------------
-            dy = (diff * (2.0 * scale)).reshape(P, 1)
-            dy_c = dy.to(cdt)
+            dy = ws.dy[:P]
+            torch.mul(diff, scale2, out=dy.view(B, c))
             if weight_grads:
-                dW[-1][0].add_((dy_c.t() @ a).to(f32))
+                _acc_mm(dW[-1][0], dy.t(), a, same)
                 dW[-1][1].add_(dy.sum(0))
             g = grads[n_layers - 1][:P]
-            torch.mm(dy_c, w_out, out=g)            # outer product dy * w_out
+            torch.mul(dy, w_out, out=g)            # outer product dy * w_out
             for k in range(n_layers - 2, -1, -1):
-                a_k1 = acts[k + 1][:P]
-                torch.ops.aten.threshold_backward.grad_input(g, a_k1, 0, grad_input=g)
+                torch.ops.aten.threshold_backward.grad_input(g, acts[k + 1][:P], 0, grad_input=g)
                 a_k = acts[k][:P]
                 w, _ = Wc[k]
                 if weight_grads:
-                    dW[k][0].add_((g.t() @ a_k).to(f32))
-                    dW[k][1].add_(g.sum(0).to(f32))
+                    _acc_mm(dW[k][0], g.t(), a_k, same)
+                    dW[k][1].add_(g.sum(0))
                 g_prev = grads[k][:P]
                 torch.mm(g, w, out=g_prev)
                 g = g_prev
             torch.ops.aten.threshold_backward.grad_input(g, a0, 0, grad_input=g)
             g3 = g.view(B, c, h0)
-            dS.add_(g3.sum(1).to(f32))
+            dS.add_(g3.sum(1))
             if dG is None:
                 continue
-            if cdt == f32:
+            if same:
                 torch.sum(g3, 0, out=dG[j0:j0 + c])
             else:
                 dG[j0:j0 + c].copy_(g3.sum(0))
-        self.last_stats = stats[1:].clone()
-        return stats[0], dS, dG, dW
+        return dS, dW, stats
+
+
+def _acc_mm(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, same: bool) -> None:
+    """``out += a @ b`` (in place when the dtypes agree)."""
+    if same:
+        out.addmm_(a, b)
+    else:
+        out.add_((a @ b).to(out.dtype))
 
 
 class _FusedFn(torch.autograd.Function):

@@ -1,0 +1,236 @@
+"""Shared helpers of the benchmark scripts: synthetic TCGA-shaped data, timing windows,
+machine description and a contention probe.
+
+Every script is plain Python, prints its figures and writes them under
+``bench/results/``; none of them is a pass/fail test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+if str(ROOT / "src") not in sys.path:  # run from a checkout without installing
+    sys.path.insert(0, str(ROOT / "src"))
+
+#: The shape of the reference study's TCGA matrix (protein-coding genes).
+TCGA_SAMPLES, TCGA_GENES = 10_344, 19_962
+#: Reference GPU speeds quoted in the study (it/s by gene_dim); *not* measured here.
+REFERENCE_GPU_IT_S = {2: 97, 10: 95, 25: 92, 50: 83, 75: 76, 100: 71, 1000: 19}
+
+
+def parser(doc: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=doc.strip().splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="tiny shape, few steps (smoke test)")
+    p.add_argument("--out", type=Path, default=RESULTS, help="directory for results")
+    return p
+
+
+def tcga_like(n: int = TCGA_SAMPLES, m: int = TCGA_GENES, *, rank: int = 16, n_types: int = 33,
+              noise: float = 0.25, seed: int = 0, return_labels: bool = False):
+    """A synthetic TCGA-shaped log10(TPM + 1)-like float32 matrix (``n x m``).
+
+    Generator (documented in bench/README.md): every gene has a base level
+    ``mu_j ~ Gamma(2, 0.6)`` (mean 1.2, skewed), every sample belongs to one of
+    ``n_types`` "cancer types" whose centre is a random point of a ``rank``-dim latent
+    space; a sample's latent vector is its type centre plus N(0, 0.3^2) scatter, gene
+    loadings are N(0, 0.15^2); ``X = max(0, mu + U V + N(0, noise^2))``.  About 12% of the
+    entries are clipped to 0 (unexpressed); values run from 0 to ~10, mean ~1.25.
+    Built in row blocks so the peak memory is about the matrix itself.
+    """
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, n_types, n)
+    centres = rng.normal(0.0, 1.0, (n_types, rank)).astype(np.float32)
+    U = centres[labels] + rng.normal(0.0, 0.3, (n, rank)).astype(np.float32)
+    V = rng.normal(0.0, 0.15, (rank, m)).astype(np.float32)
+    mu = (rng.gamma(2.0, 0.6, m)).astype(np.float32)
+    X = np.empty((n, m), dtype=np.float32)
+    block = 512
+    for i in range(0, n, block):
+        rows = X[i:i + block]
+        np.matmul(U[i:i + block], V, out=rows)
+        rows += mu
+        rows += rng.standard_normal(rows.shape, dtype=np.float32) * np.float32(noise)
+        np.maximum(rows, 0.0, out=rows)
+    return (X, labels) if return_labels else X
+
+
+# -- machine / contention ---------------------------------------------------------------
+def machine() -> dict:
+    import torch
+    info = {"python": platform.python_version(), "torch": torch.__version__,
+            "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+        flags = open("/proc/cpuinfo").read()
+        info["avx512f"] = " avx512f" in flags
+        info["avx512_bf16"] = "avx512_bf16" in flags
+        info["amx"] = "amx_bf16" in flags
+        info["avx2"] = " avx2" in flags
+    except OSError:
+        pass
+    try:
+        info["mkldnn_bf16"] = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except Exception:
+        info["mkldnn_bf16"] = False
+    try:
+        info["mem_gib"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (ValueError, OSError):
+        pass
+    return info
+
+
+def machine_line() -> str:
+    m = machine()
+    return (f"machine: {m.get('cpu', '?')}, {m['cpus']} CPUs, {m.get('mem_gib', '?')} GiB, "
+            f"AVX2={m.get('avx2')}, AVX-512={m.get('avx512f')}, AVX512-BF16={m.get('avx512_bf16')}, "
+            f"AMX={m.get('amx')}, mkldnn bf16={m['mkldnn_bf16']}; torch {m['torch']} "
+            f"({m['torch_threads']} intra-op threads), Python {m['python']}")
+
+
+def _cpu_jiffies() -> tuple[int, int]:
+    """(busy, total) jiffies of the whole machine."""
+    with open("/proc/stat") as f:
+        vals = [int(v) for v in f.readline().split()[1:]]
+    idle = vals[3] + (vals[4] if len(vals) > 4 else 0)
+    total = sum(vals[:8])
+    return total - idle, total
+
+
+def _own_jiffies() -> int:
+    with open("/proc/self/stat") as f:
+        parts = f.read().rsplit(")", 1)[1].split()
+    return int(parts[11]) + int(parts[12]) + int(parts[13]) + int(parts[14])  # utime stime cutime cstime
+
+
+class Contention:
+    """Share of the machine's CPU time used by *other* processes between ``start()``
+    and ``stop()`` (0 = quiet machine, 1 = every core busy with something else)."""
+
+    def start(self) -> None:
+        try:
+            self.b0, self.t0 = _cpu_jiffies()
+            self.o0 = _own_jiffies()
+        except OSError:
+            self.t0 = None
+
+    def stop(self) -> float:
+        if getattr(self, "t0", None) is None:
+            return float("nan")
+        b1, t1 = _cpu_jiffies()
+        o1 = _own_jiffies()
+        total = max(1, t1 - self.t0)
+        return max(0.0, ((b1 - self.b0) - (o1 - self.o0)) / total)
+
+
+def wait_for_quiet(max_wait: float = 0.0, threshold: float = 0.15, probe: float = 1.0) -> float:
+    """Wait (up to ``max_wait`` seconds) until other processes use < ``threshold`` of the
+    CPUs; returns the last measured share."""
+    deadline = time.perf_counter() + max_wait
+    c = Contention()
+    while True:
+        c.start()
+        time.sleep(probe)
+        share = c.stop()
+        if share < threshold or time.perf_counter() >= deadline:
+            return share
+
+
+# -- timing -----------------------------------------------------------------------------
+class Windows:
+    """Throughput of ``step()`` measured as ``n_windows`` timed windows of
+    ``steps_per_window`` steps after ``warmup`` untimed steps."""
+
+    def __init__(self, step: Callable[[], None], *, warmup: int, n_windows: int, steps_per_window: int,
+                 pairs_per_step: int) -> None:
+        self.step, self.warmup, self.n_windows = step, warmup, n_windows
+        self.spw, self.pairs = steps_per_window, pairs_per_step
+        self.it_s: list[float] = []
+        self.others: list[float] = []
+
+    def run(self) -> "Windows":
+        for _ in range(self.warmup):
+            self.step()
+        c = Contention()
+        for _ in range(self.n_windows):
+            c.start()
+            t = time.perf_counter()
+            for _ in range(self.spw):
+                self.step()
+            self.it_s.append(self.spw / (time.perf_counter() - t))
+            self.others.append(c.stop())
+        return self
+
+    @classmethod
+    def from_times(cls, seconds: list[float], *, warmup: int, n_windows: int, steps_per_window: int,
+                   pairs_per_step: int) -> "Windows":
+        """Windows cut out of per-step timestamps (``seconds[k]`` = end of step k+1)."""
+        w = cls(lambda: None, warmup=warmup, n_windows=n_windows, steps_per_window=steps_per_window,
+                pairs_per_step=pairs_per_step)
+        for k in range(n_windows):
+            a = warmup - 1 + k * steps_per_window
+            b = a + steps_per_window
+            w.it_s.append(steps_per_window / (seconds[b] - seconds[a]))
+            w.others.append(float("nan"))
+        return w
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.it_s)
+
+    @property
+    def best(self) -> float:
+        return max(self.it_s)
+
+    @property
+    def mpairs(self) -> float:
+        return self.median * self.pairs / 1e6
+
+    def summary(self) -> str:
+        oth = [o for o in self.others if o == o]
+        contention = f", others used {100 * max(oth):.0f}% of CPU at most" if oth else ""
+        return (f"{self.median:8.3f} it/s (median of {len(self.it_s)} windows x {self.spw} steps; "
+                f"best {self.best:.3f}){contention}; {self.mpairs:7.3f} M pairs/s")
+
+
+def out_path(args: argparse.Namespace, name: str) -> Path:
+    """``args.out / name``, with ``_quick`` before the suffix in ``--quick`` mode (so a
+    smoke run never overwrites the real figures)."""
+    args.out.mkdir(parents=True, exist_ok=True)
+    if getattr(args, "quick", False):
+        stem, dot, ext = name.partition(".")
+        name = f"{stem}_quick{dot}{ext}"
+    return args.out / name
+
+
+def write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+class Tee:
+    """Print and remember lines (written to a results .txt at the end)."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def __call__(self, *parts) -> None:
+        line = " ".join(str(p) for p in parts)
+        print(line, flush=True)
+        self.lines.append(line)
+
+    def save(self, path: Path) -> None:
+        write_text(path, "\n".join(self.lines) + "\n")

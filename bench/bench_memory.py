@@ -1,0 +1,94 @@
+"""Peak memory of a full fit at the TCGA shape vs the size of the float32 matrix.
+
+The parent writes a synthetic 10,344 x 19,962 float32 matrix to a temporary .npy file;
+a fresh child process imports torch + factembed (its resident size then is the
+"interpreter + torch baseline"), loads the matrix, and runs
+``FactorizedEmbeddings(n_steps=...).fit(X)``.  The child reports its peak resident set
+(VmHWM from /proc/self/status and ru_maxrss) at each stage.  Net = peak - baseline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from _common import ROOT, TCGA_GENES, TCGA_SAMPLES, Tee, machine_line, out_path, parser, tcga_like
+
+CHILD = r"""
+import json, resource, sys, time
+def hwm():
+    with open('/proc/self/status') as f:
+        d = {l.split(':')[0]: int(l.split()[1]) * 1024 for l in f if l.startswith(('VmHWM', 'VmRSS'))}
+    d['ru_maxrss'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return d
+import numpy as np, torch
+from factembed import FactorizedEmbeddings
+torch.zeros(1) @ torch.zeros(1, 1)                # initialise the BLAS / thread pools
+rep = {'baseline': hwm()}
+X = np.load(sys.argv[1])
+rep['loaded'] = hwm()
+t = time.perf_counter()
+fe = FactorizedEmbeddings(n_steps=int(sys.argv[2]), random_state=0, verbose=False, device='cpu')
+fe.fit(X)
+rep['fit_seconds'] = time.perf_counter() - t
+rep['fitted'] = hwm()
+rep['matrix_bytes'] = X.nbytes
+rep['model_bytes'] = sum(p.numel() * p.element_size() for p in fe.net_.parameters())
+print('REPORT ' + json.dumps(rep))
+"""
+
+
+def gib(b: float) -> str:
+    return f"{b / 2**30:6.3f} GiB"
+
+
+def main() -> None:
+    p = parser(__doc__)
+    p.add_argument("--steps", type=int, default=300, help="training steps of the fit (default 300)")
+    args = p.parse_args()
+    out = Tee()
+    out(machine_line())
+    n, m = (64, 256) if args.quick else (TCGA_SAMPLES, TCGA_GENES)
+    steps = 5 if args.quick else args.steps
+    with tempfile.TemporaryDirectory(prefix="factembed-bench-") as tmp:
+        path = os.path.join(tmp, "X.npy")
+        t = time.perf_counter()
+        np.save(path, tcga_like(n, m))
+        out(f"data: synthetic {n} x {m} float32 written in {time.perf_counter() - t:.1f} s")
+        env = dict(os.environ, PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        proc = subprocess.run([sys.executable, "-c", CHILD, path, str(steps)], capture_output=True, text=True,
+                              env=env)
+    if proc.returncode != 0:
+        out("child failed:\n" + proc.stderr[-3000:])
+        raise SystemExit(1)
+    rep = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("REPORT "))[7:])
+    X = rep["matrix_bytes"]
+    base = rep["baseline"]["VmHWM"]
+    out(f"float32 matrix:                          {gib(X)}")
+    out(f"model parameters (float32):              {gib(rep['model_bytes'])}  "
+        f"(Adam keeps 2 more copies, the gradients 1)")
+    out(f"baseline (python + torch + factembed):   {gib(base)} peak RSS")
+    out(f"after loading the matrix:                {gib(rep['loaded']['VmHWM'])} peak RSS "
+        f"(net {gib(rep['loaded']['VmHWM'] - base)})")
+    fit = rep["fitted"]["VmHWM"]
+    out(f"after fit ({steps} steps, {rep['fit_seconds']:.0f} s):           {gib(fit)} peak RSS raw "
+        f"(ru_maxrss {gib(rep['fitted']['ru_maxrss'])}) = {fit / X:.2f}x the matrix")
+    out(f"net of the baseline:                     {gib(fit - base)} = {(fit - base) / X:.2f}x the matrix "
+        f"(target <= 1.5x; the reference's pair-index arrays alone were ~4x: 2 x int64 per entry)")
+    out(f"net of the baseline and the matrix:      {gib(fit - base - X)} = {(fit - base - X) / X:.2f}x the matrix "
+        f"(everything the fit adds)")
+    with open(out_path(args, "memory.csv"), "w") as f:
+        f.write("n,m,steps,matrix_bytes,baseline_hwm,loaded_hwm,fit_hwm,fit_ru_maxrss,raw_ratio,net_ratio\n")
+        f.write(f"{n},{m},{steps},{X},{base},{rep['loaded']['VmHWM']},{fit},{rep['fitted']['ru_maxrss']},"
+                f"{fit / X:.3f},{(fit - base) / X:.3f}\n")
+    out.save(out_path(args, "memory.txt"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""Quality must not pay for speed: fp32 defaults vs the fastest CPU mode on the demo data.
+
+Fits the bundled HSMM demo (271 cells x 5,000 genes, already log10(FPKM + 1)) with the
+same seed (a) with factembed's fp32 defaults, (b) in the fastest CPU mode found by
+bench_throughput.py (bench/results/fastest_mode.json; workers / gene_chunk / dtype), and
+(c) with the kernel as it was before the performance work, and reports for each the
+reconstruction Pearson r (decoder output of the training embedding vs X, all entries)
+and the 5-fold kNN accuracy (k = 5) of the time-point labels from the 2-D embedding.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import torch
+from sklearn.model_selection import StratifiedKFold, cross_val_score
+from sklearn.neighbors import KNeighborsClassifier
+
+from _common import Tee, machine_line, out_path, parser
+
+import factembed.model as fe_model
+import factembed.train as fe_train
+from factembed import FactorizedEmbeddings
+from factembed.datasets import load_demo
+
+
+def fit(X, steps: int, *, workers=None, gene_chunk=None, dtype="fp32", kernel=None, seed=0):
+    saved = fe_model.CPU_WORKERS, fe_train.FusedProfileLoss
+    fe_model.CPU_WORKERS = workers
+    if kernel is not None:
+        fe_train.FusedProfileLoss = kernel
+    try:
+        fe = FactorizedEmbeddings(n_steps=steps, gene_chunk=gene_chunk, precision=dtype, random_state=seed,
+                                  verbose=False, device="cpu")
+        t = time.perf_counter()
+        fe.fit(X)
+        return fe, time.perf_counter() - t
+    finally:
+        fe_model.CPU_WORKERS, fe_train.FusedProfileLoss = saved
+
+
+def scores(fe, X, labels) -> tuple[float, float]:
+    rec = fe.inverse_transform(fe.embedding_)
+    r = float(np.corrcoef(rec.ravel().astype(np.float64), X.ravel().astype(np.float64))[0, 1])
+    cv = StratifiedKFold(5, shuffle=True, random_state=0)
+    acc = float(cross_val_score(KNeighborsClassifier(5), fe.embedding_, labels, cv=cv).mean())
+    return r, acc
+
+
+def main() -> None:
+    p = parser(__doc__)
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: the estimator's rule)")
+    args = p.parse_args()
+    out = Tee()
+    out(machine_line())
+    demo = load_demo()
+    X, labels = demo.X, np.asarray(demo.labels)
+    if args.quick:
+        X, labels = X[:, :200], labels
+    steps = args.steps or (10 if args.quick else None)
+    mode_path = out_path(args, "fastest_mode.json")
+    mode = json.loads(mode_path.read_text()) if mode_path.exists() else {"workers": None, "gene_chunk": None,
+                                                                       "dtype": "fp32"}
+    out(f"demo: {X.shape[0]} cells x {X.shape[1]} genes, labels {sorted(set(map(str, labels)))}; "
+        f"steps {'auto' if steps is None else steps}; fastest mode {mode} "
+        f"({'from ' + str(mode_path) if mode_path.exists() else 'no bench result yet: defaults'})")
+    runs = [("fp32 defaults", {}), ("fastest mode", mode)]
+    from bench_throughput import BEFORE_REV, before_kernel
+    before = before_kernel()
+    if before is not None:
+        runs.append((f"kernel before ({BEFORE_REV})", {"kernel": before}))
+    res = {}
+    for name, kw in runs:
+        fe, s = fit(X, steps, **kw)
+        r, acc = scores(fe, X, labels)
+        res[name] = (r, acc, s, fe.embedding_)
+        out(f"{name:22s}: reconstruction r {r:.4f}, 5-fold kNN accuracy {acc:.3f}, fit {s:6.1f} s "
+            f"({fe.n_steps_} steps)")
+    r0, a0, _, z0 = res["fp32 defaults"]
+    for name in list(res)[1:]:
+        r1, a1, _, z1 = res[name]
+        same = np.array_equal(z0, z1)
+        out(f"{name} vs fp32 defaults: |dr| = {abs(r1 - r0):.4f} (" + ("within" if abs(r1 - r0) <= 0.01 else "NOT within")
+            + f" 0.01), |d accuracy| = {abs(a1 - a0):.3f}, embeddings "
+            + ("bit-identical" if same else f"differ (max |dz| {np.abs(z1 - z0).max():.3g})"))
+    with open(out_path(args, "quality.csv"), "w") as f:
+        f.write("mode,pearson_r,knn_accuracy,fit_seconds\n")
+        for name, (r, acc, s, _) in res.items():
+            f.write(f"{name},{r:.5f},{acc:.4f},{s:.2f}\n")
+    out.save(out_path(args, "quality.txt"))
+
+
+if __name__ == "__main__":
+    torch.manual_seed(0)
+    main()

@@ -1,0 +1,68 @@
+"""The fused kernel's CPU worker threads: exact, reproducible, thread settings restored."""
+import pytest
+import torch
+
+import factembed.model as fe_model
+from factembed.model import FactorizedEmbeddingNet, FusedProfileLoss
+
+
+def setup(dtype=torch.float32, m=997):
+    torch.manual_seed(0)
+    net = FactorizedEmbeddingNet(6, m, 2, 9, (16, 8, 8)).to(dtype)
+    idx = torch.tensor([0, 2, 5])
+    X = torch.randn(3, m, dtype=dtype)
+    S = net.sample_term(net.sample_embedding[idx]).detach()
+    G = net.gene_term().detach()
+    layers = [(w.detach(), b.detach()) for w, b in net.decoder_weights()]
+    return S, G, X, layers
+
+
+def run(fused, S, G, X, layers, weight_grads=True):
+    loss, dS, dG, dW = fused.evaluate(S, G, X, layers, weight_grads, None)
+    flat = [loss.reshape(1), dS.flatten(), dG.flatten(), fused.last_stats]
+    if dW is not None:
+        flat += [t.flatten() for wb in dW for t in wb]
+    return torch.cat(flat)
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_workers_agree_with_one_sweep_fp64(workers):
+    args = setup(torch.float64)
+    one = run(FusedProfileLoss(gene_chunk=50, compute_dtype=torch.float64, workers=1), *args)
+    many = run(FusedProfileLoss(gene_chunk=50, compute_dtype=torch.float64, workers=workers), *args)
+    assert torch.allclose(one, many, rtol=1e-12, atol=1e-15)
+
+
+def test_workers_are_bit_reproducible_and_keep_thread_settings():
+    args = setup()
+    before = torch.get_num_threads()
+    fused = FusedProfileLoss(gene_chunk=64, workers=2)
+    a = run(fused, *args)
+    b = run(FusedProfileLoss(gene_chunk=64, workers=2), *args)
+    c = run(fused, *args)
+    assert torch.equal(a, b) and torch.equal(a, c)
+    assert torch.get_num_threads() == before
+
+
+def test_inference_mode_and_module_default(monkeypatch):
+    args = setup()
+    ref = run(FusedProfileLoss(gene_chunk=100, workers=1), *args, weight_grads=False)
+    monkeypatch.setattr(fe_model, "CPU_WORKERS", 2)
+    got = run(FusedProfileLoss(gene_chunk=100), *args, weight_grads=False)
+    assert torch.allclose(ref, got, rtol=1e-5, atol=1e-7)
+
+
+def test_plan_evens_out_blocks_over_workers():
+    fused = FusedProfileLoss(workers=2)
+    chunk, workers = fused.plan(4, 100, 19962, torch.device("cpu"))
+    blocks = -(-19962 // chunk)
+    assert workers == 2 and blocks % 2 == 0
+    assert FusedProfileLoss(workers=4).plan(4, 100, 3, torch.device("cpu"))[1] <= 3
+
+
+def test_bf16_compute_runs_and_is_close():
+    S, G, X, layers = setup()
+    ref = run(FusedProfileLoss(gene_chunk=128, workers=1), S, G, X, layers)
+    got = run(FusedProfileLoss(gene_chunk=128, workers=2, compute_dtype=torch.bfloat16), S, G, X, layers)
+    assert got.dtype == torch.float32
+    assert torch.allclose(ref[:1], got[:1], rtol=5e-2)
