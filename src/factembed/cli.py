@@ -327,7 +327,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     methods = [m.strip().lower() for m in args.methods.split(",") if m.strip()]
     res = evaluate(data, methods=methods, dims=args.dims, n_folds=args.folds, fe_config=cfg,
                    preprocessing=_experiment_preprocessing(args, data), output=args.output, jobs=args.jobs,
-                   seed=args.cv_seed, n_pairs=args.pairs, progress=cfg.verbose,
+                   seed=args.cv_seed, n_pairs=args.pairs, progress=cfg.verbose, figures=not args.no_figures,
                    title=args.title or ("HSMM demo" if args.data == "demo" else Path(args.data).name))
     df = res["results"]
     print(f"{data.n_samples} samples x {data.n_genes} genes, {args.folds}-fold CV in {res['seconds']:.0f} s; "
@@ -348,7 +348,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     data = _read_or_demo(args)
     res = run_sweep(data, l2s=args.l2_grid, gene_dims=args.gene_dims, output=args.output, config=cfg,
                     preprocessing=_experiment_preprocessing(args, data), shard=parse_shard(args.shard),
-                    cv_folds=args.cv_folds, progress=cfg.verbose,
+                    cv_folds=args.cv_folds, progress=cfg.verbose, figures=not args.no_figures,
                     label_name=args.label_column or ("Hours" if args.data == "demo" else "label"),
                     title=args.title or ("HSMM demo" if args.data == "demo" else Path(args.data).name))
     print(f"shard {args.shard or '0/1'}: {len(res['cells'])} cell(s), trained {len(res['trained'])}, "
@@ -452,6 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--cv-seed", type=int, default=0, help="seed of the fold split and pair sample "
                                                           "(default %(default)s)")
     e.add_argument("--title", default=None, help="data set name for titles")
+    e.add_argument("--no-figures", action="store_true", help="tables only (draw later with 'factembed plot')")
     e.add_argument("--no-log", action="store_true", help="do not apply log10(x + 1) (values already on log scale)")
     e.add_argument("--top-genes", type=int, default=None,
                    help="keep the K most variable genes (chosen on each training fold)")
@@ -466,6 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--shard", default=None, help="run only the cells k with k %% N == i (i/N, 0-based)")
     s.add_argument("--cv-folds", type=int, default=5, help="folds of the kNN accuracy (default %(default)s)")
     s.add_argument("--title", default=None, help="data set name for titles")
+    s.add_argument("--no-figures", action="store_true", help="tables only (draw later with 'factembed plot')")
     s.add_argument("--no-log", action="store_true", help="do not apply log10(x + 1) (values already on log scale)")
     s.add_argument("--top-genes", type=int, default=None, help="keep only the K most variable genes")
     _add_read_options(s)
