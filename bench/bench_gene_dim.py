@@ -1,6 +1,7 @@
 """Training speed by gene-embedding size (the study's computing-time figure).
 
-it/s of factembed's real ``train()`` (fp32, defaults) at the TCGA shape for gene_dim
+it/s of factembed's real ``train()`` (fp32; in the fastest CPU mode found by
+bench_throughput.py when bench/results/fastest_mode.json exists, else defaults) at the TCGA shape for gene_dim
 2, 10, 25, 50, 75, 100 and 1000 (sample_dim 2, hidden 100-50-50, 4 profiles per step):
 median of timed windows after warm-up.  Writes bench/results/gene_dim.csv
 (gene_dim,it_per_s,pairs_per_s,seconds_per_100k_steps) and gene_dim.png (minutes per
@@ -10,6 +11,7 @@ second series for comparison: those are not measured here).
 
 from __future__ import annotations
 
+import json
 import time
 
 import torch
@@ -17,24 +19,33 @@ import torch
 from _common import (REFERENCE_GPU_IT_S, TCGA_GENES, TCGA_SAMPLES, Tee, Windows, machine_line, out_path,
                      parser, tcga_like, wait_for_quiet)
 
+import factembed.model as fe_model
 from factembed.model import FactorizedEmbeddingNet
 from factembed.train import train
 
 GENE_DIMS = (2, 10, 25, 50, 75, 100, 1000)
 
 
-def measure(X: torch.Tensor, gene_dim: int, *, warmup: int, n_windows: int, spw: int) -> Windows:
+def measure(X: torch.Tensor, gene_dim: int, *, warmup: int, n_windows: int, spw: int, mode: dict) -> Windows:
     n, m = X.shape
     gen = torch.Generator().manual_seed(0)
     net = FactorizedEmbeddingNet(n, m, 2, gene_dim, (100, 50, 50), generator=gen)
     steps = warmup + n_windows * spw
-    hist, _, _ = train(net, X, n_steps=steps, lr=5e-3, l2=1e-7, batch_samples=4, generator=gen,
-                       device=torch.device("cpu"), progress=False)
+    saved = fe_model.CPU_WORKERS, torch.get_num_threads()
+    fe_model.CPU_WORKERS = mode.get("workers")
+    if mode.get("threads"):
+        torch.set_num_threads(mode["threads"])
+    try:
+        hist, _, _ = train(net, X, n_steps=steps, lr=5e-3, l2=1e-7, batch_samples=4, generator=gen,
+                           device=torch.device("cpu"), gene_chunk=mode.get("gene_chunk"), progress=False)
+    finally:
+        fe_model.CPU_WORKERS = saved[0]
+        torch.set_num_threads(saved[1])
     return Windows.from_times(hist.seconds, warmup=warmup, n_windows=n_windows, steps_per_window=spw,
                               pairs_per_step=4 * m)
 
 
-def plot(rows: list[tuple[int, float]], path) -> None:
+def plot(rows: list[tuple[int, float]], path, label: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -44,7 +55,7 @@ def plot(rows: list[tuple[int, float]], path) -> None:
     x = range(len(dims))
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     wdt = 0.38
-    b1 = ax.bar([i - wdt / 2 for i in x], ours, wdt, label="factembed, this CPU (measured)", color="#2b6cb0")
+    b1 = ax.bar([i - wdt / 2 for i in x], ours, wdt, label=f"factembed, this CPU ({label}; measured)", color="#2b6cb0")
     b2 = ax.bar([i + wdt / 2 for i in x], ref, wdt, color="#cccccc", hatch="//", edgecolor="#777777",
                 label="reference implementation, one GPU (quoted from the study, not measured)")
     ax.bar_label(b1, fmt="%.0f", fontsize=8)
@@ -70,11 +81,16 @@ def main() -> None:
     X = torch.from_numpy(tcga_like(n, m))
     out(f"data: synthetic {n} x {m} float32 made in {time.perf_counter() - t:.1f} s; "
         f"other processes used {100 * wait_for_quiet(0 if q else 20):.0f}% of the CPUs before the run")
+    mode_path = out_path(args, "fastest_mode.json")
+    mode = json.loads(mode_path.read_text()) if mode_path.exists() else {}
+    label = (f"fastest mode: main threads {mode.get('threads')}, workers {mode.get('workers')}, "
+             f"gene_chunk {mode.get('gene_chunk')}" if mode else "train() defaults")
+    out(f"configuration: {label}" + (f" (from {mode_path})" if mode else ""))
     rows = []
     dims = GENE_DIMS[:2] if q else GENE_DIMS
     for d in dims:
         spw = 1 if q else (4 if d >= 1000 else 8)
-        w = measure(X, d, warmup=1 if q else 4, n_windows=3 if q else 5, spw=spw)
+        w = measure(X, d, warmup=1 if q else 4, n_windows=3 if q else 5, spw=spw, mode=mode)
         rows.append((d, w.median))
         out(f"gene_dim {d:5d}: {w.summary()}; {1e5 / w.median / 60:6.1f} min per 100k steps "
             f"(reference GPU, quoted: {REFERENCE_GPU_IT_S[d]} it/s, {1e5 / REFERENCE_GPU_IT_S[d] / 60:.0f} min)")
@@ -84,7 +100,7 @@ def main() -> None:
         for d, it in rows:
             f.write(f"{d},{it:.4f},{it * 4 * m:.0f},{1e5 / it:.0f}\n")
     png = out_path(args, "gene_dim.png")
-    plot(rows, png)
+    plot(rows, png, "fastest mode" if mode else "defaults")
     out(f"wrote {csv_path} and {png}")
     out.save(out_path(args, "gene_dim.txt"))
 

@@ -77,7 +77,7 @@ def main() -> None:
     out(f"after loading the matrix:                {gib(rep['loaded']['VmHWM'])} peak RSS "
         f"(net {gib(rep['loaded']['VmHWM'] - base)})")
     fit = rep["fitted"]["VmHWM"]
-    out(f"after fit ({steps} steps, {rep['fit_seconds']:.0f} s):           {gib(fit)} peak RSS raw "
+    out(f"{'after fit (%d steps, %.0f s):' % (steps, rep['fit_seconds']):41s}{gib(fit)} peak RSS raw "
         f"(ru_maxrss {gib(rep['fitted']['ru_maxrss'])}) = {fit / X:.2f}x the matrix")
     out(f"net of the baseline:                     {gib(fit - base)} = {(fit - base) / X:.2f}x the matrix "
         f"(target <= 1.5x; the reference's pair-index arrays alone were ~4x: 2 x int64 per entry)")

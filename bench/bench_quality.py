@@ -26,9 +26,11 @@ from factembed import FactorizedEmbeddings
 from factembed.datasets import load_demo
 
 
-def fit(X, steps: int, *, workers=None, gene_chunk=None, dtype="fp32", kernel=None, seed=0):
-    saved = fe_model.CPU_WORKERS, fe_train.FusedProfileLoss
+def fit(X, steps: int, *, workers=None, threads=None, gene_chunk=None, dtype="fp32", kernel=None, seed=0):
+    saved = fe_model.CPU_WORKERS, fe_train.FusedProfileLoss, torch.get_num_threads()
     fe_model.CPU_WORKERS = workers
+    if threads:
+        torch.set_num_threads(threads)
     if kernel is not None:
         fe_train.FusedProfileLoss = kernel
     try:
@@ -38,7 +40,8 @@ def fit(X, steps: int, *, workers=None, gene_chunk=None, dtype="fp32", kernel=No
         fe.fit(X)
         return fe, time.perf_counter() - t
     finally:
-        fe_model.CPU_WORKERS, fe_train.FusedProfileLoss = saved
+        fe_model.CPU_WORKERS, fe_train.FusedProfileLoss = saved[:2]
+        torch.set_num_threads(saved[2])
 
 
 def scores(fe, X, labels) -> tuple[float, float]:
@@ -61,8 +64,8 @@ def main() -> None:
         X, labels = X[:, :200], labels
     steps = args.steps or (10 if args.quick else None)
     mode_path = out_path(args, "fastest_mode.json")
-    mode = json.loads(mode_path.read_text()) if mode_path.exists() else {"workers": None, "gene_chunk": None,
-                                                                       "dtype": "fp32"}
+    mode = json.loads(mode_path.read_text()) if mode_path.exists() else {"threads": None, "workers": None,
+                                                                       "gene_chunk": None, "dtype": "fp32"}
     out(f"demo: {X.shape[0]} cells x {X.shape[1]} genes, labels {sorted(set(map(str, labels)))}; "
         f"steps {'auto' if steps is None else steps}; fastest mode {mode} "
         f"({'from ' + str(mode_path) if mode_path.exists() else 'no bench result yet: defaults'})")

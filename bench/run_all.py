@@ -51,7 +51,7 @@ def summary(quick: bool) -> str:
                      f"{int(r['fit_hwm']) / 2**30:.2f} GiB raw = {float(r['raw_ratio']):.2f}x the float32 matrix; "
                      f"net of the interpreter+torch baseline {float(r['net_ratio']):.2f}x |")
     for r in rows("inference"):
-        if r["settings"] in ("default", "chosen"):
+        if r["settings"] in ("default", "default-extrapolated", "chosen"):
             lines.append(f"| transform {r['n_new']} new samples ({r['settings']}: infer_steps "
                          f"{r['infer_steps']}, infer_genes {r['infer_genes']}) | {float(r['seconds']):.1f} s |")
     for r in rows("quality"):

@@ -16,6 +16,12 @@ batch is a set of whole profiles.
 its gradients in one sweep over blocks of genes, so the (pairs x hidden) activations
 only ever exist for one block at a time (they stay in cache on a CPU) and are reused
 from a workspace instead of being allocated every step.
+
+On CPU the gene blocks, the gene term and the forward-only decode are shared out to a
+small pool of worker threads with one intra-op thread each (see :data:`CPU_WORKERS`):
+they synchronise once per call instead of once per operation, which is faster on small
+machines and degrades gracefully when other processes compete for the cores.  Partial
+sums are added in a fixed order, so results are reproducible for a fixed configuration.
 """
 
 from __future__ import annotations
@@ -75,6 +81,11 @@ class FactorizedEmbeddingNet(nn.Module):
     def gene_term(self, gene_index: torch.Tensor | None = None) -> torch.Tensor:
         """``W1_g g_j + b1`` for all genes (or ``gene_index``): ``(genes, hidden[0])``."""
         emb = self.gene_embedding if gene_index is None else self.gene_embedding[gene_index]
+        w, b = self.first_gene.weight, self.first_gene.bias
+        if emb.device.type == "cpu" and emb.shape[0] * w.numel() >= _SPLIT_MIN_MACS:
+            workers = cpu_workers(emb.shape[0] // 256)
+            if workers > 1:
+                return _RowSplitLinear.apply(emb, w, b, workers)
         return self.first_gene(emb)
 
     def sample_term(self, z: torch.Tensor) -> torch.Tensor:
@@ -93,6 +104,8 @@ class FactorizedEmbeddingNet(nn.Module):
         """
         G = self.gene_term(gene_index)
         S = self.sample_term(z)
+        if S.device.type == "cpu" and not (torch.is_grad_enabled() and (S.requires_grad or G.requires_grad)):
+            return self._blocked_decode(S.detach(), G.detach())
         n_genes = G.shape[0]
         chunk = gene_chunk or n_genes
         outs = []
@@ -104,6 +117,49 @@ class FactorizedEmbeddingNet(nn.Module):
                     A = torch.relu(A)
             outs.append(A[..., 0])
         return torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
+
+    @torch.no_grad()
+    def _blocked_decode(self, S: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
+        """Forward-only :meth:`decode` on CPU: blocks of genes (~``_DECODE_ROWS`` pairs
+        each, so the activations stay in cache) shared out to the kernel's workers."""
+        B, h0 = S.shape
+        m = G.shape[0]
+        out = torch.empty(B, m, dtype=S.dtype)
+        if B == 0 or m == 0:
+            return out
+        c = int(max(1, min(m, _DECODE_ROWS // B)))
+        blocks = [(j0, min(c, m - j0)) for j0 in range(0, m, c)]
+        layers = [(layer.weight.detach(), layer.bias.detach()) for layer in self.layers]
+        widths = [h0] + [w.shape[0] for w, _ in layers[:-1]]
+        fused_add_relu = S.dtype in (torch.float32, torch.float64)
+        S3 = S[:, None, :]
+
+        def run(part):
+            acts = [torch.empty(B * c, w, dtype=S.dtype) for w in widths]
+            for j0, cc in part:
+                P = B * cc
+                a = acts[0][:P]
+                if fused_add_relu:
+                    torch.ops.aten._add_relu.out(G[None, j0:j0 + cc, :], S3, out=a.view(B, cc, h0))
+                else:
+                    torch.add(G[None, j0:j0 + cc, :], S3, out=a.view(B, cc, h0))
+                    a.clamp_min_(0)
+                for k, (w, b) in enumerate(layers[:-1]):
+                    nxt = acts[k + 1][:P]
+                    torch.addmm(b, a, w.t(), out=nxt)
+                    nxt.clamp_min_(0)
+                    a = nxt
+                w, b = layers[-1]
+                out[:, j0:j0 + cc] = torch.addmm(b, a, w.t()).view(B, cc)
+
+        workers = cpu_workers(len(blocks))
+        if workers == 1:
+            run(blocks)
+        else:
+            pool = _worker_pool(workers, max(1, torch.get_num_threads() // workers))
+            for f in [pool.submit(run, blocks[w::workers]) for w in range(workers)]:
+                f.result()
+        return out
 
     def forward(self, sample_index: torch.Tensor) -> torch.Tensor:
         """Reconstructed profiles of training samples ``sample_index`` (all genes)."""
@@ -355,6 +411,65 @@ def _acc_mm(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, same: bool) -> 
         out.addmm_(a, b)
     else:
         out.add_((a @ b).to(out.dtype))
+
+
+#: (sample, gene) pairs per block of the forward-only decode on CPU.
+_DECODE_ROWS = 8192
+#: Smallest gene term (genes x gene_dim x hidden[0] multiply-adds) split over the workers.
+_SPLIT_MIN_MACS = 1 << 22
+
+
+def _row_ranges(n: int, parts: int) -> list[slice]:
+    step = -(-n // parts)
+    return [slice(i, min(n, i + step)) for i in range(0, n, step)]
+
+
+class _RowSplitLinear(torch.autograd.Function):
+    """``x W^T + b`` with the rows of ``x`` shared out to the kernel's CPU workers (the
+    same threads as :class:`FusedProfileLoss`, so no OpenMP team has to be gathered for
+    the step's largest products).  Partial weight gradients are added in worker order:
+    reproducible for a fixed worker count."""
+
+    @staticmethod
+    def forward(ctx, x, w, b, workers):
+        ctx.save_for_backward(x, w)
+        ctx.workers = workers
+        out = torch.empty(x.shape[0], w.shape[0], dtype=x.dtype)
+        xd, wt, bd = x.detach(), w.detach().t(), b.detach()
+        pool = _worker_pool(workers, max(1, torch.get_num_threads() // workers))
+        futures = [pool.submit(torch.addmm, bd, xd[r], wt, out=out[r])
+                   for r in _row_ranges(x.shape[0], workers)]
+        for f in futures:
+            f.result()
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, w = ctx.saved_tensors
+        grad = grad.contiguous()
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        dx = torch.empty_like(x) if need_x else None
+        wd, xd = w.detach(), x.detach()
+
+        def part(r):
+            if need_x:
+                torch.mm(grad[r], wd, out=dx[r])
+            dw = grad[r].t() @ xd[r] if need_w else None
+            db = grad[r].sum(0) if need_b else None
+            return dw, db
+
+        pool = _worker_pool(ctx.workers, max(1, torch.get_num_threads() // ctx.workers))
+        parts = [f.result() for f in [pool.submit(part, r) for r in _row_ranges(x.shape[0], ctx.workers)]]
+        dw = db = None
+        if need_w:
+            dw = parts[0][0]
+            for p in parts[1:]:
+                dw.add_(p[0])
+        if need_b:
+            db = parts[0][1]
+            for p in parts[1:]:
+                db.add_(p[1])
+        return dx, dw, db, None
 
 
 class _FusedFn(torch.autograd.Function):
