@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Callable, Protocol
 import numpy as np
 import torch
 
-from .model import FactorizedEmbeddingNet, FusedProfileLoss
+from .model import FactorizedEmbeddingNet, FusedProfileLoss, cpu_workers
 
 if TYPE_CHECKING:  # pragma: no cover
     from .checkpoint import Checkpointer
@@ -196,7 +196,13 @@ def train(net: FactorizedEmbeddingNet, X: torch.Tensor | RowSource, *, n_steps: 
     history = history if history is not None else History()
     optimizer = optimizer or make_optimizer(net.parameters(), lr, l2, device)
     sampler = sampler or BatchSampler(source.shape[0], batch_samples, generator)
-    fused = FusedProfileLoss(gene_chunk=gene_chunk, compute_dtype=compute_dtype)
+    # On CPU the fused kernel's gene blocks go to worker threads (one intra-op thread
+    # each) while this thread runs at one intra-op thread: measured 1.1-2.4x faster
+    # than OpenMP-parallel operations on the 2-core dev machine (bench/bench_ab.py).
+    caller_threads = torch.get_num_threads()
+    on_cpu = device.type == "cpu"
+    fused = FusedProfileLoss(gene_chunk=gene_chunk, compute_dtype=compute_dtype,
+                             workers=cpu_workers(1 << 30) if on_cpu else None)
     bar = _Progress(n_steps, "factembed fit", progress)
     bar.done = start_step
     t0 = time.perf_counter() - (history.seconds[-1] if history.seconds else 0.0)
@@ -225,6 +231,8 @@ def train(net: FactorizedEmbeddingNet, X: torch.Tensor | RowSource, *, n_steps: 
 
     flush_every = 16 if device.type == "cpu" else 256
     try:
+        if on_cpu:
+            torch.set_num_threads(1)
         for step in range(start_step + 1, n_steps + 1):
             idx = sampler.next()
             xb = source.rows(idx).to(device, non_blocking=True)
@@ -246,6 +254,8 @@ def train(net: FactorizedEmbeddingNet, X: torch.Tensor | RowSource, *, n_steps: 
                 flush()
         flush()
     finally:
+        if on_cpu:
+            torch.set_num_threads(caller_threads)
         bar.close()
     return history, optimizer, sampler
 
