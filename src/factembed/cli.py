@@ -154,6 +154,12 @@ def _fit_data(data, cfg: FEConfig, preprocessing, out: Path, title: str, label_c
 def cmd_fit(args: argparse.Namespace) -> int:
     from .io import Preprocessing
 
+    if getattr(args, "distributed", None):
+        from .distributed import launch_from_cli
+        return launch_from_cli(args)
+    if getattr(args, "backed", False):
+        from .sources import cli_fit_backed
+        return cli_fit_backed(args)
     cfg = config_from_args(args)
     data = _read(args, args.data)
     pre = Preprocessing(log10p1=not args.no_log and data.transform != "log10p1",
@@ -398,6 +404,13 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("data", help="expression file (.h5 TCGA-style, .h5ad, .csv/.tsv[.gz], .npy, .npz, .parquet)")
     f.add_argument("-o", "--output", required=True, help="model directory to write")
     _add_read_options(f)
+    sc = f.add_argument_group("scaling (see docs/scaling.md)")
+    sc.add_argument("--backed", action="store_true",
+                    help="stream the matrix from disk in row blocks instead of loading it (.npy, .h5, .h5ad, "
+                         ".zarr); genes are used as stored, log10(x + 1) is applied per block unless --no-log")
+    sc.add_argument("--distributed", type=int, default=None, metavar="NPROC",
+                    help="train with NPROC data-parallel processes on this machine (runs torchrun); for "
+                         "several machines run 'torchrun ... -m factembed.distributed fit' on each")
     g = f.add_argument_group("preprocessing (recorded in the model and re-applied by transform)")
     g.add_argument("--no-log", action="store_true", help="do not apply log10(x + 1) (values already on log scale)")
     g.add_argument("--all-biotypes", action="store_true", help="keep all genes, not only protein-coding ones "
