@@ -21,7 +21,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,30 +29,9 @@ from typing import Any
 import torch
 
 from .errors import FEInputError
+from .io import write_bytes_atomic
 
 _NAME = re.compile(r"^step-(\d{9})\.json$")
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    try:  # make the rename itself durable
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:  # pragma: no cover - e.g. filesystems without directory fsync
-        pass
 
 
 @dataclass
@@ -110,14 +88,14 @@ class Checkpointer:
             tensors[f"history/{k}"] = torch.tensor(h[k], dtype=torch.float64)
         blob = st_save(tensors)
         stem = f"step-{step:09d}"
-        _atomic_write(self.dir / f"{stem}.safetensors", blob)
+        write_bytes_atomic(self.dir / f"{stem}.safetensors", blob)
         meta = {
             "format": "factembed-checkpoint", "step": int(step),
             "sha256": hashlib.sha256(blob).hexdigest(),
             "param_groups": opt["param_groups"], "optimizer_scalars": scalar_opt_state,
             "sampler_scalars": samp_scalars, "meta": self.meta,
         }
-        _atomic_write(self.dir / f"{stem}.json", json.dumps(meta).encode())
+        write_bytes_atomic(self.dir / f"{stem}.json", json.dumps(meta).encode())
         self._prune()
         return self.dir / f"{stem}.json"
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 
 from .config import FEConfig, auto_n_steps
 from .errors import FEInputError
+from .io import write_bytes_atomic
 from .infer import embed_new_samples, reconstruct
 from .model import FactorizedEmbeddingNet
 from .checkpoint import Checkpointer
@@ -112,20 +112,6 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
@@ -383,7 +369,7 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
         out.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.net_.state_dict().items()}
         blob = st_save(tensors)
-        _atomic_write_bytes(out / WEIGHTS_FILE, blob)
+        write_bytes_atomic(out / WEIGHTS_FILE, blob)
         meta = {
             "format": "factembed", "format_version": FORMAT_VERSION,
             "config": self.config.to_dict(),
@@ -395,7 +381,7 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
             "history": self.history_,
             "extra": extra if extra is not None else getattr(self, "extra_", None),
         }
-        _atomic_write_bytes(out / META_FILE, json.dumps(meta, allow_nan=True).encode())
+        write_bytes_atomic(out / META_FILE, json.dumps(meta, allow_nan=True).encode())
         return out
 
     @classmethod

@@ -1243,6 +1243,13 @@ def _atomic_output(path: str | os.PathLike) -> Iterator[str]:
         raise
 
 
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temp file, fsync, rename)."""
+    with _atomic_output(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+
+
 def _check_data(data: Any, what: str = "data") -> ExpressionData:
     if not isinstance(data, ExpressionData):
         raise TypeError(f"{what} must be an ExpressionData, got {type(data).__name__}")
