@@ -216,3 +216,13 @@ def test_cli_evaluate(tmp_path, capsys):
     assert set(df.method) == {"pca", "full"}
     assert not (out / "accuracy_by_dim.png").exists()
     assert main(["evaluate", str(path), "--methods", "nope", "--no-log", "-o", str(out), "--quiet"]) == 1
+
+
+@pytest.mark.skipif(not __import__("os").environ.get("FACTEMBED_SLOW_TESTS"),
+                    reason="UMAP's numba compilation costs ~40 s of CPU; set FACTEMBED_SLOW_TESTS=1")
+def test_umap_out_of_sample_above_chance():
+    pytest.importorskip("umap")
+    data = _data(n=90, m=40)
+    res = ev.evaluate(data, methods=["umap"], dims=[2], n_folds=3, progress=False)
+    df = res["results"]
+    assert df.loc[df.metric == "knn_accuracy", "value"].mean() > res["chance"] + 0.3

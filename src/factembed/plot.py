@@ -213,8 +213,12 @@ def plot_speed_by_gene_dim(table, path: str | os.PathLike, *, title: str = "Comp
         a1.errorbar(g["gene_dim"], g["mean"], yerr=g["std"].fillna(0), marker="o", capsize=3, color=color, label=lab)
         minutes = steps / g["mean"] / 60.0
         a2.plot(g["gene_dim"], minutes, marker="o", color=color, label=lab)
+    ticks = sorted(set(int(g) for g in df["gene_dim"]))
     for a in (a1, a2):
         a.set_xscale("log")
+        a.set_xticks(ticks)
+        a.set_xticklabels([str(t) for t in ticks], fontsize=8)
+        a.minorticks_off()
         a.set_xlabel("gene-embedding size (gene_dim)")
         a.grid(alpha=0.3)
         a.legend(frameon=False, fontsize=8)
