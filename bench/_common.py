@@ -8,6 +8,7 @@ Every script is plain Python, prints its figures and writes them under
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import statistics
@@ -219,6 +220,28 @@ def out_path(args: argparse.Namespace, name: str) -> Path:
 def write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
+
+
+@contextlib.contextmanager
+def kernel_settings(*, workers=None, threads=None, kernel=None):
+    """Run a block with ``factembed.model.CPU_WORKERS = workers``, the caller at
+    ``threads`` torch intra-op threads (None: unchanged) and, if given, another fused
+    kernel class in ``factembed.train``; all restored afterwards."""
+    import torch
+
+    import factembed.model as fe_model
+    import factembed.train as fe_train
+    saved = fe_model.CPU_WORKERS, fe_train.FusedProfileLoss, torch.get_num_threads()
+    fe_model.CPU_WORKERS = workers
+    if threads:
+        torch.set_num_threads(threads)
+    if kernel is not None:
+        fe_train.FusedProfileLoss = kernel
+    try:
+        yield
+    finally:
+        fe_model.CPU_WORKERS, fe_train.FusedProfileLoss = saved[:2]
+        torch.set_num_threads(saved[2])
 
 
 class Tee:

@@ -18,30 +18,19 @@ import torch
 from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.neighbors import KNeighborsClassifier
 
-from _common import Tee, machine_line, out_path, parser
+from _common import Tee, kernel_settings, machine_line, out_path, parser
 
-import factembed.model as fe_model
-import factembed.train as fe_train
 from factembed import FactorizedEmbeddings
 from factembed.datasets import load_demo
 
 
 def fit(X, steps: int, *, workers=None, threads=None, gene_chunk=None, dtype="fp32", kernel=None, seed=0):
-    saved = fe_model.CPU_WORKERS, fe_train.FusedProfileLoss, torch.get_num_threads()
-    fe_model.CPU_WORKERS = workers
-    if threads:
-        torch.set_num_threads(threads)
-    if kernel is not None:
-        fe_train.FusedProfileLoss = kernel
-    try:
+    with kernel_settings(workers=workers, threads=threads, kernel=kernel):
         fe = FactorizedEmbeddings(n_steps=steps, gene_chunk=gene_chunk, precision=dtype, random_state=seed,
                                   verbose=False, device="cpu")
         t = time.perf_counter()
         fe.fit(X)
         return fe, time.perf_counter() - t
-    finally:
-        fe_model.CPU_WORKERS, fe_train.FusedProfileLoss = saved[:2]
-        torch.set_num_threads(saved[2])
 
 
 def scores(fe, X, labels) -> tuple[float, float]:

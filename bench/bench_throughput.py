@@ -33,11 +33,9 @@ import time
 import torch
 from torch import nn
 
-from _common import (RESULTS, TCGA_GENES, TCGA_SAMPLES, Tee, Windows, machine_line, out_path, parser,
+from _common import (RESULTS, TCGA_GENES, TCGA_SAMPLES, Tee, Windows, kernel_settings, machine_line, out_path, parser,
                      tcga_like, wait_for_quiet)
 
-import factembed.model as fe_model
-import factembed.train as fe_train
 from factembed.model import FactorizedEmbeddingNet
 from factembed.train import BatchSampler, bf16_native, make_optimizer, train
 
@@ -114,20 +112,11 @@ def train_windows(X, batch, dims, *, warmup, n_windows, spw, gene_chunk=None, wo
     n, m = X.shape
     gen = torch.Generator().manual_seed(seed)
     net = FactorizedEmbeddingNet(n, m, *dims, generator=gen)
-    saved = fe_model.CPU_WORKERS, fe_train.FusedProfileLoss, torch.get_num_threads()
-    fe_model.CPU_WORKERS = workers
-    if threads:
-        torch.set_num_threads(threads)
-    if kernel is not None:
-        fe_train.FusedProfileLoss = kernel
-    try:
-        steps = warmup + n_windows * spw
+    steps = warmup + n_windows * spw
+    with kernel_settings(workers=workers, threads=threads, kernel=kernel):
         hist, _, _ = train(net, X, n_steps=steps, lr=LR, l2=L2, batch_samples=batch, generator=gen,
                            device=torch.device("cpu"), compute_dtype=dtype, gene_chunk=gene_chunk,
                            progress=False)
-    finally:
-        fe_model.CPU_WORKERS, fe_train.FusedProfileLoss = saved[:2]
-        torch.set_num_threads(saved[2])
     return Windows.from_times(hist.seconds, warmup=warmup, n_windows=n_windows, steps_per_window=spw,
                               pairs_per_step=batch * m)
 

@@ -27,3 +27,14 @@ def fitted_small(planted_data):
                               random_state=0, verbose=False)
     fe.fit(X)
     return fe, X, labels
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One intra-op thread for tiny tests (on a shared 2-core machine multi-threaded torch
+    spins on them); restored afterwards."""
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

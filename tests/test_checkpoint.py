@@ -1,13 +1,12 @@
 """Checkpoints, resume (in-process and after SIGKILL), divergence guard."""
 import json
-import os
+
 import signal
 import subprocess
 import sys
 import textwrap
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest

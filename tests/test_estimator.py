@@ -122,3 +122,12 @@ def test_score_is_reconstruction_correlation(fitted_small):
     fe, X, _ = fitted_small
     s = fe.score(X[:50])
     assert 0.9 < s <= 1.0
+
+
+def test_estimator_defaults_are_the_config_defaults():
+    """One set of defaults: the estimator's signature may not drift from FEConfig."""
+    from dataclasses import fields
+
+    from factembed import FactorizedEmbeddings
+    from factembed.config import FEConfig
+    assert FactorizedEmbeddings().get_params() == {f.name: f.default for f in fields(FEConfig)}

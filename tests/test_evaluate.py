@@ -14,15 +14,7 @@ TINY_FE = FEConfig(gene_dim=8, hidden=(16, 8), n_steps=300, batch_samples=8, inf
                    verbose=False)
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: these tests are tiny and a shared 2-core machine makes
-    multi-threaded torch spin; restored afterwards."""
-    import torch
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _data(n=90, m=40, k=3, seed=0):

@@ -67,3 +67,73 @@ def test_gene_subsampled_refinement(fitted_small):
     Z = fe.embedding_[:50]
     spread = np.linalg.norm(fe.embedding_ - fe.embedding_.mean(0), axis=1).mean()
     assert np.median(np.linalg.norm(Zt - Z, axis=1)) < 0.15 * spread
+
+
+def _full_gene_reference():
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "bench" / "_gn_reference.py"
+    spec = importlib.util.spec_from_file_location("_gn_reference", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_gn_reference_gradient_matches_autograd(fitted_small):
+    """The bench's Gauss-Newton reference (forward-mode Jacobians) agrees with autograd."""
+    ref = _full_gene_reference()
+    fe, X, _ = fitted_small
+    net = fe.net_
+    Z = torch.tensor(fe.embedding_[:5], dtype=torch.float64)
+    Xt = torch.from_numpy(X[:5])
+    G = net.first_gene(net.gene_embedding).detach()
+    layers = [(la.weight.detach(), la.bias.detach()) for la in net.layers]
+    f, g, _ = ref.loss_grad_gn(Z, Xt, G, net.first_sample.weight.detach(), layers, chunk=7)
+    z = Z.float().clone().requires_grad_(True)
+    loss = ((net.decode(z) - Xt) ** 2).mean(1)
+    loss.sum().backward()
+    np.testing.assert_allclose(f.numpy(), loss.detach().numpy(), rtol=1e-5)
+    np.testing.assert_allclose(g.numpy(), z.grad.numpy(), rtol=1e-3, atol=1e-6)
+
+
+def test_transform_reaches_the_full_gene_optimum(fitted_small):
+    """Against an independent solver (Levenberg-Marquardt on the full-gene loss): a long
+    all-gene transform lands on its optimum; the default (subsampled) settings land
+    within a few percent of the embedding's spread of it and never fit worse than
+    their start point."""
+    ref = _full_gene_reference()
+    fe, X, _ = fitted_small
+    rng = np.random.default_rng(3)
+    X_new = X[:30] + 0.05 * rng.normal(size=X[:30].shape).astype(np.float32)
+    spread = np.median(np.linalg.norm(fe.embedding_ - np.median(fe.embedding_, 0), axis=1))
+    long = copy.deepcopy(fe).set_params(infer_steps=400, infer_genes=10**6, infer_lr=2e-2)
+    Z_long = long.transform(X_new)
+    Z_ref, f_ref = ref.full_gene_optimum(fe.net_, torch.from_numpy(Z_long), torch.from_numpy(X_new))
+    f_long = per_sample_mse(fe, Z_long, X_new)
+    assert np.all(f_long <= f_ref.numpy() * (1 + 1e-3) + 1e-6)
+    assert np.median(np.linalg.norm(Z_long - Z_ref.numpy(), axis=1)) < 0.01 * spread
+    from factembed import FactorizedEmbeddings
+    default = copy.deepcopy(fe).set_params(**{k: FactorizedEmbeddings().get_params()[k]
+                                              for k in ("infer_steps", "infer_genes", "infer_lr")})
+    Z_def = default.transform(X_new)
+    Z0 = copy.deepcopy(default).set_params(infer_steps=0).transform(X_new)
+    assert np.median(np.linalg.norm(Z_def - Z_ref.numpy(), axis=1)) < 0.05 * spread
+    assert np.all(per_sample_mse(fe, Z_def, X_new) <= per_sample_mse(fe, Z0, X_new) + 1e-4)
+
+
+def test_start_points_come_from_a_capped_candidate_set(fitted_small, monkeypatch):
+    """Above INIT_CANDIDATES training samples the start point is the nearest
+    reconstruction among a random subset of that many (the search must not grow with
+    the training set); the subset comes from the generator (reproducible)."""
+    import factembed.infer as infer
+    fe, X, _ = fitted_small
+    monkeypatch.setattr(infer, "INIT_CANDIDATES", 25)
+    Xt = torch.from_numpy(X[:40])
+    Z0 = infer.nearest_reconstruction_init(fe.net_, Xt, init_genes=10**6,
+                                           generator=torch.Generator().manual_seed(7))
+    subset = torch.randperm(len(fe.embedding_), generator=torch.Generator().manual_seed(7))[:25].numpy()
+    E = fe.embedding_
+    R = fe.inverse_transform(E[subset])
+    d = ((X[:40, None, :] - R[None, :, :]) ** 2).sum(-1)
+    np.testing.assert_array_equal(Z0.numpy(), E[subset[d.argmin(1)]])
+    assert len({tuple(z) for z in Z0.numpy()}) <= 25

@@ -15,15 +15,7 @@ from factembed.io import ExpressionData, write_expression
 CFG = FEConfig(hidden=(8,), n_steps=30, batch_samples=8, random_state=0, verbose=False)
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: these tests are tiny and a shared 2-core machine makes
-    multi-threaded torch spin; restored afterwards."""
-    import torch
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _data(n=40, m=24, k=4):

@@ -29,7 +29,7 @@ CONFIG_HELP = {
     "n_steps": "training steps (default: 40 passes over the samples, clipped to 2,000..100,000)",
     "infer_steps": "Adam steps when embedding new samples (default %(default)s)",
     "infer_lr": "Adam learning rate when embedding new samples (default %(default)s)",
-    "infer_genes": "genes drawn per inference step (default %(default)s; all when fewer)",
+    "infer_genes": "genes per inference step, walked through a random permutation (default %(default)s; all when fewer)",
     "init_genes": "genes used to pick the start point of new samples (default %(default)s)",
     "device": "auto, cpu, cuda or cuda:N (default %(default)s)",
     "precision": "fp32, bf16 or auto (bf16 only where the hardware runs it natively) (default %(default)s)",
@@ -216,18 +216,25 @@ def _load_model(path: str):
     return fe, pre, extra
 
 
-def cmd_transform(args: argparse.Namespace) -> int:
+def read_for_model(args: argparse.Namespace, fe, pre):
+    """``args.data`` read and brought to the model's genes: its recorded preprocessing
+    re-applied (genes matched by name, ``--fill-missing``), or the gene count checked."""
     from .errors import FEInputError
+    data = _read(args, args.data)
+    if pre is not None:
+        return pre.apply(data, fill_missing=args.fill_missing)
+    if data.n_genes != fe.n_features_in_:
+        raise FEInputError(f"{data.n_genes} genes but the model has {fe.n_features_in_}", data.source)
+    return data
+
+
+def cmd_transform(args: argparse.Namespace) -> int:
     from .io import write_embedding_h5ad, write_embedding_table
 
     fe, pre, _ = _load_model(args.model)
     if args.quiet:
         fe.set_params(verbose=False)
-    data = _read(args, args.data)
-    if pre is not None:
-        data = pre.apply(data, fill_missing=args.fill_missing)
-    elif data.n_genes != fe.n_features_in_:
-        raise FEInputError(f"{data.n_genes} genes but the model has {fe.n_features_in_}", data.source)
+    data = read_for_model(args, fe, pre)
     Z = fe.transform(data.X)
     out = args.output
     if out.endswith(".h5ad"):

@@ -565,8 +565,7 @@ def run_fit(args: argparse.Namespace) -> int:
 
 
 def run_transform(args: argparse.Namespace) -> int:
-    from .cli import _load_model, _read
-    from .errors import FEInputError
+    from .cli import _load_model, read_for_model
     from .io import write_embedding_h5ad, write_embedding_table
 
     rank, world, _ = init_process_group(device="cpu")   # gloo: only the small embeddings travel
@@ -578,11 +577,7 @@ def run_transform(args: argparse.Namespace) -> int:
         fe.set_params(device=str(dev))
     if args.quiet or rank != 0:
         fe.set_params(verbose=False)
-    data = _read(args, args.data)
-    if pre is not None:
-        data = pre.apply(data, fill_missing=args.fill_missing)
-    elif data.n_genes != fe.n_features_in_:
-        raise FEInputError(f"{data.n_genes} genes but the model has {fe.n_features_in_}", data.source)
+    data = read_for_model(args, fe, pre)
     Z = transform_distributed(fe, data.X)
     if rank == 0:
         if args.output.endswith(".h5ad"):

@@ -124,7 +124,7 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
     Parameters are those of :class:`factembed.config.FEConfig` (see there for every
     one): ``sample_dim=2, gene_dim=100, hidden=(100, 50, 50), l2=1e-7, lr=5e-3,
     batch_samples=4, n_steps=None`` (automatic: ``clip(ceil(40 n / batch_samples),
-    2000, 100000)``), inference ``infer_steps=200, infer_lr=2e-2, infer_genes=2048,
+    2000, 100000)``), inference ``infer_steps=50, infer_lr=1e-2, infer_genes=512,
     init_genes=2048``, engine ``device="auto", precision="fp32", gene_chunk=None,
     random_state=None, verbose=True``.
 
@@ -139,7 +139,7 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
 
     def __init__(self, sample_dim: int = 2, gene_dim: int = 100, hidden: tuple[int, ...] = (100, 50, 50),
                  l2: float = 1e-7, lr: float = 5e-3, batch_samples: int = 4, n_steps: int | None = None,
-                 infer_steps: int = 200, infer_lr: float = 2e-2, infer_genes: int = 2048,
+                 infer_steps: int = 50, infer_lr: float = 1e-2, infer_genes: int = 512,
                  init_genes: int = 2048, device: str = "auto", precision: str = "fp32",
                  gene_chunk: int | None = None, random_state: int | None = None, verbose: bool = True):
         self.sample_dim = sample_dim

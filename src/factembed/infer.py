@@ -20,12 +20,35 @@ from .train import _Progress
 
 #: rows of new samples per block (bounds the activations of one block)
 ROW_BLOCK = 256
+#: most training samples considered as start points (a fixed random subset of them when
+#: the model has more): the start-point search decodes every candidate, so its cost must
+#: not grow with the training set (1,000,000 cells would otherwise cost minutes per call)
+INIT_CANDIDATES = 4096
 
 
-def _gene_subset(m: int, k: int, generator: torch.Generator) -> torch.Tensor | None:
+def _random_subset(m: int, k: int, generator: torch.Generator) -> torch.Tensor | None:
     if k >= m:
         return None
     return torch.randperm(m, generator=generator)[:k].sort().values
+
+
+class _GeneWalk:
+    """Gene subsets of ``k`` genes for successive inference steps, taken in turn from a
+    random permutation of all genes (a fresh one when it runs out), so that every gene is
+    used once before any is used twice; ``None`` (all genes) when ``k >= m``."""
+
+    def __init__(self, m: int, k: int, generator: torch.Generator) -> None:
+        self.m, self.k, self.gen = m, k, generator
+        self.perm, self.pos = None, m
+
+    def next(self) -> torch.Tensor | None:
+        if self.k >= self.m:
+            return None
+        if self.pos + self.k > self.m:
+            self.perm, self.pos = torch.randperm(self.m, generator=self.gen), 0
+        J = self.perm[self.pos:self.pos + self.k]
+        self.pos += self.k
+        return J.sort().values
 
 
 @torch.no_grad()
@@ -44,15 +67,19 @@ def nearest_reconstruction_init(net: FactorizedEmbeddingNet, X_new: torch.Tensor
                                 generator: torch.Generator, row_block: int = ROW_BLOCK) -> torch.Tensor:
     """Embedding of the training sample whose reconstruction is nearest to each new
     profile (squared Euclidean distance over ``init_genes`` fixed random genes, or over
-    all genes when the model has no more than that)."""
+    all genes when the model has no more than that).  Models with more than
+    :data:`INIT_CANDIDATES` training samples offer a fixed random subset of that many."""
     dev = net.gene_embedding.device
-    J = _gene_subset(net.n_genes, init_genes, generator)
+    J = _random_subset(net.n_genes, init_genes, generator)
+    C = _random_subset(net.n_samples, INIT_CANDIDATES, generator)
     Xj = (X_new if J is None else X_new[:, J]).to(dev, torch.float32)
     x_sq = (Xj * Xj).sum(1, keepdim=True)
     best = torch.full((Xj.shape[0],), float("inf"), device=dev)
     arg = torch.zeros(Xj.shape[0], dtype=torch.long, device=dev)
     J_dev = None if J is None else J.to(dev)
     train_Z = net.sample_embedding.detach()
+    if C is not None:
+        train_Z = train_Z[C.to(dev)]
     for i in range(0, train_Z.shape[0], row_block):
         R = net.decode(train_Z[i:i + row_block], gene_index=J_dev, gene_chunk=4096)
         d = x_sq - 2.0 * Xj @ R.t() + (R * R).sum(1)[None, :]
@@ -87,9 +114,10 @@ def embed_new_samples(net: FactorizedEmbeddingNet, X_new: torch.Tensor, *, steps
     bar = _Progress(steps, "factembed transform", progress)
     with torch.no_grad():
         G_all = net.gene_term()
+    genes = _GeneWalk(net.n_genes, infer_genes, generator)
     try:
         for step in range(1, steps + 1):
-            J = _gene_subset(net.n_genes, infer_genes, generator)
+            J = genes.next()
             G = G_all if J is None else G_all[J.to(dev)]
             opt.zero_grad(set_to_none=True)
             total = 0.0

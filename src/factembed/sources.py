@@ -394,7 +394,25 @@ def _h5_names(f, key: str, path: str) -> np.ndarray | None:
         raise FEInputError(f"cannot read dataset {key!r}: {_one_line(exc)}", path) from None
 
 
-class H5Source(BackedSource):
+def _h5_read_rows(ds, a: int, b: int, out: np.ndarray) -> None:
+    """Rows ``a:b`` of a 2-D h5py dataset into ``out`` (straight into it when contiguous)."""
+    if out.flags.c_contiguous:
+        ds.read_direct(out, np.s_[a:b], np.s_[0:b - a])
+    else:
+        out[...] = ds[a:b]
+
+
+class _H5Backed(BackedSource):
+    """A source reading from an open h5py file ``self._file``."""
+
+    def _close(self) -> None:
+        try:
+            self._file.close()
+        except Exception:  # pragma: no cover
+            pass
+
+
+class H5Source(_H5Backed):
     """TCGA-style HDF5: 2-D numeric dataset ``data`` (samples x genes), with optional
     1-D ``samples``, ``genes`` and ``labels``.  A file stored genes x samples (detected
     from the name lengths) is read column-wise, which is slow: transpose it once."""
@@ -430,22 +448,15 @@ class H5Source(BackedSource):
         try:
             if self._transposed:
                 out[...] = self._ds[:, a:b].T
-            elif out.flags.c_contiguous:
-                self._ds.read_direct(out, np.s_[a:b], np.s_[0:b - a])
             else:
-                out[...] = self._ds[a:b]
+                _h5_read_rows(self._ds, a, b, out)
         except (OSError, RuntimeError, TypeError) as exc:
             raise FEInputError(f"cannot read rows {a}-{b} (truncated or corrupt?): {_one_line(exc)}",
                                self.path) from None
 
-    def _close(self) -> None:
-        try:
-            self._file.close()
-        except Exception:  # pragma: no cover
-            pass
 
 
-class H5adSource(BackedSource):
+class H5adSource(_H5Backed):
     """AnnData ``.h5ad`` (anndata >= 0.8 layout) with a dense or CSR ``X``, read with
     h5py in row blocks.  Sample names come from ``obs``, gene names from ``var``,
     labels from ``obs[label_column]`` (default: the column ``label`` if present)."""
@@ -493,10 +504,7 @@ class H5adSource(BackedSource):
     def _read_raw(self, a: int, b: int, out: np.ndarray) -> None:
         try:
             if self._csr is None:
-                if out.flags.c_contiguous:
-                    self._X.read_direct(out, np.s_[a:b], np.s_[0:b - a])
-                else:
-                    out[...] = self._X[a:b]
+                _h5_read_rows(self._X, a, b, out)
                 return
             data, indices, indptr = self._csr
             lo, hi = int(indptr[a]), int(indptr[b])
@@ -511,11 +519,6 @@ class H5adSource(BackedSource):
             raise FEInputError(f"cannot read X rows {a}-{b} (truncated or corrupt?): {_one_line(exc)}",
                                self.path) from None
 
-    def _close(self) -> None:
-        try:
-            self._file.close()
-        except Exception:  # pragma: no cover
-            pass
 
 
 # ---------------------------------------------------------------------------------------
