@@ -47,13 +47,17 @@ def summary(quick: bool) -> str:
         lines.append(f"| gene_dim {r['gene_dim']} | {float(r['it_per_s']):.2f} it/s, "
                      f"{float(r['seconds_per_100k_steps']) / 60:.0f} min / 100k steps |")
     for r in rows("memory"):
-        lines.append(f"| peak RSS of a fit ({r['n']} x {r['m']}, {r['steps']} steps) | "
+        lines.append(f"| peak RSS of a {r['mode']} fit ({r['n']} x {r['m']}, {r['steps']} steps) | "
                      f"{int(r['fit_hwm']) / 2**30:.2f} GiB raw = {float(r['raw_ratio']):.2f}x the float32 matrix; "
                      f"net of the interpreter+torch baseline {float(r['net_ratio']):.2f}x |")
     for r in rows("inference"):
-        if r["settings"] in ("default", "default-extrapolated", "chosen"):
-            lines.append(f"| transform {r['n_new']} new samples ({r['settings']}: infer_steps "
-                         f"{r['infer_steps']}, infer_genes {r['infer_genes']}) | {float(r['seconds']):.1f} s |")
+        if r["kind"] in ("default", "precise-extrapolated"):
+            lines.append(f"| transform {r['n_new']} new samples ({r['kind']}: infer_steps {r['infer_steps']}, "
+                         f"infer_genes {r['infer_genes']}) | {float(r['seconds']):.1f} s |")
+        elif r["kind"] == "quality" and r["dist_median"]:
+            lines.append(f"| inference quality, infer_steps {r['infer_steps']}, infer_genes {r['infer_genes']}, "
+                         f"lr {r['infer_lr']} | median distance to the full-gene optimum {float(r['dist_median']):.4f}, "
+                         f"excess MSE {float(r['excess_mse']):.1%} of the start point's |")
     for r in rows("quality"):
         lines.append(f"| demo quality, {r['mode']} | Pearson r {float(r['pearson_r']):.4f}, "
                      f"kNN accuracy {float(r['knn_accuracy']):.3f} |")
