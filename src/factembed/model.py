@@ -78,12 +78,17 @@ class FactorizedEmbeddingNet(nn.Module):
             layer.bias.uniform_(-bound, bound, generator=generator)
 
     # -- the two halves of the first layer -------------------------------------------
-    def gene_term(self, gene_index: torch.Tensor | None = None) -> torch.Tensor:
-        """``W1_g g_j + b1`` for all genes (or ``gene_index``): ``(genes, hidden[0])``."""
+    def gene_term(self, gene_index: torch.Tensor | None = None, workers: int | None = None) -> torch.Tensor:
+        """``W1_g g_j + b1`` for all genes (or ``gene_index``): ``(genes, hidden[0])``.
+
+        On CPU a large product is split by rows over the kernel's worker threads:
+        ``workers`` of them (default: :func:`cpu_workers`, which follows the calling
+        thread's torch thread count, so a caller that drops to one intra-op thread
+        must pass the count it wants)."""
         emb = self.gene_embedding if gene_index is None else self.gene_embedding[gene_index]
         w, b = self.first_gene.weight, self.first_gene.bias
         if emb.device.type == "cpu" and emb.shape[0] * w.numel() >= _SPLIT_MIN_MACS:
-            workers = cpu_workers(emb.shape[0] // 256)
+            workers = min(workers, max(1, emb.shape[0] // 256)) if workers else cpu_workers(emb.shape[0] // 256)
             if workers > 1:
                 return _RowSplitLinear.apply(emb, w, b, workers)
         return self.first_gene(emb)

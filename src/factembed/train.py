@@ -238,7 +238,7 @@ def train(net: FactorizedEmbeddingNet, X: torch.Tensor | RowSource, *, n_steps: 
             xb = source.rows(idx).to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
             S = net.sample_term(net.sample_embedding[idx.to(device)])
-            G = net.gene_term()
+            G = net.gene_term(workers=getattr(fused, "workers", None))
             loss = fused(S, G, xb, net.decoder_weights())
             loss.backward()
             if before_step is not None:
