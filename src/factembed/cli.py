@@ -40,14 +40,27 @@ CONFIG_HELP = {
 _OPTION_NAMES = {"random_state": "--seed", "n_steps": "--steps"}
 
 
+def _number_list(kind, what: str):
+    """An argparse type: comma-separated values of ``kind`` (at least one)."""
+    def parse(text: str):
+        try:
+            vals = [kind(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what}s, got {text!r}") from None
+        if not vals:
+            raise argparse.ArgumentTypeError(f"expected at least one {what}")
+        return vals
+    return parse
+
+
+_int_list = _number_list(int, "integer")
+
+
 def _int_tuple(text: str) -> tuple[int, ...]:
-    try:
-        vals = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not vals:
-        raise argparse.ArgumentTypeError("expected at least one integer")
-    return vals
+    return tuple(_int_list(text))
+
+
+_float_list = _number_list(float, "number")
 
 
 def add_config_options(parser: argparse.ArgumentParser) -> None:
@@ -320,16 +333,6 @@ def _experiment_preprocessing(args: argparse.Namespace, data):
     from .io import Preprocessing
     return Preprocessing(log10p1=not args.no_log and data.transform != "log10p1",
                          protein_coding_only=False, drop_constant=True, top_variable=args.top_genes)
-
-
-def _float_list(text: str) -> list[float]:
-    try:
-        vals = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-    if not vals:
-        raise argparse.ArgumentTypeError("expected at least one number")
-    return vals
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

@@ -136,24 +136,12 @@ class FactorizedEmbeddingNet(nn.Module):
         blocks = [(j0, min(c, m - j0)) for j0 in range(0, m, c)]
         layers = [(layer.weight.detach(), layer.bias.detach()) for layer in self.layers]
         widths = [h0] + [w.shape[0] for w, _ in layers[:-1]]
-        fused_add_relu = S.dtype in (torch.float32, torch.float64)
         S3 = S[:, None, :]
 
         def run(part):
             acts = [torch.empty(B * c, w, dtype=S.dtype) for w in widths]
             for j0, cc in part:
-                P = B * cc
-                a = acts[0][:P]
-                if fused_add_relu:
-                    torch.ops.aten._add_relu.out(G[None, j0:j0 + cc, :], S3, out=a.view(B, cc, h0))
-                else:
-                    torch.add(G[None, j0:j0 + cc, :], S3, out=a.view(B, cc, h0))
-                    a.clamp_min_(0)
-                for k, (w, b) in enumerate(layers[:-1]):
-                    nxt = acts[k + 1][:P]
-                    torch.addmm(b, a, w.t(), out=nxt)
-                    nxt.clamp_min_(0)
-                    a = nxt
+                a = _hidden_forward(S3, G[j0:j0 + cc], layers, acts)
                 w, b = layers[-1]
                 out[:, j0:j0 + cc] = torch.addmm(b, a, w.t()).view(B, cc)
 
@@ -354,23 +342,11 @@ class FusedProfileLoss:
         w_out, b_out = Wc[-1]
         w_out_vec = w_out.reshape(-1)
         S3 = S_c[:, None, :]
-        fused_add_relu = S_c.dtype in (torch.float32, torch.float64)   # aten::_add_relu's dtypes
         for j0, c in blocks:
             P = B * c
             # ---- forward ----------------------------------------------------------
+            a = _hidden_forward(S3, G_c[j0:j0 + c], Wc, acts)
             a0 = acts[0][:P]
-            if fused_add_relu:
-                torch.ops.aten._add_relu.out(G_c[None, j0:j0 + c, :], S3, out=a0.view(B, c, h0))
-            else:
-                torch.add(G_c[None, j0:j0 + c, :], S3, out=a0.view(B, c, h0))
-                a0.clamp_min_(0)
-            a = a0
-            for k in range(n_layers - 1):
-                w, b = Wc[k]
-                nxt = acts[k + 1][:P]
-                torch.addmm(b, a, w.t(), out=nxt)
-                nxt.clamp_min_(0)
-                a = nxt
             y = torch.addmv(b_out, a, w_out_vec).view(B, c)
             if not same:
                 y = y.to(acc)
@@ -408,6 +384,26 @@ class FusedProfileLoss:
             else:
                 dG[j0:j0 + c].copy_(g3.sum(0))
         return dS, dW, stats
+
+
+def _hidden_forward(S3: torch.Tensor, Gb: torch.Tensor, layers, acts: list[torch.Tensor]) -> torch.Tensor:
+    """Hidden activations of a block of genes for every sample: ``relu(S + G)`` then each
+    hidden layer (all but the last of ``layers``), written into the workspaces ``acts``
+    (rows ``B * genes``); returns the last hidden activation.  ``S3`` is ``S[:, None, :]``."""
+    B, _, h0 = S3.shape
+    c = Gb.shape[0]
+    a = acts[0][:B * c]
+    if S3.dtype in (torch.float32, torch.float64):   # aten::_add_relu's dtypes: one pass
+        torch.ops.aten._add_relu.out(Gb[None], S3, out=a.view(B, c, h0))
+    else:
+        torch.add(Gb[None], S3, out=a.view(B, c, h0))
+        a.clamp_min_(0)
+    for k, (w, b) in enumerate(layers[:-1]):
+        nxt = acts[k + 1][:B * c]
+        torch.addmm(b, a, w.t(), out=nxt)
+        nxt.clamp_min_(0)
+        a = nxt
+    return a
 
 
 def _acc_mm(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, same: bool) -> None:
