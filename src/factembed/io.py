@@ -660,16 +660,23 @@ class _LegacyH5ad(Exception):
     pass
 
 
+def _h5ad_names(f, path: str):
+    """``(samples, obs, genes, var)`` of an open AnnData file (anndata >= 0.8 layout);
+    :class:`FEInputError` without ``X``, :class:`_LegacyH5ad` for the old layout."""
+    if "X" not in f:
+        raise FEInputError("missing 'X' (not an AnnData file?)", path)
+    samples, obs = _h5ad_frame(f, "obs", path)
+    genes, var = _h5ad_frame(f, "var", path)
+    return samples, obs, genes, var
+
+
 def _read_h5ad(path: str, label_column: str | None, chunk_rows: int) -> ExpressionData:
     import h5py
 
     with _open_h5(path) as f:
         try:
-            if "X" not in f:
-                raise FEInputError("missing 'X' (not an AnnData file?)", path)
             try:
-                samples, obs = _h5ad_frame(f, "obs", path)
-                genes, var = _h5ad_frame(f, "var", path)
+                samples, obs, genes, var = _h5ad_names(f, path)
             except _LegacyH5ad:
                 legacy = True
             else:

@@ -88,7 +88,7 @@ class FactorizedEmbeddingNet(nn.Module):
         emb = self.gene_embedding if gene_index is None else self.gene_embedding[gene_index]
         w, b = self.first_gene.weight, self.first_gene.bias
         if emb.device.type == "cpu" and emb.shape[0] * w.numel() >= _SPLIT_MIN_MACS:
-            workers = min(workers, max(1, emb.shape[0] // 256)) if workers else cpu_workers(emb.shape[0] // 256)
+            workers = cpu_workers(emb.shape[0] // 256, workers)
             if workers > 1:
                 return _RowSplitLinear.apply(emb, w, b, workers)
         return self.first_gene(emb)
@@ -207,9 +207,12 @@ def _worker_pool(size: int, intra: int) -> ThreadPoolExecutor:
         return _POOL["pool"]
 
 
-def cpu_workers(n_blocks: int) -> int:
-    """Worker threads used for ``n_blocks`` gene blocks on CPU."""
-    want = CPU_WORKERS if CPU_WORKERS is not None else min(torch.get_num_threads(), MAX_AUTO_WORKERS)
+def cpu_workers(n_blocks: int, want: int | None = None) -> int:
+    """Worker threads used for ``n_blocks`` gene blocks on CPU: ``want`` of them (default:
+    :data:`CPU_WORKERS`, else the calling thread's torch threads up to
+    :data:`MAX_AUTO_WORKERS`), never more than the blocks."""
+    if not want:
+        want = CPU_WORKERS if CPU_WORKERS is not None else min(torch.get_num_threads(), MAX_AUTO_WORKERS)
     return int(max(1, min(want, n_blocks)))
 
 

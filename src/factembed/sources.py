@@ -463,15 +463,12 @@ class H5adSource(_H5Backed):
 
     def __init__(self, path: str | os.PathLike, *, label_column: str | None = None, **options) -> None:
         import h5py
-        from .io import LABEL_KEY, _h5ad_frame, _LegacyH5ad
+        from .io import LABEL_KEY, _h5ad_names, _LegacyH5ad
         path = os.fspath(path)
         f = _open_h5(path)
         try:
-            if "X" not in f:
-                raise FEInputError("missing 'X' (not an AnnData file?)", path)
             try:
-                samples, obs = _h5ad_frame(f, "obs", path)
-                genes, _ = _h5ad_frame(f, "var", path)
+                samples, obs, genes, _ = _h5ad_names(f, path)
             except _LegacyH5ad:
                 raise FEInputError("old AnnData layout; re-save it with anndata >= 0.8 to read it backed",
                                    path) from None

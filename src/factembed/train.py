@@ -201,8 +201,8 @@ def train(net: FactorizedEmbeddingNet, X: torch.Tensor | RowSource, *, n_steps: 
     # than OpenMP-parallel operations on the 2-core dev machine (bench/bench_ab.py).
     caller_threads = torch.get_num_threads()
     on_cpu = device.type == "cpu"
-    fused = FusedProfileLoss(gene_chunk=gene_chunk, compute_dtype=compute_dtype,
-                             workers=cpu_workers(1 << 30) if on_cpu else None)
+    workers = cpu_workers(1 << 30) if on_cpu else None   # fixed before this thread drops to 1
+    fused = FusedProfileLoss(gene_chunk=gene_chunk, compute_dtype=compute_dtype, workers=workers)
     bar = _Progress(n_steps, "factembed fit", progress)
     bar.done = start_step
     t0 = time.perf_counter() - (history.seconds[-1] if history.seconds else 0.0)
@@ -238,7 +238,7 @@ def train(net: FactorizedEmbeddingNet, X: torch.Tensor | RowSource, *, n_steps: 
             xb = source.rows(idx).to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
             S = net.sample_term(net.sample_embedding[idx.to(device)])
-            G = net.gene_term(workers=getattr(fused, "workers", None))
+            G = net.gene_term(workers=workers)
             loss = fused(S, G, xb, net.decoder_weights())
             loss.backward()
             if before_step is not None:
