@@ -83,3 +83,13 @@ def full_gene_optimum(net, Z0: torch.Tensor, X: torch.Tensor, *, max_iter: int =
         done = (acc & (gain < tol)) | (lam[idx] > 1e10) | (delta.norm(dim=1) < 1e-8)
         active[idx[done]] = False
     return Z.float(), f
+
+
+def per_sample_mse(fe, Z, X):
+    """Full-gene MSE of each row of ``X`` reconstructed from embeddings ``Z`` (numpy)."""
+    return ((fe.inverse_transform(Z) - X) ** 2).mean(1)
+
+
+def excess_mse(f, f_ref, f_start) -> float:
+    """Full-gene MSE above the optimum's (``f_ref``), as a share of the start point's excess."""
+    return float((f - f_ref).sum() / max((f_start - f_ref).sum(), 1e-30))

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from _common import TCGA_GENES, TCGA_SAMPLES, Tee, machine_line, out_path, parser, tcga_like, wait_for_quiet
-from _gn_reference import full_gene_optimum
+from _gn_reference import excess_mse, full_gene_optimum, per_sample_mse
 
 from factembed import FactorizedEmbeddings
 
@@ -106,15 +106,14 @@ def main() -> None:
     start = torch.from_numpy(results[PRECISE][1][:n_ref])
     Z_ref, f_ref = full_gene_optimum(fe_q.net_, start, torch.from_numpy(X_q[:n_ref]))
     Z_ref, f_ref = Z_ref.numpy(), f_ref.numpy()
-    f_init = ((fe_q.inverse_transform(results[SETTINGS[0]][1][:n_ref]) - X_q[:n_ref]) ** 2).mean(1)
+    f_init = per_sample_mse(fe_q, results[SETTINGS[0]][1][:n_ref], X_q[:n_ref])
     out(f"reference: Levenberg-Marquardt on all {mq} genes for the first {n_ref} new samples "
         f"({time.perf_counter() - t:.0f} s)")
     out(f"{'infer_steps':>11s} {'genes':>5s} {'lr':>6s} | {'ms/sample':>9s} | {'dist median':>11s} {'p90':>7s} "
         f"{'(% spread, NN units)':>20s} | {'excess MSE':>10s} | {'15-NN acc':>9s}")
     for (steps, genes, lr), (s, Z) in results.items():
         d = np.linalg.norm(Z[:n_ref] - Z_ref, axis=1)
-        f = ((fe_q.inverse_transform(Z[:n_ref]) - X_q[:n_ref]) ** 2).mean(1)
-        excess = float(np.sum(f - f_ref) / max(np.sum(f_init - f_ref), 1e-30))
+        excess = excess_mse(per_sample_mse(fe_q, Z[:n_ref], X_q[:n_ref]), f_ref, f_init)
         acc = knn.score(Z, y_q)
         med, p90 = float(np.median(d)), float(np.percentile(d, 90))
         tag = " (default)" if (steps, genes, lr) == defaults else (" (start point only)" if steps == 0 else "")
@@ -122,9 +121,10 @@ def main() -> None:
             f"({100 * med / spread:5.1f}%, {med / nn_dist:4.2f} NN) | {excess:10.1%} | {acc:9.3f}{tag}")
         rows.append(("quality", steps, genes, lr, len(X_q), s, med, p90, excess, acc))
     with open(out_path(args, "inference.csv"), "w") as f:
-        f.write("kind,infer_steps,infer_genes,infer_lr,n_new,seconds,dist_median,dist_p90,excess_mse,knn_acc\n")
-        for r in rows:
-            f.write(",".join(str(v) for v in r) + ",,,," * (len(r) == 6) + "\n")
+        header = "kind,infer_steps,infer_genes,infer_lr,n_new,seconds,dist_median,dist_p90,excess_mse,knn_acc"
+        f.write(header + "\n")
+        for r in rows:   # timing rows have no quality columns: left empty
+            f.write(",".join(str(v) for v in r + ("",) * (header.count(",") + 1 - len(r))) + "\n")
     out.save(out_path(args, "inference.txt"))
 
 

@@ -19,7 +19,7 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.neighbors import KNeighborsClassifier
 
 from _common import Tee, machine_line, out_path, parser
-from _gn_reference import full_gene_optimum
+from _gn_reference import excess_mse, full_gene_optimum, per_sample_mse
 
 from factembed import FactorizedEmbeddings
 from factembed.datasets import load_demo
@@ -57,14 +57,11 @@ def main() -> None:
             Z[(steps, genes, lr)] = (fe.transform(X[te]), time.perf_counter() - t)
         Z_ref, f_ref = full_gene_optimum(fe.net_, torch.from_numpy(Z[SETTINGS[1]][0]), torch.from_numpy(X[te]))
         Z_ref, f_ref = Z_ref.numpy(), f_ref.numpy()
-
-        def mse(Zs):
-            return ((fe.inverse_transform(Zs) - X[te]) ** 2).mean(1)
-        f0 = mse(Z[SETTINGS[0]][0])
+        f0 = per_sample_mse(fe, Z[SETTINGS[0]][0], X[te])
         for st in SETTINGS:
             Zs, s = Z[st]
             d = float(np.median(np.linalg.norm(Zs - Z_ref, axis=1)))
-            excess = float(np.sum(mse(Zs) - f_ref) / max(np.sum(f0 - f_ref), 1e-30))
+            excess = excess_mse(per_sample_mse(fe, Zs, X[te]), f_ref, f0)
             acc = knn.score(Zs, y[te])
             rows.append((fold,) + st + (s, d, d / spread, excess, acc))
             out(f"  {NAMES[st]:36s}: {s:6.2f} s, median distance to the optimum {d:.4f} ({d / spread:5.1%} of "
