@@ -1,11 +1,20 @@
-"""Interleaved A/B of the gene-term fix in ``train()`` (2026-11-27).
+"""Interleaved A/B of where ``train()`` computes the gene term ``E W1g^T + b`` (and its
+backward: ~25% of the step's FLOPs at the defaults), and of how the sweep runs.
 
-``train()`` runs its own thread at one intra-op thread; before the fix the gene term
-``E W1g^T + b`` (and its backward, ~25% of the step's FLOPs) then also ran on one thread,
-because ``gene_term()`` sized its worker split from the calling thread's thread count.
-"before" restores that behaviour by dropping the ``workers`` argument; "after" is the
-current code.  Rounds alternate before/after on the same data (TCGA shape, defaults),
-40 timed steps after 10 warm-up steps each; prints it/s per round and the ratios.
+  one-thread  precomputed for all genes before the fused sweep, on the calling thread,
+              which ``train()`` runs at one intra-op thread (the code before 2026-11-27)
+  split       precomputed for all genes, rows split over the kernel's worker threads
+              (the gene-term fix of 2026-11-27)
+  in-sweep    each gene block computes its rows of the gene term and their gradients
+              inside the fused sweep (``GeneLayer``), on the worker that owns the block,
+              while the block is in cache; the sweep as plain Python
+  scripted    the current code: in-sweep, and the sweep compiled by TorchScript (the
+              workers run without the GIL)
+The first two are restored by patching ``FactorizedEmbeddingNet.gene_layer`` to return a
+precomputed gene term (``FusedProfileLoss`` takes either); the first three run the sweep
+as plain Python (``_compiled_sweep`` patched to return the uncompiled function).  Rounds run every variant once on
+the same data (TCGA shape, defaults), 40 timed steps after 10 warm-up steps each; prints it/s
+per round and the per-round ratios.
 """
 
 from __future__ import annotations
@@ -29,28 +38,38 @@ def main() -> None:
     shape = (64, 2048) if args.quick else (10_344, 19_962)
     warm, timed = (2, 3) if args.quick else (10, 40)
     X = torch.from_numpy(tcga_like(*shape))
-    current = fe_model.FactorizedEmbeddingNet.gene_term
-
-    def before(self, gene_index=None, workers=None):
-        return current(self, gene_index)
-
-    res: dict[str, list[float]] = {"before": [], "after": []}
+    Net = fe_model.FactorizedEmbeddingNet
+    current = Net.gene_layer
+    workers = fe_model.cpu_workers(1 << 30)   # what train() uses, read before it drops to 1 thread
+    compiled = fe_model._compiled_sweep
+    plain = lambda: fe_model._sweep_blocks   # noqa: E731
+    variants = {   # name: (FactorizedEmbeddingNet.gene_layer, model._compiled_sweep)
+        "one-thread": (lambda self: self.gene_term(), plain),
+        "split": (lambda self: self.gene_term(workers=workers), plain),
+        "in-sweep": (current, plain),
+        "scripted": (current, compiled),
+    }
+    res: dict[str, list[float]] = {name: [] for name in variants}
     try:
         for _ in range(1 if args.quick else args.rounds):
-            for name in ("before", "after"):
-                fe_model.FactorizedEmbeddingNet.gene_term = before if name == "before" else current
+            for name, (gene_layer, sweep) in variants.items():
+                Net.gene_layer, fe_model._compiled_sweep = gene_layer, sweep
                 gen = torch.Generator().manual_seed(0)
-                net = fe_model.FactorizedEmbeddingNet(*X.shape, 2, 100, (100, 50, 50), generator=gen)
+                net = Net(*X.shape, 2, 100, (100, 50, 50), generator=gen)
                 h, _, _ = train(net, X, n_steps=warm + timed, lr=5e-3, l2=1e-7, batch_samples=4, generator=gen,
                                 device=torch.device("cpu"), progress=False)
                 res[name].append(timed / (h.seconds[-1] - h.seconds[warm - 1]))
     finally:
-        fe_model.FactorizedEmbeddingNet.gene_term = current
-    ratios = [a / b for a, b in zip(res["after"], res["before"])]
+        Net.gene_layer, fe_model._compiled_sweep = current, compiled
+    scripted = not isinstance(compiled(), type(fe_model._sweep_blocks))
+    out(f"kernel workers: {workers}; TorchScript sweep available: {scripted}")
     for name, vals in res.items():
-        out(f"{name:6s}: " + ", ".join(f"{v:.2f}" for v in vals) + f" it/s; median {statistics.median(vals):.2f}")
-    out("after/before per round: " + ", ".join(f"{r:.2f}" for r in ratios)
-        + f"; median {statistics.median(ratios):.2f}")
+        out(f"{name:10s}: " + ", ".join(f"{v:.2f}" for v in vals) + f" it/s; median {statistics.median(vals):.2f}")
+    for a, b in (("split", "one-thread"), ("in-sweep", "split"), ("scripted", "in-sweep"),
+                 ("scripted", "split")):
+        ratios = [x / y for x, y in zip(res[a], res[b])]
+        out(f"{a}/{b} per round: " + ", ".join(f"{r:.2f}" for r in ratios)
+            + f"; median {statistics.median(ratios):.2f}")
     out.save(out_path(args, "ab_gene_term.txt"))
 
 

@@ -6,35 +6,37 @@ import factembed.model as fe_model
 from factembed.model import FactorizedEmbeddingNet, FusedProfileLoss
 
 
-def setup(dtype=torch.float32, m=997):
+def setup(dtype=torch.float32, m=997, gene_layer=False):
     torch.manual_seed(0)
     net = FactorizedEmbeddingNet(6, m, 2, 9, (16, 8, 8)).to(dtype)
     idx = torch.tensor([0, 2, 5])
     X = torch.randn(3, m, dtype=dtype)
     S = net.sample_term(net.sample_embedding[idx]).detach()
-    G = net.gene_term().detach()
+    G = fe_model.GeneLayer(*(t.detach() for t in net.gene_layer())) if gene_layer else net.gene_term().detach()
     layers = [(w.detach(), b.detach()) for w, b in net.decoder_weights()]
     return S, G, X, layers
 
 
 def run(fused, S, G, X, layers, weight_grads=True):
     loss, dS, dG, dW = fused.evaluate(S, G, X, layers, weight_grads, None)
-    flat = [loss.reshape(1), dS.flatten(), dG.flatten(), fused.last_stats]
+    flat = [loss.reshape(1), dS.flatten(), *(t.flatten() for t in dG), fused.last_stats]
     if dW is not None:
         flat += [t.flatten() for wb in dW for t in wb]
     return torch.cat(flat)
 
 
+@pytest.mark.parametrize("gene_layer", [False, True])
 @pytest.mark.parametrize("workers", [2, 3])
-def test_workers_agree_with_one_sweep_fp64(workers):
-    args = setup(torch.float64)
+def test_workers_agree_with_one_sweep_fp64(workers, gene_layer):
+    args = setup(torch.float64, gene_layer=gene_layer)
     one = run(FusedProfileLoss(gene_chunk=50, compute_dtype=torch.float64, workers=1), *args)
     many = run(FusedProfileLoss(gene_chunk=50, compute_dtype=torch.float64, workers=workers), *args)
     assert torch.allclose(one, many, rtol=1e-12, atol=1e-15)
 
 
-def test_workers_are_bit_reproducible_and_keep_thread_settings():
-    args = setup()
+@pytest.mark.parametrize("gene_layer", [False, True])
+def test_workers_are_bit_reproducible_and_keep_thread_settings(gene_layer):
+    args = setup(gene_layer=gene_layer)
     before = torch.get_num_threads()
     fused = FusedProfileLoss(gene_chunk=64, workers=2)
     a = run(fused, *args)
@@ -60,8 +62,9 @@ def test_plan_evens_out_blocks_over_workers():
     assert FusedProfileLoss(workers=4).plan(4, 100, 3, torch.device("cpu"))[1] <= 3
 
 
-def test_bf16_compute_runs_and_is_close():
-    S, G, X, layers = setup()
+@pytest.mark.parametrize("gene_layer", [False, True])
+def test_bf16_compute_runs_and_is_close(gene_layer):
+    S, G, X, layers = setup(gene_layer=gene_layer)
     ref = run(FusedProfileLoss(gene_chunk=128, workers=1), S, G, X, layers)
     got = run(FusedProfileLoss(gene_chunk=128, workers=2, compute_dtype=torch.bfloat16), S, G, X, layers)
     assert got.dtype == torch.float32
@@ -102,15 +105,19 @@ def test_blocked_decode_without_grad_matches_plain(monkeypatch, workers):
     assert torch.allclose(sub, ref[:, [5, 0, 300]], rtol=1e-12, atol=1e-14)
 
 
-def test_train_splits_the_gene_term_over_the_workers(monkeypatch):
-    """train() runs its own thread at 1 intra-op thread; the gene term (the step's
-    largest products) must still be split over the kernel's workers (regression: it ran
-    on one thread, ~11% of the step time lost)."""
+def test_train_runs_the_whole_step_on_the_kernel_workers(monkeypatch):
+    """train() runs its own thread at 1 intra-op thread; the step's products, the gene
+    term's included, must still be shared out to the kernel's workers (regression: the
+    gene term once ran on one thread, ~11% of the step time lost).  The gene term is
+    computed inside the sweep (no all-gene product), block by block on the workers."""
     from factembed.train import train
-    calls = []
-    real = fe_model._RowSplitLinear.apply
-    monkeypatch.setattr(fe_model._RowSplitLinear, "apply",
-                        lambda *a: calls.append(a[-1]) or real(*a))
+    sizes, layer_inputs = [], []
+    real_pool, real_eval = fe_model._worker_pool, FusedProfileLoss.evaluate
+    monkeypatch.setattr(fe_model, "_worker_pool", lambda size, intra: sizes.append(size) or real_pool(size, intra))
+    monkeypatch.setattr(FusedProfileLoss, "evaluate",
+                        lambda self, S, G, *a, **k: layer_inputs.append(isinstance(G, fe_model.GeneLayer))
+                        or real_eval(self, S, G, *a, **k))
+    monkeypatch.setattr(FactorizedEmbeddingNet, "gene_term", lambda *a, **k: pytest.fail("all-gene product"))
     monkeypatch.setattr(fe_model, "CPU_WORKERS", None)
     n_threads = torch.get_num_threads()
     torch.set_num_threads(2)
@@ -118,7 +125,23 @@ def test_train_splits_the_gene_term_over_the_workers(monkeypatch):
         gen = torch.Generator().manual_seed(0)
         net = FactorizedEmbeddingNet(8, 1024, 2, 64, (64, 8), generator=gen)
         train(net, torch.rand(8, 1024), n_steps=3, lr=1e-3, l2=0.0, batch_samples=2, generator=gen,
-              device=torch.device("cpu"), progress=False)
+              device=torch.device("cpu"), progress=False, gene_chunk=128)
     finally:
         torch.set_num_threads(n_threads)
-    assert calls == [2, 2, 2]
+    assert layer_inputs == [True, True, True]
+    assert sizes and set(sizes) == {2}
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("gene_layer", [False, True])
+@pytest.mark.parametrize("weight_grads", [True, False])
+def test_scripted_sweep_is_available_and_identical_to_plain_python(gene_layer, weight_grads, dtype):
+    """The sweep runs TorchScript-compiled (no GIL between operations); the compiled and
+    the plain Python function are the same code and must give bit-identical results."""
+    assert isinstance(fe_model._compiled_sweep(), torch.jit.ScriptFunction)
+    args = setup(torch.float64 if dtype == torch.float64 else torch.float32, gene_layer=gene_layer)
+    compiled = run(FusedProfileLoss(gene_chunk=64, compute_dtype=dtype, workers=2), *args,
+                   weight_grads=weight_grads)
+    plain = run(FusedProfileLoss(gene_chunk=64, compute_dtype=dtype, workers=2, compiled=False), *args,
+                weight_grads=weight_grads)
+    assert torch.equal(compiled, plain)

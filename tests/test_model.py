@@ -39,9 +39,10 @@ def test_decode_equals_plain_forward(hidden):
     assert torch.allclose(out, ref, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("gene_layer", [False, True])
 @pytest.mark.parametrize("chunk", [None, 1, 64, 300, 301, 1000])
 @pytest.mark.parametrize("hidden", [(16, 8, 8), (5,)])
-def test_fused_loss_and_gradients_equal_plain_fp64(chunk, hidden):
+def test_fused_loss_and_gradients_equal_plain_fp64(chunk, hidden, gene_layer):
     net = make(torch.float64, hidden)
     idx = torch.tensor([1, 4, 7, 9])
     X = torch.randn(4, net.n_genes, dtype=torch.float64)
@@ -51,7 +52,7 @@ def test_fused_loss_and_gradients_equal_plain_fp64(chunk, hidden):
     net.zero_grad()
     fused = FusedProfileLoss(gene_chunk=chunk, compute_dtype=torch.float64)
     S = net.sample_term(net.sample_embedding[idx])
-    loss = fused(S, net.gene_term(), X, net.decoder_weights())
+    loss = fused(S, net.gene_layer() if gene_layer else net.gene_term(), X, net.decoder_weights())
     loss.backward()
     assert abs(loss.item() - loss_ref.item()) <= 1e-12 * max(1.0, abs(loss_ref.item()))
     for name, g in grads(net).items():

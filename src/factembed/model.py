@@ -29,8 +29,10 @@ from __future__ import annotations
 import math
 import os
 import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 from torch import nn
@@ -93,6 +95,11 @@ class FactorizedEmbeddingNet(nn.Module):
                 return _RowSplitLinear.apply(emb, w, b, workers)
         return self.first_gene(emb)
 
+    def gene_layer(self) -> "GeneLayer":
+        """The gene half of the first layer as parameters, for :class:`FusedProfileLoss`
+        to compute the gene term block by block inside its sweep."""
+        return GeneLayer(self.gene_embedding, self.first_gene.weight, self.first_gene.bias)
+
     def sample_term(self, z: torch.Tensor) -> torch.Tensor:
         """``W1_s s_i`` for sample embeddings ``z``: ``(samples, hidden[0])``."""
         return self.first_sample(z)
@@ -134,16 +141,16 @@ class FactorizedEmbeddingNet(nn.Module):
             return out
         c = int(max(1, min(m, _DECODE_ROWS // B)))
         blocks = [(j0, min(c, m - j0)) for j0 in range(0, m, c)]
-        layers = [(layer.weight.detach(), layer.bias.detach()) for layer in self.layers]
-        widths = [h0] + [w.shape[0] for w, _ in layers[:-1]]
+        weights = [layer.weight.detach() for layer in self.layers]
+        biases = [layer.bias.detach() for layer in self.layers]
+        widths = [h0] + [w.shape[0] for w in weights[:-1]]
         S3 = S[:, None, :]
 
         def run(part):
             acts = [torch.empty(B * c, w, dtype=S.dtype) for w in widths]
             for j0, cc in part:
-                a = _hidden_forward(S3, G[j0:j0 + cc], layers, acts)
-                w, b = layers[-1]
-                out[:, j0:j0 + cc] = torch.addmm(b, a, w.t()).view(B, cc)
+                a = _hidden_forward(S3, G[j0:j0 + cc], weights, biases, acts)
+                out[:, j0:j0 + cc] = torch.addmm(biases[-1], a, weights[-1].t()).view(B, cc)
 
         workers = cpu_workers(len(blocks))
         if workers == 1:
@@ -229,6 +236,17 @@ def default_gene_chunk(batch_samples: int, first_width: int, n_genes: int, devic
     return int(max(1, -(-n_genes // blocks)))
 
 
+class GeneLayer(NamedTuple):
+    """The gene half of the first layer, ``G = embedding @ weight.T + bias``, passed to
+    :class:`FusedProfileLoss` instead of a precomputed gene term ``G``: each block of
+    genes then computes its rows of ``G`` and, once its gradient is formed, their
+    gradients for the embedding rows, the weight and the bias, while the block is still
+    in cache, on the worker that owns the block (no separate all-gene products)."""
+    embedding: torch.Tensor
+    weight: torch.Tensor
+    bias: torch.Tensor
+
+
 @dataclass
 class _Workspace:
     """Activation / gradient buffers reused across steps (allocation of large tensors
@@ -236,24 +254,60 @@ class _Workspace:
     acts: list[torch.Tensor] = field(default_factory=list)
     grads: list[torch.Tensor] = field(default_factory=list)
     dy: torch.Tensor | None = None
+    gene: torch.Tensor | None = None     # a block's gene-term rows (GeneLayer input)
+    dgene: torch.Tensor | None = None    # and their gradient
     key: tuple = ()
 
-    def ensure(self, rows: int, widths: list[int], dtype: torch.dtype, device: torch.device) -> None:
-        key = (rows, tuple(widths), dtype, device)
+    def ensure(self, rows: int, genes: int, widths: list[int], dtype: torch.dtype, acc: torch.dtype,
+               device: torch.device) -> None:
+        key = (rows, genes, tuple(widths), dtype, acc, device)
         if key != self.key:
             self.acts = [torch.empty(rows, w, dtype=dtype, device=device) for w in widths]
             self.grads = [torch.empty(rows, w, dtype=dtype, device=device) for w in widths]
             self.dy = torch.empty(rows, 1, dtype=dtype, device=device)
+            self.gene = torch.empty(genes, widths[0], dtype=dtype, device=device)
+            self.dgene = torch.empty(genes, widths[0], dtype=acc, device=device)
             self.key = key
+
+    def buffers(self) -> "_SweepBuffers":
+        return _SweepBuffers(self.acts, self.grads, self.dy, self.gene, self.dgene)
+
+
+class _SweepInputs(NamedTuple):
+    """What every worker's sweep reads (and the shared output it writes rows of).
+    Tensors are in the compute dtype unless marked "acc" (the accumulation dtype)."""
+    S: torch.Tensor                           # sample term (B, h0)
+    G: Optional[torch.Tensor]                 # precomputed gene term (m, h0), or None
+    gene_embedding: Optional[torch.Tensor]    # or the gene layer that makes it
+    gene_weight: Optional[torch.Tensor]
+    gene_bias: Optional[torch.Tensor]
+    gene_embedding_acc: Optional[torch.Tensor]  # acc: for the gene layer's backward
+    gene_weight_acc: Optional[torch.Tensor]
+    X: torch.Tensor                           # targets (B, m), acc
+    weights: List[torch.Tensor]               # decoder layers
+    biases: List[torch.Tensor]
+    scale: torch.Tensor                       # (B, 1) weight of each profile's squared errors, acc
+    weight_grads: bool
+    dG: Optional[torch.Tensor]                # acc; rows written per block: dL/dG or dL/d(gene embedding)
+
+
+class _SweepBuffers(NamedTuple):
+    """One worker's workspace (see :class:`_Workspace`)."""
+    acts: List[torch.Tensor]
+    grads: List[torch.Tensor]
+    dy: torch.Tensor
+    gene: torch.Tensor
+    dgene: torch.Tensor
 
 
 class FusedProfileLoss:
     """Mean squared error of whole profiles with hand-written, blocked gradients.
 
-    Call :meth:`apply` with the sample term ``S`` (``B x h0``), the gene term ``G``
-    (``m x h0``), the targets ``X`` (``B x m``) and the decoder layers; it returns the
-    scalar MSE as an autograd node whose backward yields exact gradients for ``S``,
-    ``G`` and every decoder weight.  Pass ``weight_grads=False`` for inference (only
+    Call it with the sample term ``S`` (``B x h0``), the gene term ``G`` (``m x h0``)
+    or the :class:`GeneLayer` that makes it, the targets ``X`` (``B x m``) and the
+    decoder layers; it returns the scalar MSE as an autograd node whose backward yields
+    exact gradients for ``S``, ``G`` (or the gene layer's three tensors) and every
+    decoder weight.  Pass ``weight_grads=False`` for inference (only
     ``S`` and ``G`` gradients are computed).
 
     Each block of genes is run forward, the loss and its gradient are formed, and the
@@ -265,18 +319,20 @@ class FusedProfileLoss:
     """
 
     def __init__(self, gene_chunk: int | None = None, compute_dtype: torch.dtype = torch.float32,
-                 workers: int | None = None) -> None:
+                 workers: int | None = None, compiled: bool = True) -> None:
         self.gene_chunk = gene_chunk
         self.compute_dtype = compute_dtype
         self.workers = workers
+        self.compiled = compiled   # run the sweep TorchScript-compiled (no GIL) where available
         self.workspaces: list[_Workspace] = []
         self.last_stats: torch.Tensor | None = None  # [sum y, sum y^2, sum x*y]
 
-    def __call__(self, S: torch.Tensor, G: torch.Tensor, X: torch.Tensor,
+    def __call__(self, S: torch.Tensor, G: "torch.Tensor | GeneLayer", X: torch.Tensor,
                  layers: list[tuple[torch.Tensor, torch.Tensor]], weight_grads: bool = True,
                  row_weights: torch.Tensor | None = None) -> torch.Tensor:
         flat = [t for wb in layers for t in wb]
-        return _FusedFn.apply(self, weight_grads, row_weights, S, G, X, *flat)
+        gene = tuple(G) if isinstance(G, GeneLayer) else (G,)
+        return _FusedFn.apply(self, weight_grads, row_weights, len(gene), S, X, *gene, *flat)
 
     def plan(self, B: int, h0: int, m: int, device: torch.device) -> tuple[int, int]:
         """(genes per block, worker threads) for a batch of ``B`` profiles of ``m`` genes."""
@@ -288,10 +344,14 @@ class FusedProfileLoss:
         return chunk, workers
 
     def evaluate(self, S, G, X, layers, weight_grads, row_weights, gene_grad=True):
-        """Loss, stats and gradients (no autograd).  ``row_weights`` (B,) scales the
-        squared error of each profile (default: the plain mean over all pairs)."""
+        """Loss, stats and gradients (no autograd).  ``G`` is the gene term or a
+        :class:`GeneLayer`; the gene gradients come back as ``(dG,)`` or as
+        ``(d embedding, d weight, d bias)`` (``None`` when ``gene_grad`` is False).
+        ``row_weights`` (B,) scales the squared error of each profile (default: the
+        plain mean over all pairs)."""
         B, h0 = S.shape
-        m = G.shape[0]
+        as_layer = isinstance(G, GeneLayer)
+        m = (G.embedding if as_layer else G).shape[0]
         dev = S.device
         widths = [h0] + [w.shape[0] for w, _ in layers[:-1]]
         chunk, workers = self.plan(B, h0, m, dev)
@@ -300,121 +360,196 @@ class FusedProfileLoss:
         while len(self.workspaces) < workers:
             self.workspaces.append(_Workspace())
         for ws in self.workspaces[:workers]:
-            ws.ensure(B * chunk, widths, cdt, dev)
-        Wc = [(w.detach().to(cdt), b.detach().to(cdt)) for w, b in layers]
-        S_c, G_c = S.detach().to(cdt), G.detach().to(cdt)
-        dG = torch.empty(m, h0, dtype=acc, device=dev) if gene_grad else None
+            ws.ensure(B * chunk, chunk if as_layer else 0, widths, cdt, acc, dev)
         if row_weights is None:
             scale = torch.full((B, 1), 1.0 / (B * m), dtype=acc, device=dev)
         else:
             scale = (row_weights.to(acc) / m).reshape(B, 1)
-        blocks = [(j0, min(chunk, m - j0)) for j0 in range(0, m, chunk)]
-        args = (S_c, G_c, X, Wc, scale, weight_grads, dG, acc)
+        if as_layer:
+            E, Wg, bg = (t.detach() for t in G)
+            gene = (E.to(cdt), Wg.to(cdt), bg.to(cdt), E.to(acc), Wg.to(acc))
+            dG = torch.empty(m, E.shape[1], dtype=acc, device=dev) if gene_grad else None
+        else:
+            gene = (None,) * 5
+            dG = torch.empty(m, h0, dtype=acc, device=dev) if gene_grad else None
+        inputs = _SweepInputs(S.detach().to(cdt), None if as_layer else G.detach().to(cdt), *gene,
+                              X.to(acc), [w.detach().to(cdt) for w, _ in layers],
+                              [b.detach().to(cdt) for _, b in layers], scale, bool(weight_grads), dG)
+        starts = list(range(0, m, chunk))
+        sizes = [min(chunk, m - j0) for j0 in starts]
+        sweep = _compiled_sweep() if self.compiled else _sweep_blocks
         if workers == 1:
-            parts = [self._sweep(blocks, self.workspaces[0], *args)]
+            parts = [sweep(inputs, starts, sizes, self.workspaces[0].buffers())]
         else:
             pool = _worker_pool(workers, max(1, torch.get_num_threads() // workers))
-            futures = [pool.submit(self._sweep, blocks[w::workers], self.workspaces[w], *args)
-                       for w in range(workers)]
+            futures = [pool.submit(sweep, inputs, starts[w::workers], sizes[w::workers],
+                                   self.workspaces[w].buffers()) for w in range(workers)]
             parts = [f.result() for f in futures]
-        dS, dW, stats = parts[0]
-        for dS_w, dW_w, stats_w in parts[1:]:       # fixed order: reproducible sums
+        dS, dWs, dbs, dWg, stats = parts[0]
+        for dS_w, dWs_w, dbs_w, dWg_w, stats_w in parts[1:]:   # fixed order: reproducible sums
             dS.add_(dS_w)
             stats.add_(stats_w)
-            if dW is not None:
-                for (dw, db), (dw_w, db_w) in zip(dW, dW_w):
-                    dw.add_(dw_w)
-                    db.add_(db_w)
+            if dWg is not None:
+                dWg.add_(dWg_w)
+            for t, t_w in zip(dWs + dbs, dWs_w + dbs_w):
+                t.add_(t_w)
+        dW = list(zip(dWs, dbs)) if weight_grads else None
         self.last_stats = stats[1:].clone()
-        return stats[0], dS, dG, dW
-
-    @staticmethod
-    def _sweep(blocks, ws, S_c, G_c, X, Wc, scale, weight_grads, dG, acc):
-        """Forward, loss and backward of ``blocks`` (a list of ``(first gene, genes)``);
-        returns this sweep's partial (dS, [(dW, db)] per layer, stats) and writes dG rows."""
-        B, h0 = S_c.shape
-        dev = S_c.device
-        same = S_c.dtype == acc
-        n_layers = len(Wc)
-        acts, grads = ws.acts, ws.grads
-        dS = torch.zeros(B, h0, dtype=acc, device=dev)
-        dW = [(torch.zeros(w.shape, dtype=acc, device=dev), torch.zeros(b.shape, dtype=acc, device=dev))
-              for w, b in Wc] if weight_grads else None
-        stats = torch.zeros(4, dtype=acc, device=dev)  # loss_sum, sum y, sum y^2, sum xy
-        scale2 = 2.0 * scale
-        w_out, b_out = Wc[-1]
-        w_out_vec = w_out.reshape(-1)
-        S3 = S_c[:, None, :]
-        for j0, c in blocks:
-            P = B * c
-            # ---- forward ----------------------------------------------------------
-            a = _hidden_forward(S3, G_c[j0:j0 + c], Wc, acts)
-            a0 = acts[0][:P]
-            y = torch.addmv(b_out, a, w_out_vec).view(B, c)
-            if not same:
-                y = y.to(acc)
-            x = X[:, j0:j0 + c]
-            diff = y - x
-            stats[0] += (diff * diff * scale).sum()
-            stats[1] += y.sum()
-            stats[2] += (y * y).sum()
-            stats[3] += (x * y).sum()
-            # ---- backward ---------------------------------------------------------
-            dy = ws.dy[:P]
-            torch.mul(diff, scale2, out=dy.view(B, c))
-            if weight_grads:
-                _acc_mm(dW[-1][0], dy.t(), a, same)
-                dW[-1][1].add_(dy.sum(0))
-            g = grads[n_layers - 1][:P]
-            torch.mul(dy, w_out, out=g)            # outer product dy * w_out
-            for k in range(n_layers - 2, -1, -1):
-                torch.ops.aten.threshold_backward.grad_input(g, acts[k + 1][:P], 0, grad_input=g)
-                a_k = acts[k][:P]
-                w, _ = Wc[k]
-                if weight_grads:
-                    _acc_mm(dW[k][0], g.t(), a_k, same)
-                    dW[k][1].add_(g.sum(0))
-                g_prev = grads[k][:P]
-                torch.mm(g, w, out=g_prev)
-                g = g_prev
-            torch.ops.aten.threshold_backward.grad_input(g, a0, 0, grad_input=g)
-            g3 = g.view(B, c, h0)
-            dS.add_(g3.sum(1))
-            if dG is None:
-                continue
-            if same:
-                torch.sum(g3, 0, out=dG[j0:j0 + c])
-            else:
-                dG[j0:j0 + c].copy_(g3.sum(0))
-        return dS, dW, stats
+        if dG is None:
+            dgene = None
+        elif as_layer:   # d bias = the sum of dL/dG over genes = the sum of dL/dS over samples
+            dgene = (dG, dWg, dS.sum(0))
+        else:
+            dgene = (dG,)
+        return stats[0], dS, dgene, dW
 
 
-def _hidden_forward(S3: torch.Tensor, Gb: torch.Tensor, layers, acts: list[torch.Tensor]) -> torch.Tensor:
+# ---------------------------------------------------------------------------------------
+# The sweep itself.  Written in the subset of Python that TorchScript compiles: scripted
+# (see _compiled_sweep), a worker runs its whole sweep without Python's GIL, so the
+# workers do not queue for it between operations (measured -14% sweep time on 2 cores,
+# bench/bench_ab_gene_term.py); where scripting is unavailable the same function runs as
+# plain Python, with identical results.
+# ---------------------------------------------------------------------------------------
+
+def _hidden_forward(S3: torch.Tensor, Gb: torch.Tensor, weights: List[torch.Tensor],
+                    biases: List[torch.Tensor], acts: List[torch.Tensor]) -> torch.Tensor:
     """Hidden activations of a block of genes for every sample: ``relu(S + G)`` then each
-    hidden layer (all but the last of ``layers``), written into the workspaces ``acts``
+    hidden layer (all but the last of ``weights``), written into the workspaces ``acts``
     (rows ``B * genes``); returns the last hidden activation.  ``S3`` is ``S[:, None, :]``."""
-    B, _, h0 = S3.shape
+    B, h0 = S3.shape[0], S3.shape[2]
     c = Gb.shape[0]
     a = acts[0][:B * c]
-    if S3.dtype in (torch.float32, torch.float64):   # aten::_add_relu's dtypes: one pass
-        torch.ops.aten._add_relu.out(Gb[None], S3, out=a.view(B, c, h0))
+    if S3.dtype == torch.float32 or S3.dtype == torch.float64:   # aten::_add_relu's dtypes: one pass
+        torch.ops.aten._add_relu(Gb.unsqueeze(0), S3, out=a.view(B, c, h0))
     else:
-        torch.add(Gb[None], S3, out=a.view(B, c, h0))
+        torch.add(Gb.unsqueeze(0), S3, out=a.view(B, c, h0))
         a.clamp_min_(0)
-    for k, (w, b) in enumerate(layers[:-1]):
+    for k in range(len(weights) - 1):
         nxt = acts[k + 1][:B * c]
-        torch.addmm(b, a, w.t(), out=nxt)
+        torch.addmm(biases[k], a, weights[k].t(), out=nxt)
         nxt.clamp_min_(0)
         a = nxt
     return a
 
 
-def _acc_mm(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, same: bool) -> None:
+def _acc_mm(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
     """``out += a @ b`` (in place when the dtypes agree)."""
-    if same:
+    if a.dtype == out.dtype:
         out.addmm_(a, b)
     else:
-        out.add_((a @ b).to(out.dtype))
+        out.add_(torch.mm(a, b).to(out.dtype))
+
+
+def _sweep_blocks(inp: _SweepInputs, starts: List[int], sizes: List[int], buf: _SweepBuffers
+                  ) -> Tuple[torch.Tensor, List[torch.Tensor], List[torch.Tensor], Optional[torch.Tensor],
+                             torch.Tensor]:
+    """Forward, loss and backward of the gene blocks ``starts[k] : starts[k] + sizes[k]``;
+    returns this sweep's partial sums (dS, d weights, d biases, d gene-layer weight,
+    stats = [loss, sum y, sum y^2, sum xy]) and writes the blocks' rows of ``inp.dG``."""
+    S_c, X, Wc, bc = inp.S, inp.X, inp.weights, inp.biases
+    acc = inp.scale.dtype
+    B, h0 = S_c.shape[0], S_c.shape[1]
+    dev = S_c.device
+    same = S_c.dtype == acc
+    n_layers = len(Wc)
+    acts, grads = buf.acts, buf.grads
+    dS = torch.zeros(B, h0, dtype=acc, device=dev)
+    dWs: List[torch.Tensor] = []
+    dbs: List[torch.Tensor] = []
+    if inp.weight_grads:
+        dWs = [torch.zeros(w.shape, dtype=acc, device=dev) for w in Wc]
+        dbs = [torch.zeros(b.shape, dtype=acc, device=dev) for b in bc]
+    G, dG = inp.G, inp.dG
+    E, Wg, bg = inp.gene_embedding, inp.gene_weight, inp.gene_bias
+    E_acc, Wg_acc = inp.gene_embedding_acc, inp.gene_weight_acc
+    dWg: Optional[torch.Tensor] = None
+    if Wg_acc is not None and dG is not None:
+        dWg = torch.zeros(Wg_acc.shape, dtype=acc, device=dev)
+    stats = torch.zeros(4, dtype=acc, device=dev)
+    scale = inp.scale
+    scale2 = 2.0 * scale
+    w_out, b_out = Wc[n_layers - 1], bc[n_layers - 1]
+    w_out_vec = w_out.reshape(-1)
+    S3 = S_c.unsqueeze(1)
+    for i in range(len(starts)):
+        j0, c = starts[i], sizes[i]
+        P = B * c
+        # ---- forward ----------------------------------------------------------------
+        if G is not None:
+            Gb = G[j0:j0 + c]
+        else:                                   # this block's rows of the gene term
+            assert E is not None and Wg is not None and bg is not None
+            Gb = buf.gene[:c]
+            torch.addmm(bg, E[j0:j0 + c], Wg.t(), out=Gb)
+        a = _hidden_forward(S3, Gb, Wc, bc, acts)
+        a0 = acts[0][:P]
+        y = torch.addmv(b_out, a, w_out_vec).view(B, c)
+        if not same:
+            y = y.to(acc)
+        x = X[:, j0:j0 + c]
+        diff = y - x
+        stats[0] += (diff * diff * scale).sum()
+        stats[1] += y.sum()
+        stats[2] += (y * y).sum()
+        stats[3] += (x * y).sum()
+        # ---- backward ---------------------------------------------------------------
+        dy = buf.dy[:P]
+        torch.mul(diff, scale2, out=dy.view(B, c))
+        if inp.weight_grads:
+            _acc_mm(dWs[n_layers - 1], dy.t(), a)
+            dbs[n_layers - 1].add_(dy.sum(0))
+        g = grads[n_layers - 1][:P]
+        torch.mul(dy, w_out, out=g)             # outer product dy * w_out
+        for k in range(n_layers - 2, -1, -1):
+            torch.ops.aten.threshold_backward(g, acts[k + 1][:P], 0, grad_input=g)
+            a_k = acts[k][:P]
+            if inp.weight_grads:
+                _acc_mm(dWs[k], g.t(), a_k)
+                dbs[k].add_(g.sum(0))
+            g_prev = grads[k][:P]
+            torch.mm(g, Wc[k], out=g_prev)
+            g = g_prev
+        torch.ops.aten.threshold_backward(g, a0, 0, grad_input=g)
+        g3 = g.view(B, c, h0)
+        dS.add_(g3.sum(1))
+        if dG is None:
+            pass
+        elif G is not None:
+            if same:
+                torch.sum(g3, 0, out=dG[j0:j0 + c])
+            else:
+                dG[j0:j0 + c].copy_(g3.sum(0))
+        else:
+            assert E_acc is not None and Wg_acc is not None and dWg is not None
+            dGb = buf.dgene[:c]                 # dL/dG of the block, then the gene layer's
+            if same:
+                torch.sum(g3, 0, out=dGb)
+            else:
+                dGb.copy_(g3.sum(0))
+            torch.mm(dGb, Wg_acc, out=dG[j0:j0 + c])
+            dWg.addmm_(dGb.t(), E_acc[j0:j0 + c])
+    return dS, dWs, dbs, dWg, stats
+
+
+_SCRIPTED: dict = {}
+
+
+def _compiled_sweep():
+    """:func:`_sweep_blocks` compiled by TorchScript (once per process), or the plain
+    function where TorchScript is unavailable (no sources, a torch without it...)."""
+    if "fn" not in _SCRIPTED:
+        fn = _sweep_blocks
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")   # torch.jit.script is deprecated in torch >= 2.9, still supported
+                fn = torch.jit.script(_sweep_blocks)
+        except Exception as exc:  # pragma: no cover - depends on the installation
+            warnings.warn(f"factembed: TorchScript unavailable ({type(exc).__name__}: {exc}); "
+                          "the fused kernel runs as plain Python (slower on several threads)",
+                          RuntimeWarning, stacklevel=2)
+        _SCRIPTED["fn"] = fn
+    return _SCRIPTED["fn"]
 
 
 #: (sample, gene) pairs per block of the forward-only decode on CPU.
@@ -478,22 +613,27 @@ class _RowSplitLinear(torch.autograd.Function):
 
 class _FusedFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, fused: FusedProfileLoss, weight_grads: bool, row_weights, S, G, X, *flat):
+    def forward(ctx, fused: FusedProfileLoss, weight_grads: bool, row_weights, n_gene: int, S, X, *rest):
+        gene, flat = rest[:n_gene], rest[n_gene:]
         layers = [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
-        loss, dS, dG, dW = fused.evaluate(S, G, X, layers, weight_grads, row_weights,
-                                          gene_grad=G.requires_grad)
-        ctx.dG = dG
+        G = GeneLayer(*gene) if n_gene == 3 else gene[0]
+        loss, dS, dgene, dW = fused.evaluate(S, G, X, layers, weight_grads, row_weights,
+                                             gene_grad=any(t.requires_grad for t in gene))
+        ctx.dgene = dgene
         ctx.save_for_backward(dS)
         ctx.dW = dW
+        ctx.n_gene = n_gene
         ctx.n_flat = len(flat)
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
         (dS,) = ctx.saved_tensors
-        dG = None if ctx.dG is None else ctx.dG * grad_loss
+        gene_grads: list = [None] * ctx.n_gene
+        if ctx.dgene is not None:
+            gene_grads = [t * grad_loss for t in ctx.dgene]
         flat_grads: list = [None] * ctx.n_flat
         if ctx.dW is not None:
             flat_grads = [t * grad_loss for wb in ctx.dW for t in wb]
-        ctx.dW = ctx.dG = None
-        return (None, None, None, dS * grad_loss, dG, None, *flat_grads)
+        ctx.dW = ctx.dgene = None
+        return (None, None, None, None, dS * grad_loss, None, *gene_grads, *flat_grads)

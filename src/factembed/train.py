@@ -238,8 +238,7 @@ def train(net: FactorizedEmbeddingNet, X: torch.Tensor | RowSource, *, n_steps: 
             xb = source.rows(idx).to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
             S = net.sample_term(net.sample_embedding[idx.to(device)])
-            G = net.gene_term(workers=workers)
-            loss = fused(S, G, xb, net.decoder_weights())
+            loss = fused(S, net.gene_layer(), xb, net.decoder_weights())
             loss.backward()
             if before_step is not None:
                 before_step()
