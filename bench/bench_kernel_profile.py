@@ -1,6 +1,7 @@
 """Where one training step's fused sweep spends its time: a torch-profiler table of the
-fused kernel (``FusedProfileLoss.evaluate``) at the TCGA shape (4 profiles x 19,962 genes,
-defaults), on one worker thread with one intra-op thread, averaged over 5 sweeps.
+fused kernel (``FusedProfileLoss.evaluate`` with the gene layer, as ``train()`` calls it,
+so the gene term and its gradients are included) at the TCGA shape (4 profiles x 19,962
+genes, defaults), on one worker thread with one intra-op thread, averaged over 5 sweeps.
 Prints the share of matrix products (``mm``/``addmm``/``addmm_``) and of the rest.
 """
 
@@ -31,7 +32,7 @@ def main() -> None:
         layers = [(w.detach(), b.detach()) for w, b in net.decoder_weights()]
         with torch.no_grad():
             S = net.sample_term(net.sample_embedding[idx])
-            G = net.gene_term()
+        G = fe_model.GeneLayer(*(t.detach() for t in net.gene_layer()))   # as train() passes it
         fused = fe_model.FusedProfileLoss(workers=1)
         for _ in range(3):
             fused.evaluate(S, G, X, layers, True, None)

@@ -109,3 +109,22 @@ def test_penalty_is_sum_of_squares():
     net = make(torch.float64)
     expected = sum(float((p.detach() ** 2).sum()) for p in net.parameters())
     assert net.penalty().item() == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("gene_layer", [False, True])
+def test_fused_gradients_follow_the_upstream_gradient(gene_layer):
+    """backward() skips the scaling for the usual upstream gradient 1; any other is applied."""
+    net = make(torch.float64)
+    idx = torch.tensor([0, 5])
+    X = torch.randn(2, net.n_genes, dtype=torch.float64)
+    fused = FusedProfileLoss(gene_chunk=64, compute_dtype=torch.float64)
+
+    def run(factor):
+        net.zero_grad()
+        G = net.gene_layer() if gene_layer else net.gene_term()
+        (factor * fused(net.sample_term(net.sample_embedding[idx]), G, X, net.decoder_weights())).backward()
+        return grads(net)
+
+    one, three = run(1.0), run(-3.0)
+    for name in one:
+        assert torch.allclose(three[name], -3.0 * one[name], rtol=1e-12, atol=1e-15), name

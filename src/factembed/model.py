@@ -629,11 +629,15 @@ class _FusedFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss):
         (dS,) = ctx.saved_tensors
+        # The gradients were made for this call only: scaled in place, and not at all for
+        # the usual loss.backward() (a pass over the gene-embedding gradient saved per step).
+        unit = grad_loss.device.type == "cpu" and grad_loss.numel() == 1 and float(grad_loss) == 1.0
+        scaled = (lambda t: t) if unit else (lambda t: t.mul_(grad_loss))
         gene_grads: list = [None] * ctx.n_gene
         if ctx.dgene is not None:
-            gene_grads = [t * grad_loss for t in ctx.dgene]
+            gene_grads = [scaled(t) for t in ctx.dgene]
         flat_grads: list = [None] * ctx.n_flat
         if ctx.dW is not None:
-            flat_grads = [t * grad_loss for wb in ctx.dW for t in wb]
+            flat_grads = [scaled(t) for wb in ctx.dW for t in wb]
         ctx.dW = ctx.dgene = None
         return (None, None, None, None, dS * grad_loss, None, *gene_grads, *flat_grads)

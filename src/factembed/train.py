@@ -242,7 +242,12 @@ def train(net: FactorizedEmbeddingNet, X: torch.Tensor | RowSource, *, n_steps: 
             loss.backward()
             if before_step is not None:
                 before_step()
-            optimizer.step()
+            if on_cpu:   # Adam's fused update is one parallel loop: on all the caller's threads
+                torch.set_num_threads(caller_threads)
+                optimizer.step()
+                torch.set_num_threads(1)
+            else:
+                optimizer.step()
             record = torch.cat([loss.detach().reshape(1), xb.sum().reshape(1),
                                 (xb * xb).sum().reshape(1), fused.last_stats])
             pending.append((step, time.perf_counter() - t0, record))
