@@ -10,7 +10,8 @@ The first layer is computed *factored*::
 so the gene term ``G = E W1_g^T + b1`` (``n_genes x hidden[0]``) is computed once per
 step for every gene and broadcast over the step's samples, and the sample term
 ``S = Z W1_s^T`` once per sample.  No (sample, gene) index arrays exist anywhere: a
-batch is a set of whole profiles.
+batch is a set of whole profiles.  In training, ``G`` is never formed for all genes at
+once: each gene block of the fused sweep computes its own rows (see :class:`GeneLayer`).
 
 :func:`fused_profile_loss` evaluates the MSE of a batch of whole profiles *and* all
 its gradients in one sweep over blocks of genes, so the (pairs x hidden) activations
@@ -20,8 +21,10 @@ from a workspace instead of being allocated every step.
 On CPU the gene blocks, the gene term and the forward-only decode are shared out to a
 small pool of worker threads with one intra-op thread each (see :data:`CPU_WORKERS`):
 they synchronise once per call instead of once per operation, which is faster on small
-machines and degrades gracefully when other processes compete for the cores.  Partial
-sums are added in a fixed order, so results are reproducible for a fixed configuration.
+machines and degrades gracefully when other processes compete for the cores.  The
+sweep is compiled by TorchScript, so a worker runs all its blocks without taking
+Python's GIL between operations.  Partial sums are added in a fixed order, so results
+are reproducible for a fixed configuration.
 """
 
 from __future__ import annotations
@@ -407,9 +410,9 @@ class FusedProfileLoss:
 # ---------------------------------------------------------------------------------------
 # The sweep itself.  Written in the subset of Python that TorchScript compiles: scripted
 # (see _compiled_sweep), a worker runs its whole sweep without Python's GIL, so the
-# workers do not queue for it between operations (measured -14% sweep time on 2 cores,
-# bench/bench_ab_gene_term.py); where scripting is unavailable the same function runs as
-# plain Python, with identical results.
+# workers do not queue for it between operations (bench/bench_ab_gene_term.py measures
+# the difference); where scripting is unavailable the same function runs as plain
+# Python, with identical results.
 # ---------------------------------------------------------------------------------------
 
 def _hidden_forward(S3: torch.Tensor, Gb: torch.Tensor, weights: List[torch.Tensor],
@@ -544,6 +547,8 @@ def _compiled_sweep():
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")   # torch.jit.script is deprecated in torch >= 2.9, still supported
                 fn = torch.jit.script(_sweep_blocks)
+            if fn.name != _sweep_blocks.__name__:   # the source file changed since import
+                raise RuntimeError(f"compiled {fn.name!r} from the source on disk")
         except Exception as exc:  # pragma: no cover - depends on the installation
             warnings.warn(f"factembed: TorchScript unavailable ({type(exc).__name__}: {exc}); "
                           "the fused kernel runs as plain Python (slower on several threads)",
