@@ -40,9 +40,11 @@ from typing import List, NamedTuple, Optional, Tuple
 import torch
 from torch import nn
 
-# Bytes of first-layer activations per gene block on CPU.  Blocks of ~3 MiB (measured best on a 2-core AVX2 machine) keep
-# the whole forward/backward of a block in the L2/L3 caches.
-_CPU_BLOCK_BYTES = 3 << 20
+# Bytes of first-layer activations per gene block on CPU: ~1 MiB, one core's L2 on the
+# 2-core AVX2 dev machine (interleaved A/B in bench/bench_ab.py: 1 MiB blocks beat 3 MiB
+# ones by a few per cent once the sweep ran as TorchScript; before, per-block Python
+# overhead made larger blocks as good).
+_CPU_BLOCK_BYTES = 1 << 20
 
 
 class FactorizedEmbeddingNet(nn.Module):

@@ -199,6 +199,8 @@ def train(net: FactorizedEmbeddingNet, X: torch.Tensor | RowSource, *, n_steps: 
     # On CPU the fused kernel's gene blocks go to worker threads (one intra-op thread
     # each) while this thread runs at one intra-op thread: measured 1.1-2.4x faster
     # than OpenMP-parallel operations on the 2-core dev machine (bench/bench_ab.py).
+    # Adam stays on this one thread too: waking OpenMP threads for it every step left
+    # them spinning on the cores the workers need (-13% in an interleaved A/B).
     caller_threads = torch.get_num_threads()
     on_cpu = device.type == "cpu"
     workers = cpu_workers(1 << 30) if on_cpu else None   # fixed before this thread drops to 1
@@ -242,12 +244,7 @@ def train(net: FactorizedEmbeddingNet, X: torch.Tensor | RowSource, *, n_steps: 
             loss.backward()
             if before_step is not None:
                 before_step()
-            if on_cpu:   # Adam's fused update is one parallel loop: on all the caller's threads
-                torch.set_num_threads(caller_threads)
-                optimizer.step()
-                torch.set_num_threads(1)
-            else:
-                optimizer.step()
+            optimizer.step()
             record = torch.cat([loss.detach().reshape(1), xb.sum().reshape(1),
                                 (xb * xb).sum().reshape(1), fused.last_stats])
             pending.append((step, time.perf_counter() - t0, record))
