@@ -145,3 +145,39 @@ def test_scripted_sweep_is_available_and_identical_to_plain_python(gene_layer, w
     plain = run(FusedProfileLoss(gene_chunk=64, compute_dtype=dtype, workers=2, compiled=False), *args,
                 weight_grads=weight_grads)
     assert torch.equal(compiled, plain)
+
+
+@pytest.mark.parametrize("weight_grads", [True, False])
+@pytest.mark.parametrize("row_weights", [False, True])
+def test_gene_layer_gradients_are_the_chain_rule_of_the_gene_term_fp64(weight_grads, row_weights):
+    """With a GeneLayer the kernel returns d(embedding), d(weight), d(bias) = the chain rule
+    through G = E W^T + b of the gradient it returns for a precomputed G; ``gene_grad=False``
+    returns none of them."""
+    torch.manual_seed(1)
+    net = FactorizedEmbeddingNet(6, 301, 2, 9, (16, 8)).double()
+    S = net.sample_term(net.sample_embedding[[0, 2, 5]]).detach()
+    X = torch.randn(3, 301, dtype=torch.float64)
+    E, W, b = (t.detach() for t in net.gene_layer())
+    G = E @ W.T + b
+    layers = [(w.detach(), bb.detach()) for w, bb in net.decoder_weights()]
+    rw = torch.tensor([0.5, 2.0, 1.0], dtype=torch.float64) if row_weights else None
+    fused = FusedProfileLoss(gene_chunk=40, compute_dtype=torch.float64, workers=2)
+    loss_g, dS_g, (dG,), dW_g = fused.evaluate(S, G, X, layers, weight_grads, rw)
+    loss_l, dS_l, (dE, dWg, dbg), dW_l = fused.evaluate(S, fe_model.GeneLayer(E, W, b), X, layers,
+                                                         weight_grads, rw)
+    close = dict(rtol=1e-10, atol=1e-14)
+    assert torch.allclose(loss_l, loss_g, **close) and torch.allclose(dS_l, dS_g, **close)
+    assert torch.allclose(dE, dG @ W, **close)
+    assert torch.allclose(dWg, dG.T @ E, **close)
+    assert torch.allclose(dbg, dG.sum(0), **close)
+    assert (dW_l is None) == (dW_g is None) == (not weight_grads)
+    _, _, none, _ = fused.evaluate(S, fe_model.GeneLayer(E, W, b), X, layers, weight_grads, rw, gene_grad=False)
+    assert none is None
+
+
+def test_bf16_gene_layer_gradients_are_close_to_fp32():
+    S, GL, X, layers = setup(gene_layer=True)
+    ref = run(FusedProfileLoss(gene_chunk=128, workers=2), S, GL, X, layers)
+    got = run(FusedProfileLoss(gene_chunk=128, workers=2, compute_dtype=torch.bfloat16), S, GL, X, layers)
+    rel = (got - ref).norm() / ref.norm()
+    assert rel < 0.05, float(rel)

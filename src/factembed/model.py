@@ -13,7 +13,7 @@ step for every gene and broadcast over the step's samples, and the sample term
 batch is a set of whole profiles.  In training, ``G`` is never formed for all genes at
 once: each gene block of the fused sweep computes its own rows (see :class:`GeneLayer`).
 
-:func:`fused_profile_loss` evaluates the MSE of a batch of whole profiles *and* all
+:class:`FusedProfileLoss` evaluates the MSE of a batch of whole profiles *and* all
 its gradients in one sweep over blocks of genes, so the (pairs x hidden) activations
 only ever exist for one block at a time (they stay in cache on a CPU) and are reused
 from a workspace instead of being allocated every step.
@@ -186,8 +186,9 @@ class FactorizedEmbeddingNet(nn.Module):
 #: element-wise passes scale poorly and which slow down many-fold whenever another
 #: process competes for the cores (every operation waits for all its threads).
 CPU_WORKERS: int | None = None
-#: Cap of the automatic worker count (Python issues every operation: many workers would
-#: contend for the GIL).
+#: Cap of the automatic worker count (the sweep runs without the GIL when TorchScript
+#: compiles it, but the plain-Python fallback and the decode issue every operation from
+#: Python: many workers would contend for the GIL there).
 MAX_AUTO_WORKERS = 4
 
 _POOL: dict = {"pool": None, "key": None, "pid": None}
@@ -286,8 +287,9 @@ class _SweepInputs(NamedTuple):
     gene_embedding: Optional[torch.Tensor]    # or the gene layer that makes it
     gene_weight: Optional[torch.Tensor]
     gene_bias: Optional[torch.Tensor]
-    gene_embedding_acc: Optional[torch.Tensor]  # acc: for the gene layer's backward
-    gene_weight_acc: Optional[torch.Tensor]
+    gene_embedding_acc: Optional[torch.Tensor]  # acc: the gene term's rows (rounded once to
+    gene_weight_acc: Optional[torch.Tensor]     # the compute dtype) and the layer's backward
+    gene_bias_acc: Optional[torch.Tensor]
     X: torch.Tensor                           # targets (B, m), acc
     weights: List[torch.Tensor]               # decoder layers
     biases: List[torch.Tensor]
@@ -312,8 +314,8 @@ class FusedProfileLoss:
     or the :class:`GeneLayer` that makes it, the targets ``X`` (``B x m``) and the
     decoder layers; it returns the scalar MSE as an autograd node whose backward yields
     exact gradients for ``S``, ``G`` (or the gene layer's three tensors) and every
-    decoder weight.  Pass ``weight_grads=False`` for inference (only
-    ``S`` and ``G`` gradients are computed).
+    decoder weight.  Pass ``weight_grads=False`` for inference (the decoder weights'
+    gradients are skipped; those of ``S`` and of ``G`` or the gene layer are computed).
 
     Each block of genes is run forward, the loss and its gradient are formed, and the
     block is run backward at once, so activations never exist for all pairs.  On CPU
@@ -372,10 +374,11 @@ class FusedProfileLoss:
             scale = (row_weights.to(acc) / m).reshape(B, 1)
         if as_layer:
             E, Wg, bg = (t.detach() for t in G)
-            gene = (E.to(cdt), Wg.to(cdt), bg.to(cdt), E.to(acc), Wg.to(acc))
+            low = (E.to(cdt), Wg.to(cdt), bg.to(cdt)) if cdt == acc else (None,) * 3  # unused otherwise
+            gene = (*low, E.to(acc), Wg.to(acc), bg.to(acc))
             dG = torch.empty(m, E.shape[1], dtype=acc, device=dev) if gene_grad else None
         else:
-            gene = (None,) * 5
+            gene = (None,) * 6
             dG = torch.empty(m, h0, dtype=acc, device=dev) if gene_grad else None
         inputs = _SweepInputs(S.detach().to(cdt), None if as_layer else G.detach().to(cdt), *gene,
                               X.to(acc), [w.detach().to(cdt) for w, _ in layers],
@@ -425,7 +428,8 @@ def _hidden_forward(S3: torch.Tensor, Gb: torch.Tensor, weights: List[torch.Tens
     B, h0 = S3.shape[0], S3.shape[2]
     c = Gb.shape[0]
     a = acts[0][:B * c]
-    if S3.dtype == torch.float32 or S3.dtype == torch.float64:   # aten::_add_relu's dtypes: one pass
+    if S3.device.type == "cpu" and (S3.dtype == torch.float32 or S3.dtype == torch.float64):
+        # aten::_add_relu (CPU kernel only, these dtypes): add and ReLU in one pass
         torch.ops.aten._add_relu(Gb.unsqueeze(0), S3, out=a.view(B, c, h0))
     else:
         torch.add(Gb.unsqueeze(0), S3, out=a.view(B, c, h0))
@@ -467,7 +471,7 @@ def _sweep_blocks(inp: _SweepInputs, starts: List[int], sizes: List[int], buf: _
         dbs = [torch.zeros(b.shape, dtype=acc, device=dev) for b in bc]
     G, dG = inp.G, inp.dG
     E, Wg, bg = inp.gene_embedding, inp.gene_weight, inp.gene_bias
-    E_acc, Wg_acc = inp.gene_embedding_acc, inp.gene_weight_acc
+    E_acc, Wg_acc, bg_acc = inp.gene_embedding_acc, inp.gene_weight_acc, inp.gene_bias_acc
     dWg: Optional[torch.Tensor] = None
     if Wg_acc is not None and dG is not None:
         dWg = torch.zeros(Wg_acc.shape, dtype=acc, device=dev)
@@ -484,9 +488,13 @@ def _sweep_blocks(inp: _SweepInputs, starts: List[int], sizes: List[int], buf: _
         if G is not None:
             Gb = G[j0:j0 + c]
         else:                                   # this block's rows of the gene term
-            assert E is not None and Wg is not None and bg is not None
             Gb = buf.gene[:c]
-            torch.addmm(bg, E[j0:j0 + c], Wg.t(), out=Gb)
+            if same:
+                assert E is not None and Wg is not None and bg is not None
+                torch.addmm(bg, E[j0:j0 + c], Wg.t(), out=Gb)
+            else:   # in the accumulation dtype, rounded once (as a precomputed G would be)
+                assert E_acc is not None and Wg_acc is not None and bg_acc is not None
+                Gb.copy_(torch.addmm(bg_acc, E_acc[j0:j0 + c], Wg_acc.t()))
         a = _hidden_forward(S3, Gb, Wc, bc, acts)
         a0 = acts[0][:P]
         y = torch.addmv(b_out, a, w_out_vec).view(B, c)
@@ -549,7 +557,8 @@ def _compiled_sweep():
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")   # torch.jit.script is deprecated in torch >= 2.9, still supported
                 fn = torch.jit.script(_sweep_blocks)
-            if fn.name != _sweep_blocks.__name__:   # the source file changed since import
+            if fn.name != _sweep_blocks.__name__:   # the source file changed since import and
+                # the lines now hold another function (an edit in place is not detected)
                 raise RuntimeError(f"compiled {fn.name!r} from the source on disk")
         except Exception as exc:  # pragma: no cover - depends on the installation
             warnings.warn(f"factembed: TorchScript unavailable ({type(exc).__name__}: {exc}); "

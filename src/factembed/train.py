@@ -1,9 +1,9 @@
 """The training loop: whole-profile batches, Adam, progress, history.
 
 Each step draws ``batch_samples`` rows of the data matrix (a permutation of the samples
-is walked through, reshuffled every pass), computes the gene term of the first layer
-once for all genes, and evaluates the MSE and its gradients with the fused blocked
-kernel of :mod:`factembed.model`.  The L2 term ``l2 * sum(p^2)`` over all parameters is
+is walked through, reshuffled every pass) and evaluates the MSE and all its gradients
+with the fused blocked kernel of :mod:`factembed.model`, which also computes the gene
+term of the first layer, block by block (every gene once per step).  The L2 term ``l2 * sum(p^2)`` over all parameters is
 applied exactly through Adam's (non-decoupled) ``weight_decay = 2 * l2``, whose gradient
 is the same ``2 * l2 * p``; it is therefore not recomputed every step.
 """
