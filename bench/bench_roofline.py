@@ -18,7 +18,7 @@ import torch
 
 from _common import RESULTS, TCGA_GENES, TCGA_SAMPLES, Tee, machine_line, out_path, parser
 
-from factembed.model import default_gene_chunk
+from factembed.model import cpu_workers, default_gene_chunk
 
 
 def flops_per_pair(sample_dim: int, gene_dim: int, hidden: tuple[int, ...], batch: int, n_genes: int) -> dict:
@@ -152,7 +152,9 @@ def main() -> None:
             f"({'native' if torch.ops.mkldnn._is_mkldnn_bf16_supported() else 'emulated: no native bf16'})")
     P = 4 * (256 if q else 1024)   # rows of one gene block (4 profiles x 1024 genes)
     # the gene term is computed block by block inside the sweep (rows of one default block)
-    c = default_gene_chunk(4, 100, TCGA_GENES, torch.device("cpu"), workers=nt) if not q else 256
+    kw = cpu_workers(1 << 30)        # train()'s kernel workers, each with nt // kw intra-op threads
+    per = max(1, nt // kw)
+    c = default_gene_chunk(4, 100, TCGA_GENES, torch.device("cpu"), workers=kw) if not q else 256
     shapes = [("fwd  a1 = a0 W1^T", P, 100, 50), ("fwd  a2 = a1 W2^T", P, 50, 50),
               ("bwd  dW1 = g1^T a0", 50, P, 100), ("bwd  g0 = g1 W1", P, 50, 100),
               ("gene block G = E W1g^T", c, 100, 100)]
@@ -160,21 +162,23 @@ def main() -> None:
     for name, M, K, N in shapes:
         r1 = gemm_rate(M, K, N, threads=1, min_time=0.01 if q else 0.3)
         rn = gemm_rate(M, K, N, threads=nt, min_time=0.01 if q else 0.3)
-        skinny.append((name, r1, rn))
-        out(f"  fp32 {name:20s} {M}x{K}x{N}: 1 thread {r1:6.1f}, {nt} threads {rn:6.1f}")
+        rw = r1 if per == 1 else gemm_rate(M, K, N, threads=per, min_time=0.01 if q else 0.3)
+        skinny.append((name, rw, rn))
+        out(f"  fp32 {name:20s} {M}x{K}x{N}: 1 thread {r1:6.1f}, {nt} threads {rn:6.1f}"
+            + (f", {per} threads (one worker's) {rw:6.1f}" if per > 1 else ""))
     # FLOPs per pair done at each measured shape (the 50x50 rate also stands for dW2, g1, output)
     weight = {"fwd  a1 = a0 W1^T": 10_000, "bwd  dW1 = g1^T a0": 10_000, "bwd  g0 = g1 W1": 10_000,
               "fwd  a2 = a1 W2^T": f["pair_gemm"] - 30_000}
-    # the kernel runs one gene block per core: its ceiling is cores x the 1-thread rates
-    pair_rate = nt * sum(weight.values()) / sum(weight[name] / r1 for name, r1, _ in skinny if name in weight)
-    gene_rate = nt * skinny[-1][1]
+    # the kernel runs one gene block per worker: its ceiling is workers x one worker's rates
+    pair_rate = kw * sum(weight.values()) / sum(weight[name] / rw for name, rw, _ in skinny if name in weight)
+    gene_rate = kw * skinny[-1][1]
     t_floor = f["pair_gemm"] * pairs / (pair_rate * 1e9) + f["gene"] * pairs / (gene_rate * 1e9)
     sq_n = rates[("sq", nt)]
     out("")
     out("limits at the TCGA shape:")
     out(f"  all FLOPs at the nominal peak ({peak:.0f} GFLOP/s):        {peak / step_gflop:6.1f} it/s")
     out(f"  all FLOPs at the measured square-GEMM rate ({sq_n:.0f}):   {sq_n / step_gflop:6.1f} it/s")
-    out(f"  pair GEMMs at {nt} x the 1-thread skinny rate ({pair_rate:.0f}) + gene-term blocks at {nt} x theirs "
+    out(f"  pair GEMMs at {kw} workers x one worker's skinny rate ({pair_rate:.0f}) + gene-term blocks at {kw} x theirs "
         f"({gene_rate:.0f}): "
         f"{1 / t_floor:6.1f} it/s  (GEMM-only floor: no element-wise work, no Adam)")
     if "bf16" in str(rates) and rates[("bf16", nt)] > sq_n:

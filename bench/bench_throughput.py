@@ -195,9 +195,11 @@ def main() -> None:
     # (c): sweep, then re-measure the best
     cands = []
     nt = torch.get_num_threads()
-    # (main-thread intra-op threads, kernel workers): one OpenMP sweep / workers / workers
-    # with a single-threaded main thread (Adam and the small per-step operations)
-    layouts = [(nt, 1), (nt, nt), (1, nt)] if nt > 1 else [(1, 1)]
+    # (caller's intra-op threads, kernel workers).  train() runs its own loop at 1 intra-op
+    # thread on CPU whatever the caller had, so only the worker count matters: 1 worker
+    # (everything on one core) or one per core.  (Runs before 2026-11-27 06:30 also swept
+    # the caller's threads, 2 or 1, which made no difference.)
+    layouts = [(1, 1), (1, nt)] if nt > 1 else [(1, 1)]
     for threads, workers in layouts:
         for chunk in ((None,) if q else (None, 512, 1024, 2048)):
             cands.append(dict(threads=threads, workers=workers, gene_chunk=chunk, dtype=torch.float32))
