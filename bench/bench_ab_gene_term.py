@@ -24,9 +24,9 @@ import statistics
 import torch
 
 from _common import Tee, machine_line, out_path, parser, tcga_like
+from bench_throughput import train_windows
 
 import factembed.model as fe_model
-from factembed.train import train
 
 
 def main() -> None:
@@ -54,11 +54,8 @@ def main() -> None:
         for _ in range(1 if args.quick else args.rounds):
             for name, (gene_layer, sweep) in variants.items():
                 Net.gene_layer, fe_model._compiled_sweep = gene_layer, sweep
-                gen = torch.Generator().manual_seed(0)
-                net = Net(*X.shape, 2, 100, (100, 50, 50), generator=gen)
-                h, _, _ = train(net, X, n_steps=warm + timed, lr=5e-3, l2=1e-7, batch_samples=4, generator=gen,
-                                device=torch.device("cpu"), progress=False)
-                res[name].append(timed / (h.seconds[-1] - h.seconds[warm - 1]))
+                w = train_windows(X, 4, (2, 100, (100, 50, 50)), warmup=warm, n_windows=1, spw=timed)
+                res[name].append(w.it_s[0])
     finally:
         Net.gene_layer, fe_model._compiled_sweep = current, compiled
     scripted = not isinstance(compiled(), type(fe_model._sweep_blocks))

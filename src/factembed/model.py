@@ -284,12 +284,9 @@ class _SweepInputs(NamedTuple):
     Tensors are in the compute dtype unless marked "acc" (the accumulation dtype)."""
     S: torch.Tensor                           # sample term (B, h0)
     G: Optional[torch.Tensor]                 # precomputed gene term (m, h0), or None
-    gene_embedding: Optional[torch.Tensor]    # or the gene layer that makes it
-    gene_weight: Optional[torch.Tensor]
+    gene_embedding: Optional[torch.Tensor]    # or the gene layer that makes it, acc (its rows
+    gene_weight: Optional[torch.Tensor]       # of G are rounded once to the compute dtype)
     gene_bias: Optional[torch.Tensor]
-    gene_embedding_acc: Optional[torch.Tensor]  # acc: the gene term's rows (rounded once to
-    gene_weight_acc: Optional[torch.Tensor]     # the compute dtype) and the layer's backward
-    gene_bias_acc: Optional[torch.Tensor]
     X: torch.Tensor                           # targets (B, m), acc
     weights: List[torch.Tensor]               # decoder layers
     biases: List[torch.Tensor]
@@ -373,12 +370,10 @@ class FusedProfileLoss:
         else:
             scale = (row_weights.to(acc) / m).reshape(B, 1)
         if as_layer:
-            E, Wg, bg = (t.detach() for t in G)
-            low = (E.to(cdt), Wg.to(cdt), bg.to(cdt)) if cdt == acc else (None,) * 3  # unused otherwise
-            gene = (*low, E.to(acc), Wg.to(acc), bg.to(acc))
-            dG = torch.empty(m, E.shape[1], dtype=acc, device=dev) if gene_grad else None
+            gene = tuple(t.detach().to(acc) for t in G)
+            dG = torch.empty(m, G.embedding.shape[1], dtype=acc, device=dev) if gene_grad else None
         else:
-            gene = (None,) * 6
+            gene = (None,) * 3
             dG = torch.empty(m, h0, dtype=acc, device=dev) if gene_grad else None
         inputs = _SweepInputs(S.detach().to(cdt), None if as_layer else G.detach().to(cdt), *gene,
                               X.to(acc), [w.detach().to(cdt) for w, _ in layers],
@@ -471,10 +466,9 @@ def _sweep_blocks(inp: _SweepInputs, starts: List[int], sizes: List[int], buf: _
         dbs = [torch.zeros(b.shape, dtype=acc, device=dev) for b in bc]
     G, dG = inp.G, inp.dG
     E, Wg, bg = inp.gene_embedding, inp.gene_weight, inp.gene_bias
-    E_acc, Wg_acc, bg_acc = inp.gene_embedding_acc, inp.gene_weight_acc, inp.gene_bias_acc
     dWg: Optional[torch.Tensor] = None
-    if Wg_acc is not None and dG is not None:
-        dWg = torch.zeros(Wg_acc.shape, dtype=acc, device=dev)
+    if Wg is not None and dG is not None:
+        dWg = torch.zeros(Wg.shape, dtype=acc, device=dev)
     stats = torch.zeros(4, dtype=acc, device=dev)
     scale = inp.scale
     scale2 = 2.0 * scale
@@ -488,13 +482,12 @@ def _sweep_blocks(inp: _SweepInputs, starts: List[int], sizes: List[int], buf: _
         if G is not None:
             Gb = G[j0:j0 + c]
         else:                                   # this block's rows of the gene term
+            assert E is not None and Wg is not None and bg is not None
             Gb = buf.gene[:c]
             if same:
-                assert E is not None and Wg is not None and bg is not None
                 torch.addmm(bg, E[j0:j0 + c], Wg.t(), out=Gb)
             else:   # in the accumulation dtype, rounded once (as a precomputed G would be)
-                assert E_acc is not None and Wg_acc is not None and bg_acc is not None
-                Gb.copy_(torch.addmm(bg_acc, E_acc[j0:j0 + c], Wg_acc.t()))
+                Gb.copy_(torch.addmm(bg, E[j0:j0 + c], Wg.t()))
         a = _hidden_forward(S3, Gb, Wc, bc, acts)
         a0 = acts[0][:P]
         y = torch.addmv(b_out, a, w_out_vec).view(B, c)
@@ -526,22 +519,18 @@ def _sweep_blocks(inp: _SweepInputs, starts: List[int], sizes: List[int], buf: _
         torch.ops.aten.threshold_backward(g, a0, 0, grad_input=g)
         g3 = g.view(B, c, h0)
         dS.add_(g3.sum(1))
-        if dG is None:
-            pass
-        elif G is not None:
-            if same:
-                torch.sum(g3, 0, out=dG[j0:j0 + c])
-            else:
-                dG[j0:j0 + c].copy_(g3.sum(0))
-        else:
-            assert E_acc is not None and Wg_acc is not None and dWg is not None
-            dGb = buf.dgene[:c]                 # dL/dG of the block, then the gene layer's
+        if dG is not None:
+            # dL/dG of the block: the output itself, or, for a gene layer, a buffer that
+            # its gradients are then formed from
+            dGb = dG[j0:j0 + c] if G is not None else buf.dgene[:c]
             if same:
                 torch.sum(g3, 0, out=dGb)
             else:
                 dGb.copy_(g3.sum(0))
-            torch.mm(dGb, Wg_acc, out=dG[j0:j0 + c])
-            dWg.addmm_(dGb.t(), E_acc[j0:j0 + c])
+            if G is None:
+                assert E is not None and Wg is not None and dWg is not None
+                torch.mm(dGb, Wg, out=dG[j0:j0 + c])
+                dWg.addmm_(dGb.t(), E[j0:j0 + c])
     return dS, dWs, dbs, dWg, stats
 
 

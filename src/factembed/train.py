@@ -3,9 +3,10 @@
 Each step draws ``batch_samples`` rows of the data matrix (a permutation of the samples
 is walked through, reshuffled every pass) and evaluates the MSE and all its gradients
 with the fused blocked kernel of :mod:`factembed.model`, which also computes the gene
-term of the first layer, block by block (every gene once per step).  The L2 term ``l2 * sum(p^2)`` over all parameters is
-applied exactly through Adam's (non-decoupled) ``weight_decay = 2 * l2``, whose gradient
-is the same ``2 * l2 * p``; it is therefore not recomputed every step.
+term of the first layer, block by block (every gene once per step).  The L2 term
+``l2 * sum(p^2)`` over all parameters is applied exactly through Adam's (non-decoupled)
+``weight_decay = 2 * l2``, whose gradient is the same ``2 * l2 * p``; it is therefore not
+recomputed every step.
 """
 
 from __future__ import annotations
