@@ -147,14 +147,18 @@ def test_cli_fit_distributed_two_processes(tmp_path, capfd, monkeypatch):
     assert fe.extra_["distributed"]["replica_spread"] == 0.0
 
 
-def test_argv_round_trip():
-    from factembed.cli import build_parser
-    from factembed.distributed import fit_argv
+def test_fit_request_round_trip():
+    """The ranks receive exactly the request the command line built (JSON round trip)."""
+    import json
+
+    from factembed.cli import build_parser, fit_request
+    from factembed.workflow import FitRequest
     argv = ["fit", "d.h5", "-o", "m", "--backed", "--distributed", "3", "--steps", "7", "--hidden", "8,4",
-            "--no-log", "--seed", "2"]
-    args = build_parser().parse_args(argv)
-    again = build_parser().parse_args(["fit", *fit_argv(args)])
-    assert again.distributed is None
-    for k, v in vars(args).items():
-        if k not in ("distributed", "func"):
-            assert getattr(again, k) == v, k
+            "--no-log", "--seed", "2", "--top-genes", "5", "--checkpoint-every", "4", "--resume"]
+    req = fit_request(build_parser().parse_args(argv))
+    again = FitRequest.from_dict(json.loads(json.dumps(req.to_dict())))
+    assert again == req
+    assert (again.processes, again.backed, again.config.n_steps, again.config.hidden, again.config.random_state) \
+        == (3, True, 7, (8, 4), 2)
+    assert (again.preprocessing.log10p1, again.preprocessing.top_variable) == (False, 5)
+    assert (again.checkpoints.every, again.checkpoints.resume) == (4, True)

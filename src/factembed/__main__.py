@@ -1,5 +1,8 @@
+"""``python -m factembed``: the command line (same as the ``factembed`` command)."""
+
 import sys
 
 from .cli import main
 
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,20 +1,18 @@
-"""The ``factembed`` command.
+"""The ``factembed`` command: argparse in, :mod:`factembed.workflow` calls, printing out.
 
-Subcommands: ``demo``, ``fit``, ``transform``, ``reconstruct``, ``info``.  Errors are
-one line (``factembed: error: FILE: problem``) with a non-zero exit status; ``--debug``
-shows the traceback.
+Subcommands: ``demo``, ``fit``, ``transform``, ``reconstruct``, ``info``, ``evaluate``,
+``sweep``, ``plot``.  Errors are one line (``factembed: error: FILE: problem``) with a
+non-zero exit status; ``--debug`` shows the traceback.  Nothing imports this module:
+the work is done in :mod:`factembed.workflow` and the library below it.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from dataclasses import fields
 from pathlib import Path
-
-import numpy as np
 
 from .config import FEConfig
 
@@ -104,245 +102,126 @@ def _add_read_options(parser: argparse.ArgumentParser, labels: bool = True) -> N
                        help="CSV/TSV of sample annotations (first column = sample id)")
 
 
-def _read(args: argparse.Namespace, path: str):
-    from .io import read_expression
-    return read_expression(path, fmt=args.fmt, samples_as_rows=False if args.samples_as_columns else None,
-                           label_column=getattr(args, "label_column", None),
-                           labels_path=getattr(args, "labels_path", None))
+def _read_options(args: argparse.Namespace):
+    from .workflow import ReadOptions
+    return ReadOptions(fmt=getattr(args, "fmt", None),
+                       samples_as_rows=False if getattr(args, "samples_as_columns", False) else None,
+                       label_column=getattr(args, "label_column", None),
+                       labels_path=getattr(args, "labels_path", None))
 
 
-def _summary_line(history: dict) -> str:
-    loss = np.asarray(history.get("loss", []), dtype=float)
-    r = np.asarray(history.get("pearson_r", []), dtype=float)
-    if loss.size == 0:
-        return "no training history recorded"
-    k = max(1, loss.size // 100)
-    return f"final loss {np.nanmean(loss[-k:]):.4g}, final Pearson r {np.nanmean(r[-k:]):.4f} (mean of last {k} steps)"
+def _processes(text: str):
+    """``--distributed``: a number of local processes, or ``torchrun`` (join the
+    process group of a launcher you started)."""
+    if text == "torchrun":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of processes or 'torchrun', got {text!r}") from None
 
 
-def _write_fit_outputs(fe, data, out: Path, extra: dict, title: str) -> list[Path]:
-    """Model, embedding table, history table and the two figures, into ``out``."""
-    import pandas as pd
+def fit_request(args: argparse.Namespace, data: str | None = None):
+    """The :class:`~factembed.workflow.FitRequest` of ``factembed fit`` / ``demo``."""
+    from .workflow import CheckpointOptions, FitRequest, PreprocessingOptions
 
-    from .io import _atomic_output, write_embedding_table
-    from .plot import plot_embedding, plot_training_curves
-
-    out.mkdir(parents=True, exist_ok=True)
-    fe.save(out, extra=extra)
-    written = [out / "model.json", out / "weights.safetensors"]
-    write_embedding_table(out / "embedding.csv", fe.embedding_, data.samples, data.labels)
-    written.append(out / "embedding.csv")
-    with _atomic_output(out / "history.csv") as tmp:
-        pd.DataFrame(fe.history_).to_csv(tmp, index=False)
-    written.append(out / "history.csv")
-    written += plot_embedding(fe.embedding_, data.labels, out / "embedding.png", title=title,
-                              label_name=extra.get("label_column") or "label")
-    written += plot_training_curves(fe.history_, out / "training.png", title=title)
-    return written
+    ck = CheckpointOptions(every=getattr(args, "checkpoint_every", 0), directory=getattr(args, "checkpoint_dir", None),
+                           resume=getattr(args, "resume", False),
+                           divergence_retries=getattr(args, "divergence_retries", 0))
+    pre = PreprocessingOptions(log10p1=False if getattr(args, "no_log", False) else None,
+                               protein_coding_only=not getattr(args, "all_biotypes", False),
+                               drop_constant=not getattr(args, "keep_constant", False),
+                               top_variable=getattr(args, "top_genes", None))
+    return FitRequest(data=data or args.data, output=args.output, config=config_from_args(args),
+                      read=_read_options(args), preprocessing=pre, checkpoints=ck,
+                      backed=getattr(args, "backed", False), processes=getattr(args, "distributed", None),
+                      title="FE of HSMM myoblasts (bundled demo)" if data == "demo" else None)
 
 
-def _fit_data(data, cfg: FEConfig, preprocessing, out: Path, title: str, label_column: str | None,
-              checkpoint: dict | None = None):
-    from .estimator import FactorizedEmbeddings
+def _print_fit(res, extra_line: str = "") -> None:
+    from .workflow import summary_line
 
-    fitted, data = preprocessing.fit_apply(data, copy=False)   # one copy of the matrix in memory
-    empty = ~np.any(data.X != data.X[:, :1], axis=1) if data.n_genes > 1 else np.zeros(data.n_samples, bool)
-    if empty.any():
-        import warnings
-        warnings.warn(f"{data.source or 'data'}: {int(empty.sum())} sample(s) have a constant (e.g. all-zero) "
-                      f"profile and were left out of training (first: {data.samples[empty][0]})", stacklevel=2)
-        data = data.subset_samples(np.flatnonzero(~empty))
-    print(f"training on {data.n_samples:,} samples x {data.n_genes:,} genes "
-          f"({fitted.config})", file=sys.stderr)
-    fe = FactorizedEmbeddings.from_config(cfg)
-    t0 = time.perf_counter()
-    fe.fit(data.X, sample_names=data.samples, gene_names=data.genes, **(checkpoint or {}))
-    seconds = time.perf_counter() - t0
-    extra = {"preprocessing": fitted.to_dict(), "label_column": label_column,
-             "source": data.source, "fit_seconds": seconds}
-    written = _write_fit_outputs(fe, data, out, extra, title)
-    return fe, data, seconds, written
+    fe = res.estimator
+    if res.resumed_from is not None:
+        print(f"resumed from the checkpoint of step {res.resumed_from:,}"
+              + (" (training had already finished)" if res.resumed_from >= fe.n_steps_ else ""))
+    where = {"memory": "", "backed": " (backed)",
+             "distributed": f" on {res.details.get('world_size', '?')} process(es)"}[res.mode]
+    trained = fe.n_steps_ - (res.resumed_from or 0)
+    print(f"fitted {fe.n_steps_:,} steps{where} ({trained:,} in this run, {res.seconds:.1f} s); "
+          f"{summary_line(fe.history_)}{extra_line}")
+    for p in res.written:
+        print(f"wrote {p}")
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    from .io import Preprocessing
+    from .workflow import fit
 
-    if getattr(args, "distributed", None):
-        from .distributed import launch_from_cli
-        return launch_from_cli(args)
-    if getattr(args, "backed", False):
-        from .sources import cli_fit_backed
-        return cli_fit_backed(args)
-    cfg = config_from_args(args)
-    data = _read(args, args.data)
-    pre = Preprocessing(log10p1=not args.no_log and data.transform != "log10p1",
-                        protein_coding_only=not args.all_biotypes,
-                        drop_constant=not args.keep_constant, top_variable=args.top_genes)
-    checkpoint = None
-    if args.checkpoint_every > 0:
-        checkpoint = {"checkpoint_dir": args.checkpoint_dir or str(Path(args.output) / "checkpoints"),
-                      "checkpoint_every": args.checkpoint_every, "resume": args.resume,
-                      "divergence_retries": args.divergence_retries}
-    elif args.resume:
-        raise ValueError("--resume needs checkpoints (--checkpoint-every > 0)")
-    fe, data, seconds, written = _fit_data(data, cfg, pre, Path(args.output),
-                                           f"FE of {Path(args.data).name}", args.label_column, checkpoint)
-    print(f"fitted {fe.n_steps_:,} steps in {seconds:.1f} s; {_summary_line(fe.history_)}")
-    for p in written:
-        print(f"wrote {p}")
+    res = fit(fit_request(args))
+    if res is not None:     # None on the ranks other than 0 of a data-parallel fit
+        _print_fit(res)
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from sklearn.model_selection import cross_val_score
-    from sklearn.neighbors import KNeighborsClassifier
+    from .workflow import fit, knn_accuracy
 
-    from .datasets import load_demo
-    from .io import Preprocessing
-
-    cfg = config_from_args(args)
     t_all = time.perf_counter()
-    data = load_demo()
-    pre = Preprocessing(log10p1=False, protein_coding_only=False, drop_constant=True)
-    fe, data, seconds, written = _fit_data(data, cfg, pre, Path(args.output),
-                                           "FE of HSMM myoblasts (bundled demo)", "Hours")
-    acc = cross_val_score(KNeighborsClassifier(5), fe.embedding_, data.labels, cv=5).mean()
-    print(f"demo: {data.n_samples} cells x {data.n_genes} genes, {fe.n_steps_:,} steps in {seconds:.1f} s "
-          f"({fe.n_steps_ / seconds:.0f} it/s); {_summary_line(fe.history_)}")
+    res = fit(fit_request(args, data="demo"))
+    acc, chance = knn_accuracy(res.estimator.embedding_, res.labels)
+    print(f"demo: {res.n_samples} cells x {res.n_genes} genes, {res.estimator.n_steps_ / res.seconds:.0f} it/s")
+    _print_fit(res)
     print(f"5-fold kNN accuracy of the time point (0/24/48/72 h) from the 2-D embedding: {acc:.3f} "
-          f"(chance {max(np.unique(data.labels, return_counts=True)[1]) / data.n_samples:.3f})")
-    for p in written:
-        print(f"wrote {p}")
+          f"(chance {chance:.3f})")
     print(f"total wall time {time.perf_counter() - t_all:.1f} s")
     return 0
 
 
-def _load_model(path: str):
-    from .estimator import FactorizedEmbeddings
-    from .io import FittedPreprocessing
-
-    fe = FactorizedEmbeddings.load(path)
-    pre = None
-    extra = getattr(fe, "extra_", None) or {}
-    if extra.get("preprocessing"):
-        pre = FittedPreprocessing.from_dict(extra["preprocessing"])
-    return fe, pre, extra
-
-
-def read_for_model(args: argparse.Namespace, fe, pre):
-    """``args.data`` read and brought to the model's genes: its recorded preprocessing
-    re-applied (genes matched by name, ``--fill-missing``), or the gene count checked."""
-    from .errors import FEInputError
-    data = _read(args, args.data)
-    if pre is not None:
-        return pre.apply(data, fill_missing=args.fill_missing)
-    if data.n_genes != fe.n_features_in_:
-        raise FEInputError(f"{data.n_genes} genes but the model has {fe.n_features_in_}", data.source)
-    return data
-
-
 def cmd_transform(args: argparse.Namespace) -> int:
-    from .io import write_embedding_h5ad, write_embedding_table
+    from .workflow import transform
 
-    fe, pre, _ = _load_model(args.model)
-    if args.quiet:
-        fe.set_params(verbose=False)
-    data = read_for_model(args, fe, pre)
-    Z = fe.transform(data.X)
-    out = args.output
-    if out.endswith(".h5ad"):
-        write_embedding_h5ad(out, data, Z, fe.gene_embedding_)
-    else:
-        write_embedding_table(out, Z, data.samples, data.labels)
-    print(f"embedded {data.n_samples:,} samples; wrote {out}")
-    if args.plot:
-        from .plot import draw_embedding, _plt, _save
-        plt = _plt()
-        fig, ax = plt.subplots(figsize=(6.5, 5))
-        colors = draw_embedding(ax, fe.embedding_, None, size=6)
-        colors = draw_embedding(ax, Z, data.labels, marker="^", size=30, hollow=True)
-        ax.set_title("training samples (grey) and new samples (triangles)")
-        ax.set_xlabel("FE1"); ax.set_ylabel("FE2")
-        if colors:
-            ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
-        for p in _save(fig, args.plot, pdf=False):
+    res = transform(args.model, args.data, args.output, read=_read_options(args), fill_missing=args.fill_missing,
+                    plot=args.plot, verbose=not args.quiet, distributed=args.distributed == "torchrun")
+    if res is not None:
+        print(f"embedded {res.data.n_samples:,} samples; wrote {args.output}")
+        for p in res.written[1:]:
             print(f"wrote {p}")
     return 0
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
-    import pandas as pd
+    from .workflow import reconstruct
 
-    from .errors import FEInputError
-    from .io import ExpressionData, write_expression
-
-    fe, pre, _ = _load_model(args.model)
-    path = args.embedding
-    if not os.path.isfile(path):
-        raise FEInputError("no such file", path)
-    sep = "\t" if path.endswith((".tsv", ".tsv.gz", ".txt")) else ","
-    try:
-        table = pd.read_csv(path, sep=sep)
-    except Exception as exc:
-        raise FEInputError(f"cannot read the embedding table ({exc})", path) from None
-    cols = [c for c in table.columns if str(c).startswith("FE")]
-    if len(cols) != fe.net_.sample_dim:
-        raise FEInputError(f"found {len(cols)} FE columns, the model has sample_dim={fe.net_.sample_dim}", path)
-    try:
-        Z = table[cols].to_numpy(dtype=np.float32)
-    except ValueError:
-        raise FEInputError("embedding columns are not numeric", path) from None
-    samples = table["sample"].astype(str).to_numpy() if "sample" in table else \
-        np.array([f"sample_{i}" for i in range(len(table))])
-    X = fe.inverse_transform(Z)
-    genes = fe.feature_names_in_ if getattr(fe, "feature_names_in_", None) is not None else \
-        np.array([f"gene_{j}" for j in range(X.shape[1])])
-    labels = table["label"].astype(str).to_numpy() if "label" in table else None
-    write_expression(args.output, ExpressionData(X=X, samples=samples, genes=np.asarray(genes, dtype=str),
-                                                 labels=labels,
-                                                 transform="log10p1" if pre is not None and pre.log10p1 else None))
-    print(f"reconstructed {len(samples):,} profiles x {X.shape[1]:,} genes "
-          f"({'log10(x+1) scale' if pre is not None and pre.log10p1 else 'model scale'}); wrote {args.output}")
+    n, m, scale = reconstruct(args.model, args.embedding, args.output)
+    print(f"reconstructed {n:,} profiles x {m:,} genes ({scale}); wrote {args.output}")
     return 0
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    fe, pre, extra = _load_model(args.model)
-    cfg = fe.config
-    print(f"model: {args.model}")
-    print(f"data: {fe.net_.n_samples:,} training samples x {fe.net_.n_genes:,} genes"
-          + (f" (from {extra['source']})" if extra.get("source") else ""))
-    for name in FEConfig.field_names():
-        print(f"  {name} = {getattr(cfg, name)}")
-    print(f"training: {fe.n_steps_:,} steps" + (f" in {extra['fit_seconds']:.1f} s" if extra.get("fit_seconds") else "")
-          + f"; {_summary_line(fe.history_)}")
-    if pre is not None:
-        print(f"preprocessing: {pre.config}; {pre.n_genes:,} genes kept")
+    from .workflow import describe
+
+    print("\n".join(describe(args.model)))
     return 0
 
 
-def _read_or_demo(args: argparse.Namespace):
-    """DATA, or the bundled HSMM demo (labels = time point) when DATA is ``demo``."""
-    if args.data == "demo":
-        from .datasets import load_demo
-        return load_demo()
-    return _read(args, args.data)
+def _experiment_data(args: argparse.Namespace):
+    """DATA (or the bundled demo) and the preprocessing of evaluate/sweep (chosen on each training fold)."""
+    from .workflow import PreprocessingOptions, read_data
 
-
-def _experiment_preprocessing(args: argparse.Namespace, data):
-    from .io import Preprocessing
-    return Preprocessing(log10p1=not args.no_log and data.transform != "log10p1",
-                         protein_coding_only=False, drop_constant=True, top_variable=args.top_genes)
+    data = read_data(args.data, _read_options(args))
+    pre = PreprocessingOptions(log10p1=False if args.no_log else None, protein_coding_only=False,
+                               drop_constant=True, top_variable=args.top_genes)
+    return data, pre.resolve(already_log=data.transform == "log10p1")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate, metric_by_dim_table
 
     cfg = config_from_args(args)
-    data = _read_or_demo(args)
+    data, pre = _experiment_data(args)
     methods = [m.strip().lower() for m in args.methods.split(",") if m.strip()]
     res = evaluate(data, methods=methods, dims=args.dims, n_folds=args.folds, fe_config=cfg,
-                   preprocessing=_experiment_preprocessing(args, data), output=args.output, jobs=args.jobs,
+                   preprocessing=pre, output=args.output, jobs=args.jobs,
                    seed=args.cv_seed, n_pairs=args.pairs, progress=cfg.verbose, figures=not args.no_figures,
                    title=args.title or ("HSMM demo" if args.data == "demo" else Path(args.data).name))
     df = res["results"]
@@ -361,9 +240,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from .sweep import parse_shard, run_sweep
 
     cfg = config_from_args(args)
-    data = _read_or_demo(args)
+    data, pre = _experiment_data(args)
     res = run_sweep(data, l2s=args.l2_grid, gene_dims=args.gene_dims, output=args.output, config=cfg,
-                    preprocessing=_experiment_preprocessing(args, data), shard=parse_shard(args.shard),
+                    preprocessing=pre, shard=parse_shard(args.shard),
                     cv_folds=args.cv_folds, progress=cfg.verbose, figures=not args.no_figures,
                     label_name=args.label_column or ("Hours" if args.data == "demo" else "label"),
                     title=args.title or ("HSMM demo" if args.data == "demo" else Path(args.data).name))
@@ -418,9 +297,10 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--backed", action="store_true",
                     help="stream the matrix from disk in row blocks instead of loading it (.npy, .h5, .h5ad, "
                          ".zarr); genes are used as stored, log10(x + 1) is applied per block unless --no-log")
-    sc.add_argument("--distributed", type=int, default=None, metavar="NPROC",
-                    help="train with NPROC data-parallel processes on this machine (runs torchrun); for "
-                         "several machines run 'torchrun ... -m factembed.distributed fit' on each")
+    sc.add_argument("--distributed", type=_processes, default=None, metavar="NPROC",
+                    help="train with NPROC data-parallel processes on this machine (runs torchrun); "
+                         "'torchrun': join the process group of a torchrun you started (several machines: "
+                         "'torchrun ... -m factembed fit DATA -o MODEL --distributed torchrun' on each)")
     g = f.add_argument_group("preprocessing (recorded in the model and re-applied by transform)")
     g.add_argument("--no-log", action="store_true", help="do not apply log10(x + 1) (values already on log scale)")
     g.add_argument("--all-biotypes", action="store_true", help="keep all genes, not only protein-coding ones "
@@ -448,6 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fill genes missing from the file with their training mean (warns)")
     t.add_argument("--plot", default=None, help="also write a PNG of the new samples over the training embedding")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.add_argument("--distributed", choices=("torchrun",), default=None,
+                   help="'torchrun': run as one rank of a torchrun you started; the samples are split over "
+                        "the ranks and rank 0 writes the output")
     _add_read_options(t)
     t.set_defaults(func=cmd_transform)
 
@@ -516,9 +399,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
-        print("factembed: interrupted", file=sys.stderr)
+        hint = ""
+        if getattr(args, "command", None) == "fit" and getattr(args, "checkpoint_every", 0) > 0:
+            hint = "; run the same command with --resume to continue from the last checkpoint"
+        print(f"factembed: interrupted{hint}", file=sys.stderr)
         return 130
-    except (ValueError, OSError, FloatingPointError, KeyError) as exc:
+    except (ValueError, OSError, FloatingPointError, KeyError, RuntimeError) as exc:
         if args.debug:
             raise
         msg = " ".join(str(exc).split()) or type(exc).__name__

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +28,8 @@ from .errors import FEInputError
 from .io import write_bytes_atomic
 from .infer import embed_new_samples, reconstruct
 from .model import FactorizedEmbeddingNet
-from .checkpoint import Checkpointer
-from .train import (BatchSampler, History, as_float32_tensor, make_optimizer, resolve_device,
-                    resolve_precision, train)
+from .runner import make_checkpointer, run_training
+from .train import BatchSampler, as_float32_tensor, resolve_device, resolve_precision
 
 FORMAT_VERSION = 1
 #: parameters that do not change the trained model (may differ on resume)
@@ -98,6 +96,14 @@ def check_matrix(X: Any, *, what: str = "X", min_samples: int = 1,
             n_bad = sum(int((~np.isfinite(arr32[b:b + step])).sum()) for b in range(a, arr32.shape[0], step))
             raise FEInputError(f"{what} contains {n_bad} NaN/inf value(s); first at {row}, {col} ({original})")
     return arr32, samples, genes
+
+
+def checkpoint_meta(cfg: FEConfig, n_samples: int, n_genes: int, **more: Any) -> dict:
+    """What a checkpoint must match to be resumed: the hyper-parameters that shape the
+    trained model (not the run-time ones, nor ``n_steps``: a run may be extended) and
+    the data shape (``more``: e.g. a data-parallel run's world size and rank)."""
+    return {"config": {k: v for k, v in cfg.to_dict().items() if k not in _RUNTIME_PARAMS + ("n_steps",)},
+            "n_samples": int(n_samples), "n_genes": int(n_genes), **more}
 
 
 def _is_row_source(X: Any) -> bool:
@@ -239,64 +245,21 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
         net = FactorizedEmbeddingNet(n, m, cfg.sample_dim, cfg.gene_dim, cfg.hidden, generator=gen)
         net.to(device)
         n_steps = cfg.n_steps or auto_n_steps(n, cfg.batch_samples)
-        init_state = {k: v.clone() for k, v in net.state_dict().items()}
 
         def new_sampler():
             if hasattr(source, "make_sampler"):
                 return source.make_sampler(cfg.batch_samples, gen)
             return BatchSampler(n, cfg.batch_samples, gen)
 
-        checkpointer = None
-        if checkpoint_dir is not None:
-            checkpointer = Checkpointer(checkpoint_dir, every=checkpoint_every, meta={
-                "config": {k: v for k, v in cfg.to_dict().items() if k not in _RUNTIME_PARAMS + ("n_steps",)},
-                "n_samples": n, "n_genes": m})
-        elif resume:
-            raise ValueError("resume=True needs checkpoint_dir")
-        gen_start = gen.get_state()
-        sampler = new_sampler()
-        optimizer = make_optimizer(net.parameters(), cfg.lr, cfg.l2, device)
-        history, start = History(), 0
-        state = checkpointer.latest() if (checkpointer is not None and resume) else None
-        if state is not None:
-            if state.meta != checkpointer.meta:
-                raise FEInputError(f"checkpoint in {checkpoint_dir} belongs to a different run "
-                                   f"(data shape or hyper-parameters differ); use another directory")
-            net.load_state_dict(state.net_state)
-            optimizer.load_state_dict(state.optimizer_state)
-            sampler.load_state_dict(state.sampler_state)
-            history, start = History(**state.history), state.step
-        lr = cfg.lr
-        while True:
-            try:
-                history, _, _ = train(net, source, n_steps=n_steps, lr=lr, l2=cfg.l2,
-                                      batch_samples=cfg.batch_samples, generator=gen, device=device,
-                                      compute_dtype=dtype, gene_chunk=cfg.gene_chunk, progress=cfg.verbose,
-                                      sampler=sampler, optimizer=optimizer, history=history,
-                                      start_step=start, checkpointer=checkpointer)
-                break
-            except FloatingPointError as exc:
-                if divergence_retries <= 0:
-                    raise
-                divergence_retries -= 1
-                lr /= 10.0
-                state = checkpointer.latest() if checkpointer is not None else None
-                if state is not None:
-                    net.load_state_dict(state.net_state)
-                    optimizer = make_optimizer(net.parameters(), lr, cfg.l2, device)
-                    optimizer.load_state_dict(state.optimizer_state)
-                    sampler = new_sampler()
-                    sampler.load_state_dict(state.sampler_state)
-                    history, start = History(**state.history), state.step
-                else:
-                    net.load_state_dict(init_state)
-                    gen.set_state(gen_start)
-                    sampler = new_sampler()
-                    optimizer = make_optimizer(net.parameters(), lr, cfg.l2, device)
-                    history, start = History(), 0
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                warnings.warn(f"{exc}; retrying from step {start} with lr={lr:g}", stacklevel=2)
+        checkpointer = make_checkpointer(checkpoint_dir, checkpoint_every, checkpoint_meta(cfg, n, m),
+                                         resume=resume)
+        outcome = run_training(net, source, n_steps=n_steps, lr=cfg.lr, l2=cfg.l2,
+                               batch_samples=cfg.batch_samples, generator=gen, new_sampler=new_sampler,
+                               device=device, compute_dtype=dtype, gene_chunk=cfg.gene_chunk,
+                               progress=cfg.verbose, checkpointer=checkpointer, resume=resume,
+                               divergence_retries=divergence_retries)
+        history, lr = outcome.history, outcome.lr
+        self.resumed_from_ = outcome.resumed_from
         self.lr_ = lr
         self._set_fitted(net, n_steps=n_steps, history=history.as_dict(), samples=samples, genes=genes)
         return self

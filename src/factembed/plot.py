@@ -99,6 +99,21 @@ def plot_embedding(Z: np.ndarray, labels: Sequence | None, path: str | os.PathLi
     return _save(fig, path, pdf)
 
 
+def plot_transform(train_Z: np.ndarray, new_Z: np.ndarray, labels: Sequence | None,
+                   path: str | os.PathLike, *, pdf: bool = False) -> list[Path]:
+    """New samples (hollow triangles, coloured by label) over the training embedding (grey)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 5))
+    draw_embedding(ax, train_Z, None, size=6)
+    colors = draw_embedding(ax, new_Z, labels, marker="^", size=30, hollow=True)
+    ax.set_title("training samples (grey) and new samples (triangles)")
+    ax.set_xlabel("FE1")
+    ax.set_ylabel("FE2")
+    if colors:
+        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
+    return _save(fig, path, pdf)
+
+
 def plot_training_curves(history: Mapping[str, Sequence[float]], path: str | os.PathLike, *,
                          title: str = "Training", pdf: bool = False, smooth: int | None = None) -> list[Path]:
     """Loss (log scale) and Pearson r of the batch reconstruction by step; raw values

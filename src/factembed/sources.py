@@ -60,6 +60,8 @@ __all__ = [
     "BlockSampler",
     "open_source",
     "plan_blocks",
+    "GeneStats",
+    "stored_as_log",
     "DEFAULT_MEMORY_BUDGET",
 ]
 
@@ -107,6 +109,44 @@ def plan_blocks(n_rows: int, n_genes: int, batch_samples: int, *, memory_budget:
     return block_rows, max(1, int(blocks_per_window))
 
 
+class GeneStats:
+    """Per-gene count, mean, sum of squared deviations, minimum and maximum, and the
+    rows with a constant profile, accumulated over row blocks; :meth:`merge` combines
+    the statistics of disjoint row sets (e.g. the shards of a data-parallel run)."""
+
+    def __init__(self, n: int, mean: np.ndarray, m2: np.ndarray, vmin: np.ndarray, vmax: np.ndarray,
+                 constant_rows: np.ndarray) -> None:
+        self.n, self.mean, self.m2, self.vmin, self.vmax = int(n), mean, m2, vmin, vmax
+        self.constant_rows = constant_rows
+
+    @classmethod
+    def empty(cls, n_genes: int) -> "GeneStats":
+        return cls(0, np.zeros(n_genes), np.zeros(n_genes), np.full(n_genes, np.inf), np.full(n_genes, -np.inf),
+                   np.zeros(0, dtype=np.int64))
+
+    @property
+    def var(self) -> np.ndarray:
+        return self.m2 / max(1, self.n)
+
+    def add_block(self, block: np.ndarray, first_row: int = 0) -> None:
+        x = block.astype(np.float64)
+        other = GeneStats(len(x), x.mean(axis=0), ((x - x.mean(axis=0)) ** 2).sum(axis=0), x.min(axis=0),
+                          x.max(axis=0), first_row + np.flatnonzero((block == block[:, :1]).all(axis=1)))
+        self.merge(other)
+
+    def merge(self, other: "GeneStats") -> "GeneStats":
+        if other.n:
+            tot = self.n + other.n
+            delta = other.mean - self.mean
+            self.mean = self.mean + delta * (other.n / tot)
+            self.m2 = self.m2 + other.m2 + delta ** 2 * (self.n * other.n / tot)
+            self.vmin = np.minimum(self.vmin, other.vmin)
+            self.vmax = np.maximum(self.vmax, other.vmax)
+            self.constant_rows = np.concatenate([self.constant_rows, other.constant_rows])
+            self.n = tot
+        return self
+
+
 class BackedSource:
     """Base class of the on-disk row sources.
 
@@ -128,10 +168,13 @@ class BackedSource:
         self._lo = 0
         self._n = int(n_rows)
         self._m = int(n_genes)
+        self._stored_m = int(n_genes)   # columns as stored (``_m`` after a gene selection)
+        self._cols: np.ndarray | None = None
         self.path = path
         self.samples = _names(samples)
         self.genes = _names(genes)
         self.labels = _names(labels)
+        self.biotypes: np.ndarray | None = None   # per-gene biotype, where the file has one
         for what, names, size in (("samples", self.samples, self._n), ("genes", self.genes, self._m),
                                   ("labels", self.labels, self._n)):
             if names is not None and len(names) != size:
@@ -176,13 +219,37 @@ class BackedSource:
             setattr(v, name, None if arr is None else arr[start:stop])
         return v
 
+    def select_genes(self, columns: Any) -> "BackedSource":
+        """The same rows restricted to the stored columns ``columns`` (in that order),
+        as a source of their own sharing the open file: how a backed fit applies the
+        gene selection of its preprocessing (each block is read whole, then its kept
+        columns taken)."""
+        cols = np.asarray(columns, dtype=np.int64).reshape(-1)
+        base = self._cols if self._cols is not None else None
+        if cols.size == 0 or cols.min() < 0 or cols.max() >= self._m:
+            raise ValueError(f"gene columns out of range for {self._m} genes")
+        v = copy.copy(self)
+        v._cols = cols if base is None else base[cols]
+        v._m = int(cols.size)
+        v.genes = None if self.genes is None else self.genes[cols]
+        v.biotypes = None if self.biotypes is None else self.biotypes[cols]
+        v._owner = False
+        v._parent = self
+        v._staged = None
+        return v
+
     # -- reading ------------------------------------------------------------------------
     def _read_raw(self, a: int, b: int, out: np.ndarray) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def _read_block(self, a: int, b: int, out: np.ndarray) -> None:
         """Rows ``a:b`` (local numbering) into ``out``, checked and transformed."""
-        self._read_raw(self._lo + a, self._lo + b, out)
+        if self._cols is None:
+            self._read_raw(self._lo + a, self._lo + b, out)
+        else:
+            full = np.empty((b - a, self._stored_m), dtype=np.float32)
+            self._read_raw(self._lo + a, self._lo + b, full)
+            np.take(full, self._cols, axis=1, out=out)
         self._prepare(out, a)
 
     def _prepare(self, block: np.ndarray, a: int) -> None:
@@ -229,17 +296,30 @@ class BackedSource:
         """The whole (checked, transformed) matrix in memory: for small data and tests."""
         return self.read_rows(0, self._n)
 
-    def column_stats(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per-gene mean and variance (float64) in one sequential pass; this also
+    def gene_stats(self, progress: bool = False) -> "GeneStats":
+        """Per-gene statistics of the (checked, transformed) values in one sequential
+        pass over row blocks (float64, blocks merged as in Chan et al.'s parallel
+        variance), and which rows hold a constant profile.  Reading every block also
         checks every value before training starts."""
-        total = np.zeros(self._m)
-        sq = np.zeros(self._m)
-        for _, block in self.iter_blocks():
-            b64 = block.astype(np.float64)
-            total += b64.sum(0)
-            sq += (b64 * b64).sum(0)
-        mean = total / self._n
-        return mean, np.maximum(sq / self._n - mean * mean, 0.0)
+        stats = GeneStats.empty(self._m)
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=self._n, desc="checking values", unit="sample", mininterval=0.5)
+        try:
+            for a, block in self.iter_blocks():
+                stats.add_block(block, a)
+                if bar is not None:
+                    bar.update(len(block))
+        finally:
+            if bar is not None:
+                bar.close()
+        return stats
+
+    def column_stats(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-gene mean and variance (float64) in one sequential pass."""
+        s = self.gene_stats()
+        return s.mean, s.var
 
     def rows(self, index: torch.Tensor) -> torch.Tensor:
         """float32 rows ``index`` (local numbering).  The batch that the source's
@@ -343,7 +423,7 @@ class NpySource(BackedSource):
             out[...] = self._arr[a:b]
             return
         direct = self._file_dtype == np.dtype("<f4") or self._file_dtype == np.dtype("=f4")
-        target = out if direct and out.flags.c_contiguous else np.empty((b - a, self._m), self._file_dtype)
+        target = out if direct and out.flags.c_contiguous else np.empty((b - a, self._stored_m), self._file_dtype)
         mv = memoryview(target).cast("B")
         offset = self._offset + a * self._row_bytes
         done = 0
@@ -431,6 +511,7 @@ class H5Source(_H5Backed):
                                    f"dtype {ds.dtype}", path)
             samples, genes = _h5_names(f, "samples", path), _h5_names(f, "genes", path)
             labels = _h5_names(f, "labels", path)
+            biotypes = _h5_names(f, "biotypes", path)
             r, c = ds.shape
             self._transposed = (samples is not None and genes is not None and (r, c) != (len(samples), len(genes))
                                 and (r, c) == (len(genes), len(samples)))
@@ -443,6 +524,7 @@ class H5Source(_H5Backed):
             f.close()
             raise
         self._file, self._ds = f, ds
+        self.biotypes = biotypes if biotypes is not None and len(biotypes) == c else None
 
     def _read_raw(self, a: int, b: int, out: np.ndarray) -> None:
         try:
@@ -468,7 +550,7 @@ class H5adSource(_H5Backed):
         f = _open_h5(path)
         try:
             try:
-                samples, obs, genes, _ = _h5ad_names(f, path)
+                samples, obs, genes, var = _h5ad_names(f, path)
             except _LegacyH5ad:
                 raise FEInputError("old AnnData layout; re-save it with anndata >= 0.8 to read it backed",
                                    path) from None
@@ -497,6 +579,8 @@ class H5adSource(_H5Backed):
             f.close()
             raise
         self._file, self._X = f, X
+        self.biotypes = next((_names(var[k]) for k in ("biotype", "biotypes", "gene_biotype", "gene_type")
+                              if isinstance(var, dict) and k in var), None)
 
     def _read_raw(self, a: int, b: int, out: np.ndarray) -> None:
         try:
@@ -507,7 +591,7 @@ class H5adSource(_H5Backed):
             lo, hi = int(indptr[a]), int(indptr[b])
             vals = np.asarray(data[lo:hi], dtype=np.float32)
             cols = np.asarray(indices[lo:hi], dtype=np.int64)
-            if cols.size and (cols.min() < 0 or cols.max() >= self._m):
+            if cols.size and (cols.min() < 0 or cols.max() >= self._stored_m):
                 raise FEInputError(f"X rows {a}-{b}: column index out of range (corrupt?)", self.path)
             out.fill(0.0)
             rows = np.repeat(np.arange(b - a), np.diff(indptr[a:b + 1]))
@@ -785,34 +869,10 @@ class BlockSampler:
             pass
 
 
-# ---------------------------------------------------------------------------------------
-# command line: factembed fit --backed
-# ---------------------------------------------------------------------------------------
-
-
-def open_for_fit(args) -> tuple[BackedSource, bool]:
-    """The backed source of ``factembed fit --backed`` (``args`` from the CLI) and
-    whether log10(x+1) is applied as it is read."""
-    unsupported = [opt for opt, on in (("--samples-as-columns", getattr(args, "samples_as_columns", False)),
-                                       ("--top-genes", getattr(args, "top_genes", None) is not None),
-                                       ("--labels", getattr(args, "labels_path", None) is not None))
-                   if on]
-    if unsupported:
-        raise FEInputError(f"{', '.join(unsupported)} cannot be combined with --backed (backed training "
-                           "streams the stored genes as they are: select genes when writing the file)",
-                           args.data)
-    options: dict[str, Any] = {}
-    if getattr(args, "label_column", None):
-        options["label_column"] = args.label_column
-    log = not getattr(args, "no_log", False)
-    source = open_source(args.data, fmt=getattr(args, "fmt", None), log10p1=False, **options)
-    if log and _stored_as_log(source):
-        log = False
-    source.log10p1 = log
-    return source, log
-
-
-def _stored_as_log(source: BackedSource) -> bool:
+def stored_as_log(source: BackedSource) -> bool:
+    """True when the file says its values are already log10(x + 1)-transformed (an
+    HDF5 ``transform`` attribute or AnnData ``uns/factembed_transform``, as
+    factembed's writers record it)."""
     f = getattr(source, "_file", None)
     if f is None:
         return False
@@ -822,40 +882,3 @@ def _stored_as_log(source: BackedSource) -> bool:
     if isinstance(t, bytes):
         t = t.decode()
     return t == "log10p1"
-
-
-def cli_fit_backed(args) -> int:
-    """``factembed fit --backed DATA -o OUT``: stream the matrix from disk."""
-    import time
-    from types import SimpleNamespace
-
-    from .cli import _summary_line, _write_fit_outputs, config_from_args
-    from .estimator import FactorizedEmbeddings
-    from .io import FittedPreprocessing, Preprocessing
-
-    cfg = config_from_args(args)
-    source, log = open_for_fit(args)
-    import sys
-    n, m = source.shape
-    print(f"backed training on {n:,} samples x {m:,} genes from {args.data} "
-          f"({'log10(x+1) applied per block' if log else 'values used as stored'}); "
-          "checking all values and computing gene means in one pass ...", file=sys.stderr)
-    means, variances = source.column_stats()
-    genes = source.genes if source.genes is not None else np.array([f"gene_{j}" for j in range(m)])
-    samples = source.samples if source.samples is not None else np.array([f"sample_{i}" for i in range(n)])
-    fitted = FittedPreprocessing(genes=genes, means=means, variances=variances, n_input_genes=m,
-                                 config=Preprocessing(log10p1=log, protein_coding_only=False,
-                                                      drop_constant=False, top_variable=None))
-    fe = FactorizedEmbeddings.from_config(cfg)
-    t0 = time.perf_counter()
-    fe.fit(source, sample_names=samples, gene_names=genes)
-    seconds = time.perf_counter() - t0
-    extra = {"preprocessing": fitted.to_dict(), "label_column": getattr(args, "label_column", None),
-             "source": str(args.data), "fit_seconds": seconds, "backed": True}
-    data = SimpleNamespace(samples=samples, labels=source.labels)
-    written = _write_fit_outputs(fe, data, Path(args.output), extra, f"FE of {Path(args.data).name}")
-    source.close()
-    print(f"fitted {fe.n_steps_:,} steps in {seconds:.1f} s (backed); {_summary_line(fe.history_)}")
-    for p in written:
-        print(f"wrote {p}")
-    return 0

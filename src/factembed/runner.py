@@ -1,0 +1,113 @@
+"""The training runner: one fit, resumable and guarded, for every data path.
+
+:func:`run_training` wraps :func:`factembed.train.train` with what a real fit needs
+around the loop: checkpoints every ``checkpoint_every`` steps, resuming from the newest
+valid checkpoint, and the divergence guard (on a NaN/inf loss, divide the learning
+rate by 10 and continue from the last good checkpoint, or from the start).  It does
+not care where the rows come from: an in-memory tensor, a backed (on-disk) source or
+one rank's shard in a data-parallel run all go through it, so a training feature is
+written once.  (The split follows scvi-tools: the torch module in :mod:`.model`, the
+training runner here, the user-facing estimator in :mod:`.estimator`.)
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from .checkpoint import Checkpointer
+from .errors import FEInputError
+from .model import FactorizedEmbeddingNet
+from .train import History, make_optimizer, train
+
+
+@dataclass
+class TrainingOutcome:
+    """What :func:`run_training` returns."""
+    history: History
+    lr: float                        # the learning rate finally used (lower after a divergence retry)
+    resumed_from: int | None = None  # the checkpoint step a resumed run continued from
+    checkpoint_dir: str | None = None
+
+
+def make_checkpointer(directory: str | os.PathLike | None, every: int, meta: dict, *,
+                      resume: bool = False) -> Checkpointer | None:
+    """A :class:`Checkpointer` for ``directory`` (``None``: no checkpoints; then
+    ``resume`` is an error)."""
+    if directory is None:
+        if resume:
+            raise ValueError("resume=True needs checkpoint_dir")
+        return None
+    return Checkpointer(directory, every=every, meta=meta)
+
+
+def run_training(net: FactorizedEmbeddingNet, source: Any, *, n_steps: int, lr: float, l2: float,
+                 batch_samples: int, generator: torch.Generator, new_sampler: Callable[[], Any],
+                 device: torch.device, compute_dtype: torch.dtype, gene_chunk: int | None,
+                 progress: bool, checkpointer: Checkpointer | None = None, resume: bool = False,
+                 divergence_retries: int = 0, before_step: Callable[[], None] | None = None,
+                 resume_state: Any = None) -> TrainingOutcome:
+    """Train ``net`` in place on ``source`` for ``n_steps`` steps (see :func:`train`).
+
+    ``new_sampler()`` makes a fresh batch sampler drawing from ``generator`` (called
+    again when a divergence retry restarts from scratch).  With ``checkpointer``, the
+    full state is written every ``checkpointer.every`` steps; with ``resume=True`` the
+    run continues from the newest valid checkpoint, or from ``resume_state`` when the
+    caller picked one (a data-parallel run picks the newest step every rank holds).
+    A checkpoint written for other data or hyper-parameters (its ``meta`` differs) is
+    refused.  On CPU with the same seed, a resumed run is bitwise the uninterrupted one.
+    """
+    init_state = {k: v.clone() for k, v in net.state_dict().items()}
+    gen_start = generator.get_state()
+    sampler = new_sampler()
+    optimizer = make_optimizer(net.parameters(), lr, l2, device)
+    history, start, resumed_from = History(), 0, None
+    state = resume_state
+    if state is None and checkpointer is not None and resume:
+        state = checkpointer.latest()
+    if state is not None:
+        if checkpointer is not None and state.meta != checkpointer.meta:
+            raise FEInputError(f"checkpoint in {checkpointer.dir} belongs to a different run "
+                               "(data shape or hyper-parameters differ); use another directory")
+        net.load_state_dict(state.net_state)
+        optimizer.load_state_dict(state.optimizer_state)
+        sampler.load_state_dict(state.sampler_state)
+        history, start, resumed_from = History(**state.history), state.step, state.step
+    while True:
+        try:
+            history, _, _ = train(net, source, n_steps=n_steps, lr=lr, l2=l2, batch_samples=batch_samples,
+                                  generator=generator, device=device, compute_dtype=compute_dtype,
+                                  gene_chunk=gene_chunk, progress=progress, sampler=sampler,
+                                  optimizer=optimizer, history=history, start_step=start,
+                                  checkpointer=checkpointer, before_step=before_step)
+            break
+        except FloatingPointError as exc:
+            if divergence_retries <= 0:
+                raise
+            divergence_retries -= 1
+            lr /= 10.0
+            state = checkpointer.latest() if checkpointer is not None else None
+            if state is not None:
+                net.load_state_dict(state.net_state)
+                optimizer = make_optimizer(net.parameters(), lr, l2, device)
+                optimizer.load_state_dict(state.optimizer_state)
+                sampler = new_sampler()
+                sampler.load_state_dict(state.sampler_state)
+                history, start = History(**state.history), state.step
+            else:
+                net.load_state_dict(init_state)
+                generator.set_state(gen_start)
+                sampler = new_sampler()
+                optimizer = make_optimizer(net.parameters(), lr, l2, device)
+                history, start = History(), 0
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            warnings.warn(f"{exc}; retrying from step {start} with lr={lr:g}", stacklevel=2)
+    if hasattr(sampler, "close"):
+        sampler.close()
+    return TrainingOutcome(history=history, lr=lr, resumed_from=resumed_from,
+                           checkpoint_dir=None if checkpointer is None else str(checkpointer.dir))

@@ -1,0 +1,690 @@
+"""The workflows behind the command line: fit, transform, reconstruct, describe.
+
+This is the one place a fit is set up.  A :class:`FitRequest` says what to train on
+and how (data file, preprocessing, hyper-parameters, in memory / backed / data-parallel,
+checkpoints); :func:`fit` reads and checks the input, preprocesses it the same way on
+every path, trains through :class:`~factembed.estimator.FactorizedEmbeddings` (one
+process) or :func:`~factembed.distributed.fit_distributed` (each rank), and writes the
+model directory.  Nothing here parses command-line arguments or prints: messages go
+through the ``echo`` callable (the CLI passes one that prints to stderr), warnings
+through :mod:`warnings`.
+
+Paths of a fit:
+
+* in memory: read the file, preprocess (genes filtered, log10(x + 1)), leave out
+  samples with a constant profile, fit;
+* backed (``backed=True``): one pass over the file in row blocks checks every value and
+  gathers per-gene statistics, from which the same gene selection is made; training
+  then streams the kept genes of each block from disk;
+* data-parallel (``processes=N``): everything above happens once in this process
+  (so a bad input fails here, with the same one-line error), the prepared request is
+  written to a JSON file and ``N`` ranks are launched with torchrun; each rank calls
+  :func:`fit_rank`.  Under a launcher you started yourself (several machines),
+  ``processes="torchrun"`` makes every rank prepare its own data and train.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .config import FEConfig
+from .errors import FEInputError
+
+Echo = Callable[[str], None]
+
+#: where a data-parallel fit keeps its prepared inputs, inside the output directory
+PREPARED_DIR = ".factembed-prepared"
+#: the value of ``FitRequest.processes`` that joins a process group torchrun already made
+UNDER_TORCHRUN = "torchrun"
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
+def _quiet(msg: str) -> None:
+    pass
+
+
+# --------------------------------------------------------------------------------------
+# requests
+# --------------------------------------------------------------------------------------
+
+@dataclass
+class ReadOptions:
+    """How to read an expression file (see :func:`factembed.io.read_expression`)."""
+    fmt: str | None = None
+    samples_as_rows: bool | None = None       # None: detect; False: genes are rows
+    label_column: str | None = None
+    labels_path: str | None = None
+
+
+@dataclass
+class PreprocessingOptions:
+    """The preprocessing a fit applies (see :class:`factembed.io.Preprocessing`);
+    ``log10p1=None`` applies log10(x + 1) unless the file says its values already are."""
+    log10p1: bool | None = None
+    protein_coding_only: bool = True
+    drop_constant: bool = True
+    top_variable: int | None = None
+
+    def resolve(self, already_log: bool):
+        from .io import Preprocessing
+        log = (not already_log) if self.log10p1 is None else bool(self.log10p1)
+        return Preprocessing(log10p1=log, protein_coding_only=self.protein_coding_only,
+                             drop_constant=self.drop_constant, top_variable=self.top_variable)
+
+
+@dataclass
+class CheckpointOptions:
+    """Checkpoints of a fit: every ``every`` steps (0: none) into ``directory``
+    (default ``OUTPUT/checkpoints``); ``resume`` continues an interrupted run;
+    ``divergence_retries`` as in :meth:`FactorizedEmbeddings.fit`."""
+    every: int = 0
+    directory: str | None = None
+    resume: bool = False
+    divergence_retries: int = 0
+
+    def directory_for(self, output: str | os.PathLike) -> str | None:
+        if self.every <= 0:
+            if self.resume:
+                raise ValueError("resuming needs checkpoints (--checkpoint-every > 0)")
+            return None
+        return str(self.directory or Path(output) / "checkpoints")
+
+
+@dataclass
+class FitRequest:
+    """Everything :func:`fit` needs; JSON-serialisable (:meth:`to_dict`), so the ranks
+    of a data-parallel fit receive exactly the request the user made."""
+    data: str
+    output: str
+    config: FEConfig = field(default_factory=FEConfig)
+    read: ReadOptions = field(default_factory=ReadOptions)
+    preprocessing: PreprocessingOptions = field(default_factory=PreprocessingOptions)
+    checkpoints: CheckpointOptions = field(default_factory=CheckpointOptions)
+    backed: bool = False
+    processes: int | str | None = None        # data-parallel ranks, or UNDER_TORCHRUN
+    title: str | None = None
+    prepared: dict | None = None              # set by fit() for the ranks it launches
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["config"] = self.config.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FitRequest":
+        d = dict(d)
+        return cls(data=d["data"], output=d["output"], config=FEConfig.from_dict(d["config"]),
+                   read=ReadOptions(**d["read"]), preprocessing=PreprocessingOptions(**d["preprocessing"]),
+                   checkpoints=CheckpointOptions(**d["checkpoints"]), backed=bool(d["backed"]),
+                   processes=d.get("processes"), title=d.get("title"), prepared=d.get("prepared"))
+
+    @property
+    def data_name(self) -> str:
+        return "bundled HSMM demo" if self.data == "demo" else Path(self.data).name
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` returns (on rank 0 for a data-parallel fit)."""
+    estimator: Any
+    samples: np.ndarray
+    labels: np.ndarray | None
+    seconds: float
+    written: list[Path]
+    mode: str                                  # "memory", "backed" or "distributed"
+    resumed_from: int | None = None
+    n_samples: int = 0
+    n_genes: int = 0
+    details: dict = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------
+# reading
+# --------------------------------------------------------------------------------------
+
+def read_data(path: str, read: ReadOptions | None = None):
+    """The :class:`~factembed.io.ExpressionData` of ``path`` (``"demo"``: the bundled HSMM data)."""
+    read = read or ReadOptions()
+    if path == "demo":
+        from .datasets import load_demo
+        return load_demo()
+    from .io import read_expression
+    return read_expression(path, fmt=read.fmt, samples_as_rows=read.samples_as_rows,
+                           label_column=read.label_column, labels_path=read.labels_path)
+
+
+def load_model(path: str | os.PathLike):
+    """``(estimator, fitted preprocessing or None, extra dict)`` of a model directory."""
+    from .estimator import FactorizedEmbeddings
+    from .io import FittedPreprocessing
+
+    fe = FactorizedEmbeddings.load(path)
+    extra = getattr(fe, "extra_", None) or {}
+    pre = FittedPreprocessing.from_dict(extra["preprocessing"]) if extra.get("preprocessing") else None
+    return fe, pre, extra
+
+
+def read_for_model(path: str, read: ReadOptions | None, fe, pre, *, fill_missing: bool = False):
+    """``path`` read and brought to the model's genes: its recorded preprocessing
+    re-applied (genes matched by name, missing ones filled with training means when
+    ``fill_missing``), or the gene count checked."""
+    data = read_data(path, read)
+    if pre is not None:
+        return pre.apply(data, fill_missing=fill_missing)
+    if data.n_genes != fe.n_features_in_:
+        raise FEInputError(f"{data.n_genes} genes but the model has {fe.n_features_in_}", data.source)
+    return data
+
+
+def drop_constant_samples(data, what: str = "training"):
+    """``data`` without the samples whose profile is constant (e.g. all zero), with a
+    warning naming how many and the first (they carry nothing to embed)."""
+    if data.n_genes < 2:
+        return data
+    step = max(1, (1 << 22) // data.n_genes)
+    empty = np.concatenate([~np.any(data.X[a:a + step] != data.X[a:a + step, :1], axis=1)
+                            for a in range(0, data.n_samples, step)])
+    if empty.any():
+        warnings.warn(f"{data.source or 'data'}: {int(empty.sum())} sample(s) have a constant (e.g. all-zero) "
+                      f"profile and were left out of {what} (first: {data.samples[empty][0]})", stacklevel=2)
+        data = data.subset_samples(np.flatnonzero(~empty))
+    return data
+
+
+def prepare_in_memory(request: FitRequest, echo: Echo = _quiet):
+    """Read, check and preprocess the request's data: ``(fitted preprocessing, data)``."""
+    data = read_data(request.data, request.read)
+    already_log = data.transform == "log10p1"
+    if request.data == "demo":   # the bundled demo is stored on the log scale, all genes kept
+        pre = PreprocessingOptions(log10p1=False, protein_coding_only=False, drop_constant=True,
+                                   top_variable=request.preprocessing.top_variable).resolve(True)
+    else:
+        pre = request.preprocessing.resolve(already_log)
+    fitted, data = pre.fit_apply(data, copy=False)     # one copy of the matrix in memory
+    data = drop_constant_samples(data)
+    return fitted, data
+
+
+# --------------------------------------------------------------------------------------
+# backed data: one statistics pass, the same gene selection
+# --------------------------------------------------------------------------------------
+
+def open_backed(request: FitRequest):
+    """The request's file as a backed row source, and whether log10(x + 1) is applied
+    to each block as it is read."""
+    from .sources import open_source, stored_as_log
+
+    unsupported = [opt for opt, on in (("--samples-as-columns", request.read.samples_as_rows is False),
+                                       ("--labels", request.read.labels_path is not None)) if on]
+    if unsupported:
+        raise FEInputError(f"{', '.join(unsupported)} cannot be combined with --backed (backed training "
+                           "streams the file as stored: write it samples x genes with the labels inside)",
+                           request.data)
+    options: dict[str, Any] = {}
+    if request.read.label_column:
+        options["label_column"] = request.read.label_column
+    source = open_source(request.data, fmt=request.read.fmt, log10p1=False, **options)
+    log = request.preprocessing.log10p1
+    if log is None:
+        log = not stored_as_log(source)
+    source.log10p1 = bool(log)
+    return source, bool(log)
+
+
+def select_from_stats(source, stats, preprocessing: PreprocessingOptions, log: bool):
+    """The :class:`~factembed.io.FittedPreprocessing` of a backed source from its
+    per-gene statistics: the same gene selection an in-memory fit makes."""
+    from .io import Preprocessing
+    pre = Preprocessing(log10p1=log, protein_coding_only=preprocessing.protein_coding_only,
+                        drop_constant=preprocessing.drop_constant, top_variable=preprocessing.top_variable)
+    m = source.shape[1]
+    genes = source.genes if source.genes is not None else np.array([f"gene_{j}" for j in range(m)])
+    return _fit_from_stats(pre, genes, stats, getattr(source, "biotypes", None), source.path)
+
+
+def _fit_from_stats(pre, genes, stats, biotypes, path):
+    # TEMPORARY: replaced by the preprocessing module's shared selection once merged
+    from .io import FittedPreprocessing
+    cand = np.ones(len(genes), dtype=bool)
+    if pre.protein_coding_only and biotypes is not None:
+        cand &= np.asarray(biotypes) == "protein_coding"
+        if not cand.any():
+            raise FEInputError("no gene has biotype 'protein_coding' (use protein_coding_only=False)", path)
+    keep = cand.copy()
+    if pre.drop_constant:
+        keep &= stats.vmax > stats.vmin
+    var = stats.var
+    if pre.top_variable is not None and keep.sum() > pre.top_variable:
+        order = np.argsort(-np.where(keep, var, -np.inf), kind="stable")[: pre.top_variable]
+        top = np.zeros(len(genes), dtype=bool)
+        top[order] = True
+        keep &= top
+    if not keep.any():
+        raise FEInputError("no genes left after preprocessing (all constant?)", path)
+    return FittedPreprocessing(genes=np.asarray(genes)[keep], means=stats.mean[keep], variances=var[keep],
+                               config=pre, n_input_genes=len(genes))
+
+
+def prepare_backed(request: FitRequest, echo: Echo = _quiet, progress: bool = False):
+    """Open the request's file backed, check every value and gather per-gene
+    statistics in one pass, and choose the genes: ``(source restricted to the kept
+    genes, fitted preprocessing, kept column numbers, statistics)``."""
+    source, log = open_backed(request)
+    n, m = source.shape
+    echo(f"backed training on {n:,} samples x {m:,} genes from {request.data} "
+         f"({'log10(x+1) applied per block' if log else 'values used as stored'}); "
+         "checking all values and gathering gene statistics in one pass ...")
+    stats = source.gene_stats(progress=progress)
+    fitted = select_from_stats(source, stats, request.preprocessing, log)
+    columns = _kept_columns(source, fitted)
+    warn_constant_rows(source, stats)
+    return source, fitted, columns, stats
+
+
+def _kept_columns(source, fitted) -> np.ndarray:
+    m = source.shape[1]
+    genes = source.genes if source.genes is not None else np.array([f"gene_{j}" for j in range(m)])
+    pos = {str(g): j for j, g in enumerate(genes)}
+    return np.array([pos[str(g)] for g in fitted.genes], dtype=np.int64)
+
+
+def warn_constant_rows(source, stats) -> None:
+    rows = np.sort(stats.constant_rows)
+    if rows.size:
+        first = source.samples[rows[0]] if source.samples is not None else f"row {rows[0]}"
+        warnings.warn(f"{source.path or 'data'}: {rows.size} sample(s) have a constant (e.g. all-zero) profile; "
+                      f"backed training keeps them (first: {first}): their embedding carries no information, "
+                      "leave them out when writing the file", stacklevel=2)
+
+
+def _restrict(source, columns: np.ndarray):
+    return source if len(columns) == source.shape[1] and np.array_equal(columns, np.arange(len(columns))) \
+        else source.select_genes(columns)
+
+
+# --------------------------------------------------------------------------------------
+# outputs
+# --------------------------------------------------------------------------------------
+
+def summary_line(history: dict) -> str:
+    """One line on the end of training: the mean loss and Pearson r of the last 1% of steps."""
+    loss = np.asarray(history.get("loss", []), dtype=float)
+    r = np.asarray(history.get("pearson_r", []), dtype=float)
+    if loss.size == 0:
+        return "no training history recorded"
+    k = max(1, loss.size // 100)
+    return (f"final loss {np.nanmean(loss[-k:]):.4g}, final Pearson r {np.nanmean(r[-k:]):.4f} "
+            f"(mean of the last {k} step{'s' if k > 1 else ''})")
+
+
+def write_fit_outputs(fe, samples, labels, out: Path, extra: dict, title: str) -> list[Path]:
+    """Model, embedding table, history table and the two figures, into ``out``."""
+    import pandas as pd
+
+    from .io import _atomic_output, write_embedding_table
+    from .plot import plot_embedding, plot_training_curves
+
+    out.mkdir(parents=True, exist_ok=True)
+    fe.save(out, extra=extra)
+    written = [out / "model.json", out / "weights.safetensors"]
+    write_embedding_table(out / "embedding.csv", fe.embedding_, samples, labels)
+    written.append(out / "embedding.csv")
+    with _atomic_output(out / "history.csv") as tmp:
+        pd.DataFrame(fe.history_).to_csv(tmp, index=False)
+    written.append(out / "history.csv")
+    written += plot_embedding(fe.embedding_, labels, out / "embedding.png", title=title,
+                              label_name=extra.get("label_column") or "label")
+    written += plot_training_curves(fe.history_, out / "training.png", title=title)
+    return written
+
+
+def _extra(request: FitRequest, fitted, seconds: float, **more) -> dict:
+    return {"preprocessing": fitted.to_dict(), "label_column": request.read.label_column,
+            "source": "demo" if request.data == "demo" else str(request.data), "fit_seconds": seconds, **more}
+
+
+def _title(request: FitRequest) -> str:
+    return request.title or f"FE of {request.data_name}"
+
+
+# --------------------------------------------------------------------------------------
+# fit
+# --------------------------------------------------------------------------------------
+
+def fit(request: FitRequest, echo: Echo = _stderr) -> FitResult | None:
+    """Train the model the request describes and write its directory.  Returns the
+    :class:`FitResult` (``None`` on the ranks other than 0 of a data-parallel fit)."""
+    if request.processes == UNDER_TORCHRUN:
+        return fit_rank(request, echo)
+    if request.processes is not None:
+        return _launch_distributed(request, echo)
+    if request.backed:
+        return _fit_backed(request, echo)
+    return _fit_in_memory(request, echo)
+
+
+def _checkpoint_kwargs(request: FitRequest) -> dict:
+    ck = request.checkpoints
+    directory = ck.directory_for(request.output)
+    if directory is None:
+        return {"divergence_retries": ck.divergence_retries}
+    return {"checkpoint_dir": directory, "checkpoint_every": ck.every, "resume": ck.resume,
+            "divergence_retries": ck.divergence_retries}
+
+
+def _fit_in_memory(request: FitRequest, echo: Echo) -> FitResult:
+    from .estimator import FactorizedEmbeddings
+
+    fitted, data = prepare_in_memory(request, echo)
+    echo(f"training on {data.n_samples:,} samples x {data.n_genes:,} genes ({fitted.config})")
+    fe = FactorizedEmbeddings.from_config(request.config)
+    t0 = time.perf_counter()
+    fe.fit(data.X, sample_names=data.samples, gene_names=data.genes, **_checkpoint_kwargs(request))
+    seconds = time.perf_counter() - t0
+    written = write_fit_outputs(fe, data.samples, data.labels, Path(request.output),
+                                _extra(request, fitted, seconds), _title(request))
+    return FitResult(fe, data.samples, data.labels, seconds, written, "memory", fe.resumed_from_,
+                     data.n_samples, data.n_genes)
+
+
+def _fit_backed(request: FitRequest, echo: Echo) -> FitResult:
+    from .estimator import FactorizedEmbeddings
+
+    full, fitted, columns, _ = prepare_backed(request, echo, progress=request.config.verbose)
+    try:
+        source = _restrict(full, columns)
+        n, m = source.shape
+        samples = full.samples if full.samples is not None else np.array([f"sample_{i}" for i in range(n)])
+        if m != full.shape[1]:
+            echo(f"training on {n:,} samples x {m:,} of {full.shape[1]:,} genes ({fitted.config})")
+        fe = FactorizedEmbeddings.from_config(request.config)
+        t0 = time.perf_counter()
+        fe.fit(source, sample_names=samples, gene_names=fitted.genes, **_checkpoint_kwargs(request))
+        seconds = time.perf_counter() - t0
+        written = write_fit_outputs(fe, samples, full.labels, Path(request.output),
+                                    _extra(request, fitted, seconds, backed=True), _title(request))
+        return FitResult(fe, samples, full.labels, seconds, written, "backed", fe.resumed_from_, n, m)
+    finally:
+        full.close()
+
+
+# -- data-parallel ---------------------------------------------------------------------
+
+def _launch_distributed(request: FitRequest, echo: Echo) -> FitResult:
+    """Check and prepare the input here, then run ``processes`` ranks under torchrun."""
+    from .distributed.launch import run_torchrun
+    from .io import FittedPreprocessing
+
+    nproc = int(request.processes)
+    if nproc < 1:
+        raise ValueError(f"--distributed needs a number of processes >= 1, got {nproc}")
+    request.checkpoints.directory_for(request.output)     # checks --resume without checkpoints
+    out = Path(request.output)
+    prep = out / PREPARED_DIR
+    prep.mkdir(parents=True, exist_ok=True)
+    if request.backed:
+        full, fitted, columns, _ = prepare_backed(request, echo, progress=request.config.verbose)
+        n = full.shape[0]
+        full.close()
+        prepared = {"kind": "backed", "columns": columns.tolist()}
+    else:
+        fitted, data = prepare_in_memory(request, echo)
+        n = data.n_samples
+        np.save(prep / "matrix.npy", np.ascontiguousarray(data.X, dtype=np.float32))
+        prepared = {"kind": "matrix", "matrix": str(prep / "matrix.npy"),
+                    "samples": data.samples.tolist(),
+                    "labels": None if data.labels is None else [str(v) for v in data.labels.tolist()]}
+        del data
+    if n < nproc * request.config.batch_samples:
+        raise FEInputError(f"{n} samples cannot give each of {nproc} processes batch_samples="
+                           f"{request.config.batch_samples}; use fewer processes or a smaller batch", request.data)
+    prepared["preprocessing"] = fitted.to_dict()
+    rank_request = FitRequest.from_dict(request.to_dict())
+    rank_request.processes = UNDER_TORCHRUN
+    rank_request.prepared = prepared
+    req_path = prep / "request.json"
+    req_path.write_text(json.dumps(rank_request.to_dict()))
+    echo(f"running {nproc} data-parallel process(es) under torchrun")
+    t0 = time.perf_counter()
+    rc = run_torchrun(nproc, ["-m", "factembed.distributed", str(req_path)])
+    if rc != 0:
+        raise RuntimeError(f"distributed training failed (a rank exited with status {rc}); its message is above")
+    shutil.rmtree(prep, ignore_errors=True)
+    fe, _, extra = load_model(out)
+    FittedPreprocessing.from_dict(extra["preprocessing"])
+    d = extra.get("distributed", {})
+    return FitResult(fe, np.asarray(fe.sample_names_), None, time.perf_counter() - t0,
+                     [out / name for name in ("model.json", "weights.safetensors", "embedding.csv", "history.csv")],
+                     "distributed", d.get("resumed_from"), fe.net_.n_samples, fe.net_.n_genes, d)
+
+
+def _rank_data(request: FitRequest, rank: int, world: int, echo: Echo):
+    """This rank's rows (array or backed view), ``lo``, ``n``, names, labels and the fitted preprocessing."""
+    from .distributed import all_gather_objects, shard_bounds
+    from .io import FittedPreprocessing
+    from .sources import NpySource
+
+    prepared = request.prepared
+    if prepared is not None and prepared["kind"] == "matrix":
+        full = NpySource(prepared["matrix"])
+        n = full.shape[0]
+        lo, hi = shard_bounds(n, world, rank)
+        rows = full.view(lo, hi).to_numpy()
+        full.close()
+        labels = prepared["labels"]
+        return (rows, lo, n, np.asarray(prepared["samples"]), None if labels is None else np.asarray(labels),
+                FittedPreprocessing.from_dict(prepared["preprocessing"]), [])
+    if prepared is not None:       # backed, columns chosen by the launching process
+        full, _ = open_backed(request)
+        fitted = FittedPreprocessing.from_dict(prepared["preprocessing"])
+        columns = np.asarray(prepared["columns"], dtype=np.int64)
+    elif request.backed:           # under a launcher of the user's: statistics over the shards
+        full, log = open_backed(request)
+        lo, hi = shard_bounds(full.shape[0], world, rank)
+        stats = full.view(lo, hi).gene_stats()
+        stats.constant_rows = stats.constant_rows + lo       # the shard's row numbers -> the file's
+        merged = None
+        for part in all_gather_objects(stats):
+            merged = part if merged is None else merged.merge(part)
+        fitted = select_from_stats(full, merged, request.preprocessing, log)
+        columns = _kept_columns(full, fitted)
+        if rank == 0:
+            warn_constant_rows(full, merged)
+    else:                          # under a launcher of the user's, in memory: every rank reads the file
+        fitted, data = prepare_in_memory(request, echo)
+        n = data.n_samples
+        lo, hi = shard_bounds(n, world, rank)
+        return (np.ascontiguousarray(data.X[lo:hi]), lo, n, data.samples, data.labels, fitted, [])
+    source = _restrict(full, columns)
+    n = source.shape[0]
+    lo, hi = shard_bounds(n, world, rank)
+    samples = full.samples if full.samples is not None else np.array([f"sample_{i}" for i in range(n)])
+    return source.view(lo, hi), lo, n, samples, full.labels, fitted, [full]
+
+
+def fit_rank(request: FitRequest, echo: Echo = _stderr) -> FitResult | None:
+    """One rank of a data-parallel fit (call it on every rank, under torchrun)."""
+    import torch.distributed as dist
+
+    from .distributed import fit_distributed, init_process_group
+
+    cfg = request.config
+    rank, world, _ = init_process_group(device=cfg.device)
+    if rank != 0:
+        cfg.verbose = False
+        echo = _quiet
+    try:
+        rows, lo, n, samples, labels, fitted, to_close = _rank_data(request, rank, world, echo)
+        m = rows.shape[1]
+        echo(f"distributed training: {world} process(es) ({dist.get_backend()}), {n:,} samples x {m:,} genes, "
+             f"{cfg.batch_samples} profiles per rank per step (global batch {cfg.batch_samples * world})")
+        ck = request.checkpoints
+        t0 = time.perf_counter()
+        res = fit_distributed(rows, config=cfg, n_total=n, lo=lo, samples=samples, genes=fitted.genes,
+                              checkpoint_dir=ck.directory_for(request.output), checkpoint_every=max(1, ck.every),
+                              resume=ck.resume)
+        seconds = time.perf_counter() - t0
+        for src in to_close:
+            src.close()
+        if rank != 0:
+            dist.barrier()
+            return None
+        fe = res.estimator
+        details = dict(fe.distributed_, allreduce_seconds=res.allreduce_seconds, resumed_from=res.resumed_from)
+        written = write_fit_outputs(fe, samples, labels, Path(request.output),
+                                    _extra(request, fitted, seconds, backed=bool(request.backed),
+                                           distributed=details), _title(request))
+        dist.barrier()
+        return FitResult(fe, samples, labels, seconds, written, "distributed", res.resumed_from, n, m, details)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+# --------------------------------------------------------------------------------------
+# using a model
+# --------------------------------------------------------------------------------------
+
+@dataclass
+class TransformResult:
+    embedding: np.ndarray
+    data: Any
+    estimator: Any
+    written: list[Path]
+
+
+def transform(model: str, data: str, output: str, *, read: ReadOptions | None = None,
+              fill_missing: bool = False, plot: str | None = None, verbose: bool = True,
+              distributed: bool = False) -> TransformResult | None:
+    """Embed the samples of ``data`` into the model at ``model`` and write the table
+    (``.csv``/``.tsv``) or ``.h5ad`` to ``output``; ``plot``: a PNG of the new samples over
+    the training embedding.  ``distributed=True``: run as one rank under torchrun (the
+    rows are split over the ranks; rank 0 writes, the others return ``None``)."""
+    from .io import write_embedding_h5ad, write_embedding_table
+
+    if distributed:
+        return _transform_rank(model, data, output, read=read, fill_missing=fill_missing, verbose=verbose)
+    fe, pre, _ = load_model(model)
+    if not verbose:
+        fe.set_params(verbose=False)
+    d = read_for_model(data, read, fe, pre, fill_missing=fill_missing)
+    Z = fe.transform(d.X)
+    if output.endswith(".h5ad"):
+        write_embedding_h5ad(output, d, Z, fe.gene_embedding_)
+    else:
+        write_embedding_table(output, Z, d.samples, d.labels)
+    written = [Path(output)]
+    if plot:
+        from .plot import plot_transform
+        written += plot_transform(fe.embedding_, Z, d.labels, plot)
+    return TransformResult(Z, d, fe, written)
+
+
+def _transform_rank(model, data, output, *, read, fill_missing, verbose):
+    import os as _os
+
+    import torch
+    import torch.distributed as dist
+
+    from .distributed import init_process_group, transform_distributed
+    from .io import write_embedding_h5ad, write_embedding_table
+
+    rank, world, _ = init_process_group(device="cpu")   # gloo: only the small embeddings travel
+    try:
+        fe, pre, _ = load_model(model)
+        if torch.cuda.is_available() and fe.config.device != "cpu":
+            local_rank = int(_os.environ.get("LOCAL_RANK", "0"))
+            dev = torch.device("cuda", local_rank % torch.cuda.device_count())
+            fe.net_.to(dev)
+            fe.set_params(device=str(dev))
+        if not verbose or rank != 0:
+            fe.set_params(verbose=False)
+        d = read_for_model(data, read, fe, pre, fill_missing=fill_missing)
+        Z = transform_distributed(fe, d.X)
+        result = None
+        if rank == 0:
+            if output.endswith(".h5ad"):
+                write_embedding_h5ad(output, d, Z, fe.gene_embedding_)
+            else:
+                write_embedding_table(output, Z, d.samples, d.labels)
+            result = TransformResult(Z, d, fe, [Path(output)])
+        dist.barrier()
+        return result
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def reconstruct(model: str, embedding: str, output: str):
+    """Decode the embedding table ``embedding`` (columns ``sample``, ``FE1``, ``FE2``, ...)
+    into full profiles written to ``output``: ``(n profiles, n genes, scale)``."""
+    import pandas as pd
+
+    from .io import ExpressionData, write_expression
+
+    fe, pre, _ = load_model(model)
+    if not os.path.isfile(embedding):
+        raise FEInputError("no such file", embedding)
+    sep = "\t" if embedding.endswith((".tsv", ".tsv.gz", ".txt")) else ","
+    try:
+        table = pd.read_csv(embedding, sep=sep)
+    except Exception as exc:
+        raise FEInputError(f"cannot read the embedding table ({exc})", embedding) from None
+    cols = [c for c in table.columns if str(c).startswith("FE")]
+    if len(cols) != fe.net_.sample_dim:
+        raise FEInputError(f"found {len(cols)} FE columns, the model has sample_dim={fe.net_.sample_dim}",
+                           embedding)
+    try:
+        Z = table[cols].to_numpy(dtype=np.float32)
+    except ValueError:
+        raise FEInputError("embedding columns are not numeric", embedding) from None
+    samples = table["sample"].astype(str).to_numpy() if "sample" in table else \
+        np.array([f"sample_{i}" for i in range(len(table))])
+    X = fe.inverse_transform(Z)
+    genes = fe.feature_names_in_ if getattr(fe, "feature_names_in_", None) is not None else \
+        np.array([f"gene_{j}" for j in range(X.shape[1])])
+    labels = table["label"].astype(str).to_numpy() if "label" in table else None
+    log = pre is not None and pre.log10p1
+    write_expression(output, ExpressionData(X=X, samples=samples, genes=np.asarray(genes, dtype=str),
+                                            labels=labels, transform="log10p1" if log else None))
+    return len(samples), X.shape[1], ("log10(x+1) scale" if log else "model scale")
+
+
+def describe(model: str) -> list[str]:
+    """Lines describing a model: data shape, hyper-parameters, training, preprocessing."""
+    fe, pre, extra = load_model(model)
+    cfg = fe.config
+    lines = [f"model: {model}",
+             f"data: {fe.net_.n_samples:,} training samples x {fe.net_.n_genes:,} genes"
+             + (f" (from {extra['source']})" if extra.get("source") else "")]
+    lines += [f"  {name} = {getattr(cfg, name)}" for name in FEConfig.field_names()]
+    lines.append(f"training: {fe.n_steps_:,} steps"
+                 + (f" in {extra['fit_seconds']:.1f} s" if extra.get("fit_seconds") else "")
+                 + f"; {summary_line(fe.history_)}")
+    if pre is not None:
+        lines.append(f"preprocessing: {pre.config}; {pre.n_genes:,} genes kept")
+    return lines
+
+
+def knn_accuracy(Z: np.ndarray, labels: Any, folds: int = 5, k: int = 5) -> tuple[float, float]:
+    """``(mean 5-fold accuracy of a k-NN classifier of the labels from Z, chance level)``."""
+    from sklearn.model_selection import cross_val_score
+    from sklearn.neighbors import KNeighborsClassifier
+
+    labels = np.asarray(labels)
+    acc = float(cross_val_score(KNeighborsClassifier(k), Z, labels, cv=folds).mean())
+    chance = float(np.unique(labels, return_counts=True)[1].max() / len(labels))
+    return acc, chance
