@@ -459,10 +459,12 @@ def _launch_distributed(request: FitRequest, echo: Echo) -> FitResult:
     req_path.write_text(json.dumps(rank_request.to_dict()))
     echo(f"running {nproc} data-parallel process(es) under torchrun")
     t0 = time.perf_counter()
-    rc = run_torchrun(nproc, ["-m", "factembed.distributed", str(req_path)])
+    try:
+        rc = run_torchrun(nproc, ["-m", "factembed.distributed", str(req_path)])
+    finally:
+        shutil.rmtree(prep, ignore_errors=True)     # the prepared matrix is a full copy of the data
     if rc != 0:
         raise RuntimeError(f"distributed training failed (a rank exited with status {rc}); its message is above")
-    shutil.rmtree(prep, ignore_errors=True)
     fe, _, extra = load_model(out)
     FittedPreprocessing.from_dict(extra["preprocessing"])
     d = extra.get("distributed", {})

@@ -23,6 +23,9 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     from ..workflow import FitRequest, fit_rank
+    from .launch import die_with_parent
+
+    die_with_parent()      # torchrun's agent is the parent: no orphaned rank after a kill -9
 
     try:
         with open(argv[0]) as fh:
