@@ -367,6 +367,9 @@ def _title(request: FitRequest) -> str:
 def fit(request: FitRequest, echo: Echo = _stderr) -> FitResult | None:
     """Train the model the request describes and write its directory.  Returns the
     :class:`FitResult` (``None`` on the ranks other than 0 of a data-parallel fit)."""
+    if request.processes is not None and request.checkpoints.divergence_retries > 0:
+        raise ValueError("--divergence-retries is not available for distributed fits (the ranks would have to "
+                         "agree on the retry); use checkpoints and --resume with a smaller --lr")
     if request.processes == UNDER_TORCHRUN:
         return fit_rank(request, echo)
     if request.processes is not None:
