@@ -26,7 +26,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 
 from .config import FEConfig, auto_n_steps
 from .errors import FEInputError
-from .io import write_bytes_atomic
+from ._files import write_bytes_atomic
 from .infer import embed_new_samples, reconstruct
 from .model import FactorizedEmbeddingNet
 from .checkpoint import Checkpointer

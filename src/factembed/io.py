@@ -30,14 +30,15 @@ import csv
 import gzip
 import math
 import os
-import uuid
 import warnings
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
+from ._files import atomic_output as _atomic_output
+from ._files import write_bytes_atomic  # noqa: F401 - re-exported, as before
 from .errors import FEInputError
 
 __all__ = [
@@ -1215,46 +1216,6 @@ def _read_parquet(path: str, samples_as_rows: bool | None, label_column: str | N
 # --------------------------------------------------------------------------
 # writing
 # --------------------------------------------------------------------------
-
-
-def _fsync_path(p: str) -> None:
-    fd = os.open(p, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def _atomic_output(path: str | os.PathLike) -> Iterator[str]:
-    """Yield a temporary path next to ``path``; on success fsync + os.replace it
-    onto ``path``; on error remove it (no partial output is left)."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise FEInputError("output directory does not exist", path)
-    if os.path.isdir(path):
-        raise FEInputError("output path is a directory", path)
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        yield tmp
-        if not os.path.exists(tmp):
-            raise RuntimeError(f"writer produced no file for {path}")
-        _fsync_path(tmp)
-        os.replace(tmp, path)
-        with contextlib.suppress(OSError):  # directory fsync is not supported everywhere
-            _fsync_path(directory)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError, OSError):
-            os.remove(tmp)
-        raise
-
-
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp file, fsync, rename)."""
-    with _atomic_output(path) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(data)
 
 
 def _check_data(data: Any, what: str = "data") -> ExpressionData:
