@@ -39,6 +39,7 @@ import numpy as np
 
 from ._files import atomic_output as _atomic_output
 from ._files import write_bytes_atomic  # noqa: F401 - re-exported, as before
+from ._validation import _log10p1_inplace, _nonfinite_name, _one_line, first_bad_value
 from .errors import FEInputError
 
 __all__ = [
@@ -61,7 +62,6 @@ LABEL_KEY = "label"
 #: :func:`write_embedding_h5ad`.
 EMBEDDING_KEY = "X_fe"
 
-_LOG10_E = 1.0 / math.log(10.0)
 # Upper bound of elements handled per chunk in the chunked loops (~32 MB of
 # float64).
 _CHUNK_ELEMENTS = 1 << 22
@@ -494,10 +494,6 @@ def read_sample_labels(
     values = col.loc[samples].to_numpy(dtype=object)
     values = np.array(["NA" if v is None or v == "" else str(v) for v in values], dtype=str)
     return values
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 # --------------------------------------------------------------------------
@@ -1493,21 +1489,15 @@ def align_genes(
 
 def _locate_bad(block: np.ndarray, a: int, data: ExpressionData, genes: np.ndarray, log10p1: bool,
                 col_ok: np.ndarray | None = None) -> None:
-    """Raise FEInputError naming the first NaN/inf (or negative, with log10p1) cell of ``block``."""
-    finite = np.isfinite(block)
-    bad = ~finite
-    if log10p1:
-        with np.errstate(invalid="ignore"):
-            bad |= block < 0
-    if col_ok is not None:
-        bad[:, col_ok] = False
-    if not bad.any():
+    """Raise FEInputError naming the first NaN/inf (or negative, with log10p1) cell of ``block``
+    (rows ``a:`` of ``data``; columns named by ``genes``; columns where ``col_ok`` is true skipped)."""
+    hit = first_bad_value(block, nonneg=log10p1, skip_cols=col_ok)
+    if hit is None:
         return
-    i, j = np.argwhere(bad)[0]
-    v = float(block[i, j])
+    i, j, v = hit
     sample, gene = str(data.samples[a + i]), str(genes[j])
     if not math.isfinite(v):
-        what = "NaN" if math.isnan(v) else ("inf" if v > 0 else "-inf")
+        what = _nonfinite_name(v)
         hint = " (infinite, or beyond float32's range of +-3.4e38)" if what != "NaN" else ""
         raise FEInputError(f"sample {sample!r}, gene {gene!r}: value is {what}{hint}; impute or drop it first",
                            data.source)
@@ -1516,11 +1506,6 @@ def _locate_bad(block: np.ndarray, a: int, data: ExpressionData, genes: np.ndarr
         "(use Preprocessing(log10p1=False) if the data are already log-transformed)",
         data.source,
     )
-
-
-def _log10p1_inplace(block: np.ndarray) -> None:
-    np.log1p(block, out=block)
-    block *= np.float32(_LOG10_E)
 
 
 @dataclass

@@ -49,6 +49,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from ._validation import _log10p1_inplace, _nonfinite_name, _one_line, first_bad_value
 from .errors import FEInputError
 
 __all__ = [
@@ -67,15 +68,12 @@ __all__ = [
 DEFAULT_MEMORY_BUDGET = 256 << 20
 #: Smallest sequential read worth doing on its own (sets the default block size).
 MIN_READ_BYTES = 4 << 20
-_LOG10_E = np.float32(1.0 / math.log(10.0))
-_CHECK_ELEMENTS = 1 << 22  # elements validated at a time (bounds the temporary masks)
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _names(values: Any) -> np.ndarray | None:
+    """Names / labels as a str array (None stays None).  Unlike the readers'
+    ``factembed.io._to_str_array``, numbers keep numpy's ``str`` form
+    (``1.0`` stays ``"1.0"``, NaN is ``"nan"``), as backed sources always did."""
     if values is None:
         return None
     arr = np.asarray(values)
@@ -187,26 +185,19 @@ class BackedSource:
 
     def _prepare(self, block: np.ndarray, a: int) -> None:
         if self.validate:
-            step = max(1, _CHECK_ELEMENTS // self._m)
-            for r in range(0, block.shape[0], step):
-                part = block[r:r + step]
-                ok = np.isfinite(part)
-                if self.log10p1:
-                    with np.errstate(invalid="ignore"):
-                        ok &= part >= 0
-                if not ok.all():
-                    i, j = np.argwhere(~ok)[0]
-                    self._bad_value(float(part[i, j]), a + r + int(i), int(j))
+            hit = first_bad_value(block, nonneg=self.log10p1)
+            if hit is not None:
+                i, j, v = hit
+                self._bad_value(v, a + i, j)
         if self.log10p1:
-            np.log1p(block, out=block)
-            block *= _LOG10_E
+            _log10p1_inplace(block)
 
     def _bad_value(self, v: float, i: int, j: int) -> None:
         sample = f"sample {str(self.samples[i])!r} (row {self._lo + i})" if self.samples is not None \
             else f"row {self._lo + i}"
         gene = f"gene {str(self.genes[j])!r} (column {j})" if self.genes is not None else f"column {j}"
-        if math.isnan(v) or math.isinf(v):
-            what = "NaN" if math.isnan(v) else ("inf" if v > 0 else "-inf")
+        if not math.isfinite(v):
+            what = _nonfinite_name(v)
             raise FEInputError(f"{sample}, {gene}: value is {what}; impute or drop it first", self.path)
         raise FEInputError(f"{sample}, {gene}: negative value {v:g} cannot be log10(x+1)-transformed "
                            "(the data may already be on a log scale: turn log10p1 off)", self.path)
