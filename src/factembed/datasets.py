@@ -29,7 +29,8 @@ import numpy as np
 
 from .errors import FEInputError
 from ._files import sha256_file, write_text_atomic
-from .io import ExpressionData, _read_text, read_expression, write_expression
+from .io import ExpressionData, read_expression, write_expression
+from .io.text import _read_text
 
 __all__ = [
     "load_demo",

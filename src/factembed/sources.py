@@ -51,6 +51,7 @@ import torch
 
 from ._validation import _log10p1_inplace, _nonfinite_name, _one_line, first_bad_value
 from .errors import FEInputError
+from .io.hdf5 import _open_h5
 
 __all__ = [
     "BackedSource",
@@ -72,7 +73,7 @@ MIN_READ_BYTES = 4 << 20
 
 def _names(values: Any) -> np.ndarray | None:
     """Names / labels as a str array (None stays None).  Unlike the readers'
-    ``factembed.io._to_str_array``, numbers keep numpy's ``str`` form
+    ``factembed.io._data._to_str_array``, numbers keep numpy's ``str`` form
     (``1.0`` stays ``"1.0"``, NaN is ``"nan"``), as backed sources always did."""
     if values is None:
         return None
@@ -364,16 +365,6 @@ class NpySource(BackedSource):
 # ---------------------------------------------------------------------------------------
 
 
-def _open_h5(path: str):
-    import h5py
-    if not os.path.isfile(path):
-        raise FEInputError("no such file", path)
-    try:
-        return h5py.File(path, "r")
-    except OSError as exc:
-        raise FEInputError(f"not a readable HDF5 file (truncated or corrupt?): {_one_line(exc)}", path) from None
-
-
 def _h5_names(f, key: str, path: str) -> np.ndarray | None:
     import h5py
     ds = f.get(key)
@@ -454,7 +445,8 @@ class H5adSource(_H5Backed):
 
     def __init__(self, path: str | os.PathLike, *, label_column: str | None = None, **options) -> None:
         import h5py
-        from .io import LABEL_KEY, _h5ad_names, _LegacyH5ad
+        from .io import LABEL_KEY
+        from .io.anndata import _h5ad_names, _LegacyH5ad
         path = os.fspath(path)
         f = _open_h5(path)
         try:
