@@ -1,5 +1,5 @@
-"""Tests of factembed.preprocessing: gene selection, alignment by name, the
-log10(x + 1) transform."""
+"""Tests of factembed.preprocessing: gene selection (in memory and from block
+statistics), alignment by name, the log10(x + 1) transform."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ import pytest
 from factembed.errors import FEInputError
 from factembed.io import ExpressionData, FittedPreprocessing, Preprocessing, align_genes
 from factembed.io._data import _compact_columns_inplace
+from factembed.preprocessing import GeneStats, select_genes
+from factembed._validation import _log10p1_inplace
 from test_io import make_data
 
 
@@ -138,6 +140,101 @@ def test_apply_without_copy_reuses_the_buffer():
     assert out.X.__array_interface__["data"][0] == address
     assert out.X.shape == (50, 38) and list(out.genes) == list(ref.genes)
     np.testing.assert_array_equal(out.X, ref.X)
+
+
+# --------------------------------------------------------------------------
+# gene selection from block statistics (the backed / streamed fit)
+# --------------------------------------------------------------------------
+
+
+def _stats_matrix(n=40, m=12, seed=3):
+    """Expression data with constant genes (zeros and a non-zero value), tied
+    variances and biotypes."""
+    d = make_data(n=n, m=m, seed=seed)
+    d.X[:, 2] = 5.0          # constant, non-zero: its float64 variance need not be exactly 0
+    d.X[:, 7] = 0.0          # constant zeros
+    d.X[:, 9] = d.X[:, 5]    # same variance as gene 5 (tie, broken by position)
+    return d
+
+
+def _block_stats(d, log10p1, rows):
+    X = d.X.copy()
+    if log10p1:
+        _log10p1_inplace(X)
+    stats = GeneStats(d.n_genes)
+    for a in range(0, d.n_samples, rows):
+        stats.update(X[a:a + rows])
+    return stats
+
+
+CONFIGS = [
+    dict(),
+    dict(log10p1=False),
+    dict(protein_coding_only=False),
+    dict(top_variable=4),
+    dict(protein_coding_only=False, top_variable=5),
+    dict(drop_constant=False, top_variable=3),
+    dict(protein_coding_only=False, drop_constant=False),
+]
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_fit_from_stats_matches_fit(config):
+    d = _stats_matrix()
+    pre = Preprocessing(**config)
+    fitted = pre.fit(d)
+    stats = _block_stats(d, pre.log10p1, rows=d.n_samples)   # the same row block as fit's
+    again = pre.fit_from_stats(d.genes, stats.mean, stats.var, stats.n, d.biotypes, vmin=stats.min,
+                               vmax=stats.max)
+    assert again.genes.tolist() == fitted.genes.tolist()
+    np.testing.assert_array_equal(again.means, fitted.means)
+    np.testing.assert_array_equal(again.variances, fitted.variances)
+    assert again.config == fitted.config and again.n_input_genes == fitted.n_input_genes == d.n_genes
+    assert again.to_dict() == fitted.to_dict()
+    if pre.drop_constant:
+        assert "g2" not in again.genes.tolist() and "g7" not in again.genes.tolist()
+    # statistics gathered over other row blocks: the same genes, means equal up to rounding
+    other = _block_stats(d, pre.log10p1, rows=7)
+    third = pre.fit_from_stats(d.genes, other.mean, other.var, other.n, d.biotypes, vmin=other.min,
+                               vmax=other.max)
+    assert third.genes.tolist() == fitted.genes.tolist()
+    np.testing.assert_allclose(third.means, fitted.means, rtol=1e-12, atol=1e-15)
+
+
+def test_fit_from_stats_checks_its_input():
+    d = _stats_matrix()
+    st = _block_stats(d, True, rows=10)
+    pre = Preprocessing()
+    with pytest.raises(ValueError, match="drop_constant needs each gene's minimum and maximum"):
+        pre.fit_from_stats(d.genes, st.mean, st.var, st.n)
+    with pytest.raises(ValueError, match="give both vmin and vmax"):
+        Preprocessing(drop_constant=False).fit_from_stats(d.genes, st.mean, st.var, st.n, vmin=st.min)
+    with pytest.raises(ValueError, match="11 means for 12 genes"):
+        pre.fit_from_stats(d.genes, st.mean[:11], st.var, st.n, vmin=st.min, vmax=st.max)
+    with pytest.raises(ValueError, match="3 biotypes for 12 genes"):
+        pre.fit_from_stats(d.genes, st.mean, st.var, st.n, ["a", "b", "c"], vmin=st.min, vmax=st.max)
+    with pytest.raises(FEInputError, match="cannot fit preprocessing on an empty matrix"):
+        pre.fit_from_stats(d.genes, st.mean, st.var, 0, vmin=st.min, vmax=st.max)
+    with pytest.raises(FEInputError, match="no gene has biotype 'protein_coding'"):
+        pre.fit_from_stats(d.genes, st.mean, st.var, st.n, ["lncRNA"] * d.n_genes, vmin=st.min, vmax=st.max)
+    flat = np.zeros(d.n_genes)
+    with pytest.raises(FEInputError, match="no genes left after preprocessing"):
+        pre.fit_from_stats(d.genes, flat, flat, 5, vmin=flat, vmax=flat)
+    # without drop_constant no ranges are needed; the fit is used like any other
+    fitted = Preprocessing(drop_constant=False, protein_coding_only=False).fit_from_stats(
+        d.genes, st.mean, st.var, st.n)
+    assert fitted.genes.tolist() == d.genes.tolist()
+    assert FittedPreprocessing.from_dict(json.loads(json.dumps(fitted.to_dict()))).genes.tolist() == \
+        d.genes.tolist()
+
+
+def test_select_genes():
+    var = np.array([3.0, 0.0, 1.0, 3.0, 2.0])
+    constant = np.array([False, True, False, False, False])
+    assert select_genes(var, constant).tolist() == [True, False, True, True, True]
+    assert select_genes(var, constant, top_variable=2).tolist() == [True, False, False, True, False]
+    assert select_genes(var, constant, drop_constant=False, top_variable=3).tolist() == \
+        [True, False, False, True, True]
 
 
 def test_preprocessing_imports_without_a_cycle():

@@ -4,6 +4,11 @@
 constant, most variable) and :class:`FittedPreprocessing` applies the same
 gene selection, by name, and the ``log10(x + 1)`` transform to new data.
 :func:`align_genes` reorders the genes of a matrix by name.
+
+The gene selection is made from per-gene statistics gathered over row blocks
+(:class:`GeneStats`), so an in-memory fit (:meth:`Preprocessing.fit`) and a fit
+over a matrix streamed from disk (:meth:`Preprocessing.fit_from_stats`) choose
+genes by the same rule (:func:`select_genes`).
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from .io._data import (
     _to_str_array,
 )
 
-__all__ = ["Preprocessing", "FittedPreprocessing", "align_genes"]
+__all__ = ["Preprocessing", "FittedPreprocessing", "GeneStats", "select_genes", "align_genes"]
 
 # _log10p1_inplace (factembed._validation) and _compact_columns_inplace
 # (factembed.io._data) are used here and also by the backed sources / the text
@@ -134,6 +139,82 @@ def _locate_bad(block: np.ndarray, a: int, data: ExpressionData, genes: np.ndarr
     )
 
 
+# --------------------------------------------------------------------------
+# gene selection from per-gene statistics
+# --------------------------------------------------------------------------
+
+
+class GeneStats:
+    """Per-gene statistics gathered over row blocks: number of rows ``n``, ``mean``,
+    ``var`` (population variance), ``min`` and ``max`` (float64).
+
+    Call :meth:`update` with each block of rows (already transformed, e.g. by
+    ``log10(x + 1)``); blocks are merged with the pairwise update of Chan et al.,
+    exactly as :meth:`Preprocessing.fit` does.  The float64 results depend on the
+    block boundaries only through rounding (~1e-15 relative); with the same row
+    blocks they are the same bits, whatever the other columns of the blocks.
+    """
+
+    def __init__(self, n_genes: int) -> None:
+        self.n = 0
+        self.mean = np.zeros(int(n_genes), dtype=np.float64)
+        self._m2 = np.zeros(int(n_genes), dtype=np.float64)
+        self.min = np.full(int(n_genes), np.inf)
+        self.max = np.full(int(n_genes), -np.inf)
+
+    def update(self, block: np.ndarray) -> None:
+        """Add the rows of ``block`` (``rows x n_genes``)."""
+        # C order whatever the block's layout: numpy sums a C-ordered column row by row
+        # but a Fortran-ordered one pairwise, and the last bits of the result differ
+        x = np.asarray(block, dtype=np.float64, order="C")
+        nb = x.shape[0]
+        if nb == 0:
+            return
+        mb = x.mean(axis=0)
+        m2b = ((x - mb) ** 2).sum(axis=0)
+        tot = self.n + nb
+        delta = mb - self.mean
+        self.mean += delta * (nb / tot)
+        self._m2 += m2b + delta ** 2 * (self.n * nb / tot)
+        self.n = tot
+        np.minimum(self.min, x.min(axis=0), out=self.min)
+        np.maximum(self.max, x.max(axis=0), out=self.max)
+
+    @property
+    def var(self) -> np.ndarray:
+        """Population variance (``ddof=0``) of each gene."""
+        return self._m2 / max(1, self.n)
+
+
+def _protein_coding_mask(biotypes: np.ndarray | None, protein_coding_only: bool,
+                         source: str | None) -> np.ndarray | None:
+    """Boolean mask of the candidate genes (biotype ``protein_coding``), or None for all
+    genes (no filter asked for, or no biotypes known)."""
+    if not protein_coding_only or biotypes is None:
+        return None
+    cand = biotypes == "protein_coding"
+    if not cand.any():
+        raise FEInputError("no gene has biotype 'protein_coding' (use protein_coding_only=False)", source)
+    return cand
+
+
+def select_genes(var: np.ndarray, constant: np.ndarray, *, drop_constant: bool = True,
+                 top_variable: int | None = None) -> np.ndarray:
+    """Boolean mask of the genes to keep among candidates with variances ``var``:
+    without the ``constant`` ones (when ``drop_constant``), then the ``top_variable``
+    largest variances (ties broken by position; kept genes stay in order)."""
+    var = np.asarray(var, dtype=np.float64)
+    keep = np.ones(len(var), dtype=bool)
+    if drop_constant:
+        keep &= ~np.asarray(constant, dtype=bool)
+    if top_variable is not None and keep.sum() > top_variable:
+        order = np.argsort(-np.where(keep, var, -np.inf), kind="stable")[:top_variable]
+        top = np.zeros(len(var), dtype=bool)
+        top[order] = True
+        keep &= top
+    return keep
+
+
 @dataclass
 class Preprocessing:
     """Which genes to keep and how to transform the values.
@@ -178,19 +259,11 @@ class Preprocessing:
                 "Preprocessing(log10p1=True) will transform them again; use Preprocessing(log10p1=False)",
                 stacklevel=2,
             )
-        cand = np.ones(data.n_genes, dtype=bool)
-        if self.protein_coding_only and data.biotypes is not None:
-            cand &= data.biotypes == "protein_coding"
-            if not cand.any():
-                raise FEInputError("no gene has biotype 'protein_coding' (use protein_coding_only=False)", data.source)
-        cidx = np.flatnonzero(cand)
+        cand = _protein_coding_mask(data.biotypes, self.protein_coding_only, data.source)
+        cidx = np.arange(data.n_genes) if cand is None else np.flatnonzero(cand)
         cgenes = data.genes[cidx]
         all_cols = len(cidx) == data.n_genes
-        n_tot = 0
-        mean = np.zeros(len(cidx), dtype=np.float64)
-        m2 = np.zeros(len(cidx), dtype=np.float64)
-        vmin = np.full(len(cidx), np.inf)
-        vmax = np.full(len(cidx), -np.inf)
+        stats = GeneStats(len(cidx))
         step = _chunk_rows(len(cidx))
         for a in range(0, data.n_samples, step):
             b = min(data.n_samples, a + step)
@@ -199,34 +272,75 @@ class Preprocessing:
             _locate_bad(block, a, data, cgenes, self.log10p1)
             if self.log10p1:
                 _log10p1_inplace(block)
-            x = block.astype(np.float64)
-            nb = b - a
-            mb = x.mean(axis=0)
-            m2b = ((x - mb) ** 2).sum(axis=0)
-            tot = n_tot + nb
-            delta = mb - mean
-            mean += delta * (nb / tot)
-            m2 += m2b + delta ** 2 * (n_tot * nb / tot)
-            n_tot = tot
-            np.minimum(vmin, x.min(axis=0), out=vmin)
-            np.maximum(vmax, x.max(axis=0), out=vmax)
-        var = m2 / n_tot
-        keep = np.ones(len(cidx), dtype=bool)
-        if self.drop_constant:
-            keep &= vmax > vmin
-        if self.top_variable is not None and keep.sum() > self.top_variable:
-            order = np.argsort(-np.where(keep, var, -np.inf), kind="stable")[: self.top_variable]
-            top = np.zeros(len(cidx), dtype=bool)
-            top[order] = True
-            keep &= top
+            stats.update(block)
+        return self._fitted(cgenes, stats.mean, stats.var, ~(stats.max > stats.min), data.n_genes, data.source)
+
+    def fit_from_stats(
+        self,
+        genes: Sequence[str],
+        mean: np.ndarray,
+        var: np.ndarray,
+        n_samples: int,
+        biotypes: Sequence[str] | None = None,
+        *,
+        vmin: np.ndarray | None = None,
+        vmax: np.ndarray | None = None,
+        source: str | None = None,
+    ) -> "FittedPreprocessing":
+        """The :meth:`fit` of a matrix known only through per-gene statistics
+        (e.g. gathered with :class:`GeneStats` while streaming it from disk).
+
+        ``mean``, ``var`` (population variance), ``vmin`` and ``vmax`` are per gene,
+        over ``n_samples`` rows, on the transformed scale (after ``log10(x + 1)``
+        when ``log10p1``).  Genes are chosen exactly as :meth:`fit` chooses them:
+        protein-coding genes when ``biotypes`` are given and ``protein_coding_only``,
+        then without constant genes (``vmax == vmin``) when ``drop_constant``, then
+        the ``top_variable`` most variable.  ``vmin`` / ``vmax`` are needed when
+        ``drop_constant`` (a variance computed in floating point is rarely exactly
+        zero for a constant gene).  On the same matrix, statistics gathered over the
+        same row blocks give the same genes and means as :meth:`fit`, bit for bit.
+        """
+        genes = _to_str_array(genes)
+        m = len(genes)
+        mean = np.asarray(mean, dtype=np.float64).reshape(-1)
+        var = np.asarray(var, dtype=np.float64).reshape(-1)
+        ranges = [None if v is None else np.asarray(v, dtype=np.float64).reshape(-1) for v in (vmin, vmax)]
+        for what, arr in (("means", mean), ("variances", var), ("vmin", ranges[0]), ("vmax", ranges[1])):
+            if arr is not None and len(arr) != m:
+                raise ValueError(f"{len(arr)} {what} for {m} genes")
+        if int(n_samples) < 1 or m == 0:
+            raise FEInputError(f"cannot fit preprocessing on an empty matrix {(int(n_samples), m)}", source)
+        if not (np.isfinite(mean).all() and np.isfinite(var).all()):
+            raise ValueError("gene means and variances must be finite")
+        if (ranges[0] is None) != (ranges[1] is None):
+            raise ValueError("give both vmin and vmax, or neither")
+        if self.drop_constant and ranges[0] is None:
+            raise ValueError("drop_constant needs each gene's minimum and maximum (vmin=, vmax=; "
+                             "GeneStats gathers them)")
+        if biotypes is not None:
+            biotypes = _to_str_array(biotypes)
+            if len(biotypes) != m:
+                raise ValueError(f"{len(biotypes)} biotypes for {m} genes")
+        n_input_genes = m
+        cand = _protein_coding_mask(biotypes, self.protein_coding_only, source)
+        if cand is not None:
+            genes, mean, var = genes[cand], mean[cand], var[cand]
+            ranges = [None if v is None else v[cand] for v in ranges]
+        constant = np.zeros(len(genes), dtype=bool) if ranges[0] is None else ~(ranges[1] > ranges[0])
+        return self._fitted(genes, mean, var, constant, n_input_genes, source)
+
+    def _fitted(self, genes: np.ndarray, mean: np.ndarray, var: np.ndarray, constant: np.ndarray,
+                n_input_genes: int, source: str | None) -> "FittedPreprocessing":
+        """The FittedPreprocessing keeping :func:`select_genes` of the candidate genes."""
+        keep = select_genes(var, constant, drop_constant=self.drop_constant, top_variable=self.top_variable)
         if not keep.any():
-            raise FEInputError("no genes left after preprocessing (all constant?)", data.source)
+            raise FEInputError("no genes left after preprocessing (all constant?)", source)
         return FittedPreprocessing(
-            genes=cgenes[keep].copy(),
+            genes=genes[keep].copy(),
             means=mean[keep].copy(),
             variances=var[keep].copy(),
             config=Preprocessing(self.log10p1, self.protein_coding_only, self.drop_constant, self.top_variable),
-            n_input_genes=data.n_genes,
+            n_input_genes=n_input_genes,
         )
 
     def fit_apply(self, data: ExpressionData, *, copy: bool = True) -> tuple["FittedPreprocessing", ExpressionData]:
