@@ -1,8 +1,7 @@
-"""Tests of factembed.io: readers, atomic writers, preprocessing."""
+"""Tests of factembed.io: ExpressionData, readers, atomic writers (preprocessing: test_preprocessing.py)."""
 
 from __future__ import annotations
 
-import json
 import string
 from pathlib import Path
 
@@ -12,13 +11,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from factembed import io as fio
+from factembed.io import formats
 from factembed.errors import FEInputError
 from factembed.io import (
     ExpressionData,
-    FittedPreprocessing,
-    Preprocessing,
-    align_genes,
     read_expression,
     read_sample_labels,
     write_embedding_h5ad,
@@ -376,7 +372,7 @@ def test_failed_writer_leaves_nothing_and_keeps_old_file(tmp_path, monkeypatch):
             fh.write(b"partial")
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(fio, "_write_h5", broken)
+    monkeypatch.setitem(formats.WRITERS, "h5", broken)
     with pytest.raises(RuntimeError, match="disk full"):
         write_expression(target, d)
     assert leftovers(tmp_path) == ["out.h5"]
@@ -386,14 +382,14 @@ def test_failed_writer_leaves_nothing_and_keeps_old_file(tmp_path, monkeypatch):
 @pytest.mark.parametrize("ext", [".csv", ".h5ad", ".npz"])
 def test_writer_error_midway_leaves_no_file(tmp_path, monkeypatch, ext):
     d = make_data()
-    name = {".csv": "_write_text", ".h5ad": "_write_h5ad", ".npz": "_write_npz"}[ext]
-    real = getattr(fio, name)
+    name = {".csv": "csv", ".h5ad": "h5ad", ".npz": "npz"}[ext]
+    real = formats.WRITERS[name]
 
     def half(tmp, data, **kw):
         real(tmp, data, **kw)
         raise OSError("interrupted")
 
-    monkeypatch.setattr(fio, name, half)
+    monkeypatch.setitem(formats.WRITERS, name, half)
     with pytest.raises(OSError):
         write_expression(tmp_path / f"o{ext}", d)
     assert leftovers(tmp_path) == []
@@ -447,113 +443,6 @@ def test_write_embedding_h5ad(tmp_path):
 
 
 # --------------------------------------------------------------------------
-# preprocessing
-# --------------------------------------------------------------------------
-
-
-def test_preprocessing_selects_genes():
-    d = make_data(n=8, m=9)
-    d.X[:, 2] = 5.0  # constant
-    fitted = Preprocessing().fit(d)
-    pc = [g for g, b in zip(d.genes, d.biotypes) if b == "protein_coding" and g != "g2"]
-    assert fitted.genes.tolist() == pc
-    all_genes = Preprocessing(protein_coding_only=False, drop_constant=False).fit(d)
-    assert all_genes.genes.tolist() == d.genes.tolist()
-    top = Preprocessing(protein_coding_only=False, top_variable=3).fit(d)
-    logs = np.log10(d.X.astype(np.float64) + 1)
-    want = np.sort(np.argsort(-logs.var(axis=0), kind="stable")[:3])
-    assert top.genes.tolist() == d.genes[want].tolist()
-    np.testing.assert_allclose(top.means, logs[:, want].mean(axis=0), rtol=1e-5)
-    with pytest.raises(ValueError):
-        Preprocessing(top_variable=0)
-
-
-def test_apply_transforms_and_reorders_by_name():
-    d = make_data(n=7, m=6, biotypes=False)
-    fitted = Preprocessing().fit(d)
-    out = fitted.apply(d)
-    assert out.X.dtype == np.float32 and out.transform == "log10p1"
-    np.testing.assert_allclose(out.X, np.log10(d.X[:, [list(d.genes).index(g) for g in fitted.genes]] + 1.0),
-                               rtol=1e-6, atol=1e-7)
-    perm = np.random.default_rng(1).permutation(d.n_genes)
-    shuffled = ExpressionData(d.X[:, perm], d.samples, d.genes[perm], labels=d.labels)
-    np.testing.assert_array_equal(fitted.apply(shuffled).X, out.X)
-    assert fitted.apply(shuffled).genes.tolist() == fitted.genes.tolist()
-
-
-def test_apply_missing_genes_error_and_fill():
-    d = make_data(n=5, m=8, biotypes=False)
-    fitted = Preprocessing(drop_constant=False).fit(d)
-    keep = [0, 1, 2, 3, 4]
-    part = ExpressionData(d.X[:, keep], d.samples, d.genes[keep])
-    with pytest.raises(FEInputError, match=r"3 of 8 required genes are missing from the data: 'g5', 'g6', 'g7'"):
-        fitted.apply(part)
-    with pytest.warns(UserWarning, match="3 of 8 genes are missing"):
-        filled = fitted.apply(part, fill_missing=True)
-    np.testing.assert_allclose(filled.X[:, 5:], np.broadcast_to(fitted.means[5:], (5, 3)).astype(np.float32))
-    np.testing.assert_allclose(filled.X[:, :5], np.log10(d.X[:, :5] + 1.0), rtol=1e-6, atol=1e-7)
-
-
-def test_apply_rejects_negative_and_nonfinite():
-    d = make_data(n=4, m=3, biotypes=False)
-    fitted = Preprocessing(drop_constant=False).fit(d)
-    bad = ExpressionData(d.X.copy(), d.samples, d.genes, source="new.csv")
-    bad.X[2, 1] = -1.0
-    with pytest.raises(FEInputError, match=r"new\.csv: sample 's2', gene 'g1': negative value -1"):
-        fitted.apply(bad)
-    bad.X[2, 1] = np.nan
-    with pytest.raises(FEInputError, match=r"sample 's2', gene 'g1': value is NaN"):
-        fitted.apply(bad)
-    bad.X[2, 1] = np.inf
-    with pytest.raises(FEInputError, match=r"value is inf"):
-        Preprocessing().fit(bad)
-    bad.X[2, 1] = -3.0  # allowed without the log
-    assert np.isfinite(Preprocessing(log10p1=False, drop_constant=False).fit(bad).apply(bad).X).all()
-
-
-def test_apply_in_place_and_double_log_warning():
-    d = make_data(n=4, m=4, biotypes=False)
-    fitted = Preprocessing(drop_constant=False).fit(d)
-    before = d.X.copy()
-    out = fitted.apply(d, copy=False)
-    assert out.X is d.X
-    np.testing.assert_allclose(out.X, np.log10(before + 1.0), rtol=1e-6, atol=1e-7)
-    with pytest.warns(UserWarning, match="already log10"):
-        fitted.apply(out)
-
-
-def test_fitted_preprocessing_json_round_trip():
-    d = make_data(n=6, m=10)
-    fitted = Preprocessing(top_variable=4).fit(d)
-    blob = json.dumps(fitted.to_dict())
-    again = FittedPreprocessing.from_dict(json.loads(blob))
-    assert again.genes.tolist() == fitted.genes.tolist()
-    np.testing.assert_array_equal(again.means, fitted.means)
-    assert again.config == fitted.config
-    np.testing.assert_array_equal(again.apply(d).X, fitted.apply(d).X)
-
-
-def test_align_genes():
-    d = make_data(n=3, m=4)
-    a = align_genes(d, ["g3", "g0"])
-    np.testing.assert_array_equal(a.X, d.X[:, [3, 0]])
-    assert a.biotypes.tolist() == [d.biotypes[3], d.biotypes[0]]
-    with pytest.raises(FEInputError, match="1 of 2 required genes are missing"):
-        align_genes(d, ["g1", "zz"])
-    f = align_genes(d, ["g1", "zz"], fill=-1.0)
-    assert (f.X[:, 1] == -1).all() and (f.X[:, 0] == d.X[:, 1]).all()
-
-
-def test_compact_columns_inplace():
-    X = np.arange(20, dtype=np.float32).reshape(4, 5)
-    keep = np.array([True, False, True, True, False])
-    want = X[:, keep].copy()
-    got = fio._compact_columns_inplace(X, keep)
-    np.testing.assert_array_equal(got, want)
-    assert got.flags.c_contiguous
-
-
-# --------------------------------------------------------------------------
 # property test: CSV/TSV round trip
 # --------------------------------------------------------------------------
 
@@ -585,20 +474,3 @@ def test_csv_round_trip_property(tmp_path, shape, data, ext, with_labels):
     assert e.samples.tolist() == d.samples.tolist()
     assert e.genes.tolist() == d.genes.tolist()
     assert (None if e.labels is None else e.labels.tolist()) == labels
-
-
-def test_apply_without_copy_reuses_the_buffer():
-    """fit_apply(copy=False) compacts the kept genes inside the input's own buffer."""
-    import numpy as np
-    from factembed.io import ExpressionData, Preprocessing
-    rng = np.random.default_rng(0)
-    X = rng.random((50, 40)).astype(np.float32) * 10
-    X[:, [3, 17]] = 5.0                                   # constant genes are dropped
-    ref_fitted, ref = Preprocessing().fit_apply(ExpressionData(X=X.copy(), samples=np.arange(50).astype(str),
-                                                               genes=np.arange(40).astype(str)))
-    data = ExpressionData(X=X, samples=np.arange(50).astype(str), genes=np.arange(40).astype(str))
-    address = data.X.__array_interface__["data"][0]
-    fitted, out = Preprocessing().fit_apply(data, copy=False)
-    assert out.X.__array_interface__["data"][0] == address
-    assert out.X.shape == (50, 38) and list(out.genes) == list(ref.genes)
-    np.testing.assert_array_equal(out.X, ref.X)

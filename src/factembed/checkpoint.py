@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from .errors import FEInputError
-from .io import write_bytes_atomic
+from ._files import write_bytes_atomic
 
 _NAME = re.compile(r"^step-(\d{9})\.json$")
 

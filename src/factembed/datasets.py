@@ -28,7 +28,9 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 
 from .errors import FEInputError
-from .io import ExpressionData, _read_text, read_expression, write_expression
+from ._files import sha256_file, write_text_atomic
+from .io import ExpressionData, read_expression, write_expression
+from .io.text import _read_text
 
 __all__ = [
     "load_demo",
@@ -167,20 +169,7 @@ def _load_registry(cache: Path) -> dict:
 
 
 def _save_registry(cache: Path, reg: dict) -> None:
-    tmp = cache / f".{_HASH_REGISTRY}.tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(reg, fh, indent=1, sort_keys=True)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, cache / _HASH_REGISTRY)
-
-
-def _sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    write_text_atomic(cache / _HASH_REGISTRY, json.dumps(reg, indent=1, sort_keys=True))
 
 
 def _fetch(url: str, known_hash: str | None, cache: Path, progress: bool) -> tuple[str, str]:
@@ -210,7 +199,7 @@ def _fetch(url: str, known_hash: str | None, cache: Path, progress: bool) -> tup
     if expected and (":" not in expected or expected.lower().startswith("sha256:")):
         digest = expected.split(":")[-1].lower()
     else:
-        digest = _sha256(path)
+        digest = sha256_file(path)
     if reg.get(fname) != digest:
         reg[fname] = digest
         _save_registry(cache, reg)

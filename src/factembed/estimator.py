@@ -25,77 +25,18 @@ from sklearn.base import BaseEstimator, TransformerMixin
 
 from .config import FEConfig, auto_n_steps
 from .errors import FEInputError
-from .io import write_bytes_atomic
+from ._files import write_bytes_atomic
 from .infer import embed_new_samples, reconstruct
 from .model import FactorizedEmbeddingNet
 from .runner import make_checkpointer, run_training
 from .train import BatchSampler, as_float32_tensor, resolve_device, resolve_precision
+from ._validation import check_matrix
 
 FORMAT_VERSION = 1
 #: parameters that do not change the trained model (may differ on resume)
 _RUNTIME_PARAMS = ("verbose", "device", "infer_steps", "infer_lr", "infer_genes", "init_genes")
 WEIGHTS_FILE = "weights.safetensors"
 META_FILE = "model.json"
-
-
-def check_matrix(X: Any, *, what: str = "X", min_samples: int = 1,
-                 n_genes: int | None = None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """Validate an expression matrix; return (float32 array, sample names, gene names).
-
-    Accepts numpy arrays, torch tensors, nested lists and pandas DataFrames (index =
-    samples, columns = genes).  Raises :class:`FEInputError` (a ``ValueError``) naming
-    the problem and, for bad values, the first offending row and column.
-    """
-    samples = genes = None
-    try:
-        import pandas as pd
-        if isinstance(X, pd.DataFrame):
-            samples = np.asarray(X.index.astype(str))
-            genes = np.asarray(X.columns.astype(str))
-            non_numeric = [c for c, dt in zip(X.columns, X.dtypes) if not np.issubdtype(dt, np.number)]
-            if non_numeric:
-                raise FEInputError(f"{what}: column {non_numeric[0]!r} is not numeric "
-                                   f"({len(non_numeric)} non-numeric column(s))")
-            X = X.to_numpy()
-    except ImportError:  # pragma: no cover
-        pass
-    if isinstance(X, torch.Tensor):
-        X = X.detach().cpu().numpy()
-    try:
-        arr = np.asarray(X)
-    except Exception as exc:
-        raise FEInputError(f"{what} could not be read as a numeric matrix: {exc}") from None
-    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
-        raise FEInputError(f"{what} must be numeric, got dtype {arr.dtype}")
-    if np.iscomplexobj(arr):
-        raise FEInputError(f"{what} must be real-valued, got complex numbers")
-    if arr.ndim != 2:
-        raise FEInputError(f"{what} must be a 2-D (samples x genes) matrix, got {arr.ndim} dimension(s) "
-                           f"with shape {arr.shape}")
-    if arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise FEInputError(f"{what} is empty: shape {arr.shape}")
-    if arr.shape[0] < min_samples:
-        raise FEInputError(f"{what} has {arr.shape[0]} sample(s); at least {min_samples} are needed")
-    if n_genes is not None and arr.shape[1] != n_genes:
-        raise FEInputError(f"{what} has {arr.shape[1]} genes but the model was fitted on {n_genes}")
-    with np.errstate(over="ignore"):  # out-of-range values become inf and are reported below
-        arr32 = np.ascontiguousarray(arr, dtype=np.float32)
-    # scan in row blocks (never a full-size boolean mask) for values that are not finite
-    # in float32: NaN, inf, or finite values beyond float32's range (which became inf)
-    step = max(1, (1 << 22) // arr32.shape[1])
-    for a in range(0, arr32.shape[0], step):
-        bad = ~np.isfinite(arr32[a:a + step])
-        if bad.any():
-            i, j = np.argwhere(bad)[0]
-            i += a
-            row = samples[i] if samples is not None else f"row {i}"
-            col = genes[j] if genes is not None else f"column {j}"
-            original = arr[i, j]
-            if np.isfinite(original):
-                raise FEInputError(f"{what}: value at {row}, {col} ({original:g}) overflows float32")
-            n_bad = sum(int((~np.isfinite(arr32[b:b + step])).sum()) for b in range(a, arr32.shape[0], step))
-            raise FEInputError(f"{what} contains {n_bad} NaN/inf value(s); first at {row}, {col} ({original})")
-    return arr32, samples, genes
 
 
 def checkpoint_meta(cfg: FEConfig, n_samples: int, n_genes: int, **more: Any) -> dict:
@@ -110,14 +51,6 @@ def _is_row_source(X: Any) -> bool:
     """True for backed sources (objects with ``rows(index)`` and ``shape``), which
     :meth:`FactorizedEmbeddings.fit` streams instead of loading."""
     return hasattr(X, "rows") and hasattr(X, "shape") and not isinstance(X, (np.ndarray, torch.Tensor))
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class FactorizedEmbeddings(TransformerMixin, BaseEstimator):

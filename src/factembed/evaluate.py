@@ -43,6 +43,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ._files import atomic_output, write_text_atomic
 from .config import FEConfig
 
 DEFAULT_DIMS = (2, 4, 8, 16, 32, 64)
@@ -433,12 +434,6 @@ def _to_markdown(table) -> str:
     return "\n".join(lines)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def evaluate(
     data,
     *,
@@ -466,7 +461,7 @@ def evaluate(
     """
     import pandas as pd
 
-    from .io import Preprocessing
+    from .preprocessing import Preprocessing
 
     if data.labels is None:
         raise ValueError("evaluate needs sample labels (give --label-column)")
@@ -514,9 +509,8 @@ def evaluate(
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     written = result["written"]
-    tmp = out / ".results.csv.tmp"
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, out / "results.csv")
+    with atomic_output(out / "results.csv") as tmp:
+        df.to_csv(tmp, index=False)
     written.append(out / "results.csv")
     s = summarize(df)
     s.to_csv(out / "summary.csv", index=False)
@@ -526,13 +520,13 @@ def evaluate(
           f"chance (majority class) {chance:.3f}; mean ± sd over folds.", ""]
     for metric in [m for m in METRIC_ORDER if m in set(df["metric"])]:
         md += [f"## {metric}", "", _to_markdown(metric_by_dim_table(df, metric)), ""]
-    _atomic_write_text(out / "summary.md", "\n".join(md))
+    write_text_atomic(out / "summary.md", "\n".join(md))
     written.append(out / "summary.md")
     run = {"data": str(data.source), "n_samples": data.n_samples, "n_genes": data.n_genes,
            "classes": int(len(counts)), "chance": chance, "folds": n_folds, "methods": methods, "dims": dims,
            "jobs": jobs, "seed": seed, "n_pairs": n_pairs, "seconds": seconds,
            "fe_config": fe_config.to_dict(), "preprocessing": preprocessing.to_dict()}
-    _atomic_write_text(out / "run.json", json.dumps(run, indent=1))
+    write_text_atomic(out / "run.json", json.dumps(run, indent=1))
     written.append(out / "run.json")
     arrays = {}
     for (m, d), e in extras.items():

@@ -49,7 +49,9 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from ._validation import _log10p1_inplace, _nonfinite_name, _one_line, first_bad_value
 from .errors import FEInputError
+from .io.hdf5 import _open_h5
 
 __all__ = [
     "BackedSource",
@@ -60,7 +62,6 @@ __all__ = [
     "BlockSampler",
     "open_source",
     "plan_blocks",
-    "GeneStats",
     "stored_as_log",
     "DEFAULT_MEMORY_BUDGET",
 ]
@@ -69,15 +70,12 @@ __all__ = [
 DEFAULT_MEMORY_BUDGET = 256 << 20
 #: Smallest sequential read worth doing on its own (sets the default block size).
 MIN_READ_BYTES = 4 << 20
-_LOG10_E = np.float32(1.0 / math.log(10.0))
-_CHECK_ELEMENTS = 1 << 22  # elements validated at a time (bounds the temporary masks)
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _names(values: Any) -> np.ndarray | None:
+    """Names / labels as a str array (None stays None).  Unlike the readers'
+    ``factembed.io._data._to_str_array``, numbers keep numpy's ``str`` form
+    (``1.0`` stays ``"1.0"``, NaN is ``"nan"``), as backed sources always did."""
     if values is None:
         return None
     arr = np.asarray(values)
@@ -107,44 +105,6 @@ def plan_blocks(n_rows: int, n_genes: int, batch_samples: int, *, memory_budget:
     if blocks_per_window is None:
         blocks_per_window = max(1, window_rows // block_rows)
     return block_rows, max(1, int(blocks_per_window))
-
-
-class GeneStats:
-    """Per-gene count, mean, sum of squared deviations, minimum and maximum, and the
-    rows with a constant profile, accumulated over row blocks; :meth:`merge` combines
-    the statistics of disjoint row sets (e.g. the shards of a data-parallel run)."""
-
-    def __init__(self, n: int, mean: np.ndarray, m2: np.ndarray, vmin: np.ndarray, vmax: np.ndarray,
-                 constant_rows: np.ndarray) -> None:
-        self.n, self.mean, self.m2, self.vmin, self.vmax = int(n), mean, m2, vmin, vmax
-        self.constant_rows = constant_rows
-
-    @classmethod
-    def empty(cls, n_genes: int) -> "GeneStats":
-        return cls(0, np.zeros(n_genes), np.zeros(n_genes), np.full(n_genes, np.inf), np.full(n_genes, -np.inf),
-                   np.zeros(0, dtype=np.int64))
-
-    @property
-    def var(self) -> np.ndarray:
-        return self.m2 / max(1, self.n)
-
-    def add_block(self, block: np.ndarray, first_row: int = 0) -> None:
-        x = block.astype(np.float64)
-        other = GeneStats(len(x), x.mean(axis=0), ((x - x.mean(axis=0)) ** 2).sum(axis=0), x.min(axis=0),
-                          x.max(axis=0), first_row + np.flatnonzero((block == block[:, :1]).all(axis=1)))
-        self.merge(other)
-
-    def merge(self, other: "GeneStats") -> "GeneStats":
-        if other.n:
-            tot = self.n + other.n
-            delta = other.mean - self.mean
-            self.mean = self.mean + delta * (other.n / tot)
-            self.m2 = self.m2 + other.m2 + delta ** 2 * (self.n * other.n / tot)
-            self.vmin = np.minimum(self.vmin, other.vmin)
-            self.vmax = np.maximum(self.vmax, other.vmax)
-            self.constant_rows = np.concatenate([self.constant_rows, other.constant_rows])
-            self.n = tot
-        return self
 
 
 class BackedSource:
@@ -254,26 +214,19 @@ class BackedSource:
 
     def _prepare(self, block: np.ndarray, a: int) -> None:
         if self.validate:
-            step = max(1, _CHECK_ELEMENTS // self._m)
-            for r in range(0, block.shape[0], step):
-                part = block[r:r + step]
-                ok = np.isfinite(part)
-                if self.log10p1:
-                    with np.errstate(invalid="ignore"):
-                        ok &= part >= 0
-                if not ok.all():
-                    i, j = np.argwhere(~ok)[0]
-                    self._bad_value(float(part[i, j]), a + r + int(i), int(j))
+            hit = first_bad_value(block, nonneg=self.log10p1)
+            if hit is not None:
+                i, j, v = hit
+                self._bad_value(v, a + i, j)
         if self.log10p1:
-            np.log1p(block, out=block)
-            block *= _LOG10_E
+            _log10p1_inplace(block)
 
     def _bad_value(self, v: float, i: int, j: int) -> None:
         sample = f"sample {str(self.samples[i])!r} (row {self._lo + i})" if self.samples is not None \
             else f"row {self._lo + i}"
         gene = f"gene {str(self.genes[j])!r} (column {j})" if self.genes is not None else f"column {j}"
-        if math.isnan(v) or math.isinf(v):
-            what = "NaN" if math.isnan(v) else ("inf" if v > 0 else "-inf")
+        if not math.isfinite(v):
+            what = _nonfinite_name(v)
             raise FEInputError(f"{sample}, {gene}: value is {what}; impute or drop it first", self.path)
         raise FEInputError(f"{sample}, {gene}: negative value {v:g} cannot be log10(x+1)-transformed "
                            "(the data may already be on a log scale: turn log10p1 off)", self.path)
@@ -296,19 +249,20 @@ class BackedSource:
         """The whole (checked, transformed) matrix in memory: for small data and tests."""
         return self.read_rows(0, self._n)
 
-    def gene_stats(self, progress: bool = False) -> "GeneStats":
-        """Per-gene statistics of the (checked, transformed) values in one sequential
-        pass over row blocks (float64, blocks merged as in Chan et al.'s parallel
-        variance), and which rows hold a constant profile.  Reading every block also
+    def gene_stats(self, progress: bool = False):
+        """Per-gene statistics (:class:`factembed.preprocessing.GeneStats`) of the
+        (checked, transformed) values in one sequential pass over row blocks, with the
+        rows that hold a constant profile.  Reading every block also
         checks every value before training starts."""
-        stats = GeneStats.empty(self._m)
+        from .preprocessing import GeneStats
+        stats = GeneStats(self._m)
         bar = None
         if progress:
             from tqdm.auto import tqdm
             bar = tqdm(total=self._n, desc="checking values", unit="sample", mininterval=0.5)
         try:
             for a, block in self.iter_blocks():
-                stats.add_block(block, a)
+                stats.update(block, first_row=a)
                 if bar is not None:
                     bar.update(len(block))
         finally:
@@ -453,16 +407,6 @@ class NpySource(BackedSource):
 # ---------------------------------------------------------------------------------------
 
 
-def _open_h5(path: str):
-    import h5py
-    if not os.path.isfile(path):
-        raise FEInputError("no such file", path)
-    try:
-        return h5py.File(path, "r")
-    except OSError as exc:
-        raise FEInputError(f"not a readable HDF5 file (truncated or corrupt?): {_one_line(exc)}", path) from None
-
-
 def _h5_names(f, key: str, path: str) -> np.ndarray | None:
     import h5py
     ds = f.get(key)
@@ -545,7 +489,8 @@ class H5adSource(_H5Backed):
 
     def __init__(self, path: str | os.PathLike, *, label_column: str | None = None, **options) -> None:
         import h5py
-        from .io import LABEL_KEY, _h5ad_names, _LegacyH5ad
+        from .io import LABEL_KEY
+        from .io.anndata import _h5ad_names, _LegacyH5ad
         path = os.fspath(path)
         f = _open_h5(path)
         try:

@@ -28,6 +28,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ._files import atomic_output, write_bytes_atomic, write_text_atomic
 from .config import FEConfig
 
 RESULT_FILE = "result.json"
@@ -59,19 +60,6 @@ def parse_shard(text: str | None) -> tuple[int, int]:
 def shard_cells(cells: Sequence, shard: tuple[int, int]) -> list:
     i, n = shard
     return [c for k, c in enumerate(cells) if k % n == i]
-
-
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def load_cell(cell_dir: Path) -> dict | None:
@@ -115,7 +103,8 @@ def fit_cell(X: np.ndarray, gene_dim: int, l2: float, config: FEConfig, cell_dir
     cell_dir.mkdir(parents=True, exist_ok=True)
     fe.save(cell_dir, extra={**(extra or {}), "sweep_cell": {"gene_dim": int(gene_dim), "l2": float(l2)}})
     Z = fe.embedding_
-    _atomic_write(cell_dir / EMBEDDING_FILE, lambda fh: np.save(fh, Z, allow_pickle=False))
+    with atomic_output(cell_dir / EMBEDDING_FILE) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, Z, allow_pickle=False)
     hist = fe.history_
     k = max(1, len(hist.get("loss", [])) // 100)
     result = {"gene_dim": int(gene_dim), "l2": float(l2), "n_steps": int(fe.n_steps_), "fit_seconds": seconds,
@@ -127,7 +116,7 @@ def fit_cell(X: np.ndarray, gene_dim: int, l2: float, config: FEConfig, cell_dir
     if labels is not None and Z.shape[0] >= 2 * cv_folds:
         acc, sd = cv_accuracy(Z, labels, cv_folds, seed=cfg.random_state or 0)
         result.update(accuracy=acc, accuracy_sd=sd, cv_folds=cv_folds)
-    _atomic_write(cell_dir / RESULT_FILE, lambda fh: fh.write(json.dumps(result, indent=1).encode()))
+    write_bytes_atomic(cell_dir / RESULT_FILE, json.dumps(result, indent=1).encode())
     result["embedding"] = Z
     return result
 
@@ -143,7 +132,7 @@ def run_sweep(data, *, l2s: Sequence[float], gene_dims: Sequence[int], output: s
     "results": DataFrame of all finished cells, "written": paths}``."""
     from tqdm.auto import tqdm
 
-    from .io import Preprocessing
+    from .preprocessing import Preprocessing
 
     if not l2s or not gene_dims:
         raise ValueError("the grid needs at least one L2 value and one gene_dim")
@@ -178,9 +167,7 @@ def run_sweep(data, *, l2s: Sequence[float], gene_dims: Sequence[int], output: s
     meta = {"l2s": [float(v) for v in l2s], "gene_dims": [int(g) for g in gene_dims], "source": str(data.source),
             "n_samples": pdata.n_samples, "n_genes": pdata.n_genes, "label_name": label_name, "title": title,
             "config": config.to_dict()}
-    tmp = out / ".sweep.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=1))
-    os.replace(tmp, out / "sweep.json")
+    write_text_atomic(out / "sweep.json", json.dumps(meta, indent=1))
     if labels is not None:
         np.save(out / "labels.npy", labels.astype(str), allow_pickle=False)
     df, written = sweep_outputs(out, figures=figures)
@@ -215,9 +202,8 @@ def sweep_outputs(out: str | os.PathLike, figures: bool = True) -> tuple:
     gene_dims, l2s = meta["gene_dims"], meta["l2s"]
     df, embeddings = collect(out, gene_dims, l2s)
     written = []
-    tmp = out / ".sweep_results.csv.tmp"
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, out / "sweep_results.csv")
+    with atomic_output(out / "sweep_results.csv") as tmp:
+        df.to_csv(tmp, index=False)
     written.append(out / "sweep_results.csv")
     if len(df):
         df[["gene_dim", "it_per_s", "l2"]].to_csv(out / "gene_dim_speed.csv", index=False)

@@ -79,7 +79,7 @@ class PreprocessingOptions:
     top_variable: int | None = None
 
     def resolve(self, already_log: bool):
-        from .io import Preprocessing
+        from .preprocessing import Preprocessing
         log = (not already_log) if self.log10p1 is None else bool(self.log10p1)
         return Preprocessing(log10p1=log, protein_coding_only=self.protein_coding_only,
                              drop_constant=self.drop_constant, top_variable=self.top_variable)
@@ -169,7 +169,7 @@ def read_data(path: str, read: ReadOptions | None = None):
 def load_model(path: str | os.PathLike):
     """``(estimator, fitted preprocessing or None, extra dict)`` of a model directory."""
     from .estimator import FactorizedEmbeddings
-    from .io import FittedPreprocessing
+    from .preprocessing import FittedPreprocessing
 
     fe = FactorizedEmbeddings.load(path)
     extra = getattr(fe, "extra_", None) or {}
@@ -247,35 +247,13 @@ def open_backed(request: FitRequest):
 def select_from_stats(source, stats, preprocessing: PreprocessingOptions, log: bool):
     """The :class:`~factembed.io.FittedPreprocessing` of a backed source from its
     per-gene statistics: the same gene selection an in-memory fit makes."""
-    from .io import Preprocessing
+    from .preprocessing import Preprocessing
     pre = Preprocessing(log10p1=log, protein_coding_only=preprocessing.protein_coding_only,
                         drop_constant=preprocessing.drop_constant, top_variable=preprocessing.top_variable)
     m = source.shape[1]
     genes = source.genes if source.genes is not None else np.array([f"gene_{j}" for j in range(m)])
-    return _fit_from_stats(pre, genes, stats, getattr(source, "biotypes", None), source.path)
-
-
-def _fit_from_stats(pre, genes, stats, biotypes, path):
-    # TEMPORARY: replaced by the preprocessing module's shared selection once merged
-    from .io import FittedPreprocessing
-    cand = np.ones(len(genes), dtype=bool)
-    if pre.protein_coding_only and biotypes is not None:
-        cand &= np.asarray(biotypes) == "protein_coding"
-        if not cand.any():
-            raise FEInputError("no gene has biotype 'protein_coding' (use protein_coding_only=False)", path)
-    keep = cand.copy()
-    if pre.drop_constant:
-        keep &= stats.vmax > stats.vmin
-    var = stats.var
-    if pre.top_variable is not None and keep.sum() > pre.top_variable:
-        order = np.argsort(-np.where(keep, var, -np.inf), kind="stable")[: pre.top_variable]
-        top = np.zeros(len(genes), dtype=bool)
-        top[order] = True
-        keep &= top
-    if not keep.any():
-        raise FEInputError("no genes left after preprocessing (all constant?)", path)
-    return FittedPreprocessing(genes=np.asarray(genes)[keep], means=stats.mean[keep], variances=var[keep],
-                               config=pre, n_input_genes=len(genes))
+    return pre.fit_from_stats(genes, stats.mean, stats.var, stats.n, getattr(source, "biotypes", None),
+                              vmin=stats.min, vmax=stats.max, source=source.path)
 
 
 def prepare_backed(request: FitRequest, echo: Echo = _quiet, progress: bool = False):
@@ -334,7 +312,8 @@ def write_fit_outputs(fe, samples, labels, out: Path, extra: dict, title: str) -
     """Model, embedding table, history table and the two figures, into ``out``."""
     import pandas as pd
 
-    from .io import _atomic_output, write_embedding_table
+    from ._files import atomic_output
+    from .io import write_embedding_table
     from .plot import plot_embedding, plot_training_curves
 
     out.mkdir(parents=True, exist_ok=True)
@@ -342,7 +321,7 @@ def write_fit_outputs(fe, samples, labels, out: Path, extra: dict, title: str) -
     written = [out / "model.json", out / "weights.safetensors"]
     write_embedding_table(out / "embedding.csv", fe.embedding_, samples, labels)
     written.append(out / "embedding.csv")
-    with _atomic_output(out / "history.csv") as tmp:
+    with atomic_output(out / "history.csv") as tmp:
         pd.DataFrame(fe.history_).to_csv(tmp, index=False)
     written.append(out / "history.csv")
     written += plot_embedding(fe.embedding_, labels, out / "embedding.png", title=title,
@@ -429,7 +408,7 @@ def _fit_backed(request: FitRequest, echo: Echo) -> FitResult:
 def _launch_distributed(request: FitRequest, echo: Echo) -> FitResult:
     """Check and prepare the input here, then run ``processes`` ranks under torchrun."""
     from .distributed.launch import run_torchrun
-    from .io import FittedPreprocessing
+    from .preprocessing import FittedPreprocessing
 
     nproc = int(request.processes)
     if nproc < 1:
@@ -479,7 +458,7 @@ def _launch_distributed(request: FitRequest, echo: Echo) -> FitResult:
 def _rank_data(request: FitRequest, rank: int, world: int, echo: Echo):
     """This rank's rows (array or backed view), ``lo``, ``n``, names, labels and the fitted preprocessing."""
     from .distributed import all_gather_objects, shard_bounds
-    from .io import FittedPreprocessing
+    from .preprocessing import FittedPreprocessing
     from .sources import NpySource
 
     prepared = request.prepared

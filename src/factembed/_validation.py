@@ -1,0 +1,138 @@
+"""Input validation shared by the estimator, the readers and the backed sources.
+
+* :func:`check_matrix`: validate an in-memory expression matrix (numpy, torch,
+  nested lists, pandas) and convert it to ``float32``.
+* :func:`first_bad_value`: THE locator of the first bad value of a matrix (NaN,
+  inf, or a negative value when ``log10(x + 1)`` is to be applied).  It scans in
+  row blocks of about :data:`CHECK_ELEMENTS` values, so the temporary masks stay
+  small whatever the matrix size.  Callers format their own messages (naming
+  samples / genes / rows as they know them).
+* :func:`_log10p1_inplace`: the ``log10(x + 1)`` transform that the checks guard.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from typing import Any
+
+import numpy as np
+
+from .errors import FEInputError
+
+__all__ = ["check_matrix", "first_bad_value", "count_nonfinite", "CHECK_ELEMENTS"]
+
+#: Values examined per block by the scans (bounds the temporary boolean masks, ~4 MB).
+CHECK_ELEMENTS = 1 << 22
+#: ``1 / ln(10)`` in float32: ``log10(x + 1) = log1p(x) * _LOG10_E``.
+_LOG10_E = np.float32(1.0 / math.log(10.0))
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception's message on one line (its type name when it has none)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _nonfinite_name(v: float) -> str:
+    """``"NaN"``, ``"inf"`` or ``"-inf"`` for a non-finite value."""
+    return "NaN" if math.isnan(v) else ("inf" if v > 0 else "-inf")
+
+
+def _log10p1_inplace(block: np.ndarray) -> None:
+    """``block = log10(block + 1)`` in place (float32)."""
+    np.log1p(block, out=block)
+    block *= _LOG10_E
+
+
+def _block_rows(n_cols: int, block_elements: int) -> int:
+    return max(1, int(block_elements) // max(1, int(n_cols)))
+
+
+def first_bad_value(X: np.ndarray, *, nonneg: bool = False, skip_cols: np.ndarray | None = None,
+                    block_elements: int = CHECK_ELEMENTS) -> tuple[int, int, float] | None:
+    """``(row, column, value)`` of the first bad value of the 2-D array ``X`` in
+    row-major order, or ``None`` when every value is good.
+
+    Bad means NaN or +-inf, and also negative when ``nonneg`` (the values are to
+    be ``log10(x + 1)``-transformed).  Columns where the boolean mask
+    ``skip_cols`` is true are not examined.  ``X`` is scanned in row blocks of
+    about ``block_elements`` values; no full-size mask is ever built.
+    """
+    n, m = X.shape
+    step = _block_rows(m, block_elements)
+    for a in range(0, n, step):
+        part = X[a:a + step]
+        ok = np.isfinite(part)
+        if nonneg:
+            with np.errstate(invalid="ignore"):
+                ok &= part >= 0
+        if skip_cols is not None:
+            ok[:, skip_cols] = True
+        if not ok.all():
+            i, j = np.argwhere(~ok)[0]
+            return a + int(i), int(j), float(part[i, j])
+    return None
+
+
+def count_nonfinite(X: np.ndarray, *, block_elements: int = CHECK_ELEMENTS) -> int:
+    """Number of NaN / inf values of the 2-D array ``X`` (scanned in row blocks)."""
+    step = _block_rows(X.shape[1], block_elements)
+    return sum(int((~np.isfinite(X[a:a + step])).sum()) for a in range(0, X.shape[0], step))
+
+
+def check_matrix(X: Any, *, what: str = "X", min_samples: int = 1,
+                 n_genes: int | None = None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Validate an expression matrix; return (float32 array, sample names, gene names).
+
+    Accepts numpy arrays, torch tensors, nested lists and pandas DataFrames (index =
+    samples, columns = genes).  Raises :class:`FEInputError` (a ``ValueError``) naming
+    the problem and, for bad values, the first offending row and column.
+    """
+    samples = genes = None
+    try:
+        import pandas as pd
+        if isinstance(X, pd.DataFrame):
+            samples = np.asarray(X.index.astype(str))
+            genes = np.asarray(X.columns.astype(str))
+            non_numeric = [c for c, dt in zip(X.columns, X.dtypes) if not np.issubdtype(dt, np.number)]
+            if non_numeric:
+                raise FEInputError(f"{what}: column {non_numeric[0]!r} is not numeric "
+                                   f"({len(non_numeric)} non-numeric column(s))")
+            X = X.to_numpy()
+    except ImportError:  # pragma: no cover
+        pass
+    torch = sys.modules.get("torch")  # a tensor can only exist once torch is imported
+    if torch is not None and isinstance(X, torch.Tensor):
+        X = X.detach().cpu().numpy()
+    try:
+        arr = np.asarray(X)
+    except Exception as exc:
+        raise FEInputError(f"{what} could not be read as a numeric matrix: {exc}") from None
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+        raise FEInputError(f"{what} must be numeric, got dtype {arr.dtype}")
+    if np.iscomplexobj(arr):
+        raise FEInputError(f"{what} must be real-valued, got complex numbers")
+    if arr.ndim != 2:
+        raise FEInputError(f"{what} must be a 2-D (samples x genes) matrix, got {arr.ndim} dimension(s) "
+                           f"with shape {arr.shape}")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise FEInputError(f"{what} is empty: shape {arr.shape}")
+    if arr.shape[0] < min_samples:
+        raise FEInputError(f"{what} has {arr.shape[0]} sample(s); at least {min_samples} are needed")
+    if n_genes is not None and arr.shape[1] != n_genes:
+        raise FEInputError(f"{what} has {arr.shape[1]} genes but the model was fitted on {n_genes}")
+    with np.errstate(over="ignore"):  # out-of-range values become inf and are reported below
+        arr32 = np.ascontiguousarray(arr, dtype=np.float32)
+    # values that are not finite in float32: NaN, inf, or finite values beyond
+    # float32's range (which became inf)
+    hit = first_bad_value(arr32)
+    if hit is not None:
+        i, j, _ = hit
+        row = samples[i] if samples is not None else f"row {i}"
+        col = genes[j] if genes is not None else f"column {j}"
+        original = arr[i, j]
+        if np.isfinite(original):
+            raise FEInputError(f"{what}: value at {row}, {col} ({original:g}) overflows float32")
+        n_bad = count_nonfinite(arr32[i:])  # nothing is bad before row i
+        raise FEInputError(f"{what} contains {n_bad} NaN/inf value(s); first at {row}, {col} ({original})")
+    return arr32, samples, genes

@@ -1,0 +1,73 @@
+"""Reading and writing gene-expression matrices.
+
+The in-memory representation is :class:`ExpressionData`: a dense ``float32``
+C-contiguous matrix ``X`` (samples x genes) with sample names, gene names and
+optional per-sample labels and per-gene biotypes.
+
+:func:`read_expression` reads TCGA-style HDF5, AnnData ``.h5ad``, CSV/TSV
+(optionally gzipped), ``.npy``/``.npz`` and (when pyarrow is installed)
+``.parquet``.  Large inputs are read in row chunks straight into the final
+``float32`` matrix, so peak memory stays near one copy of the matrix.
+
+Writers (:func:`write_expression`, :func:`write_embedding_table`,
+:func:`write_embedding_h5ad`) are atomic: they write a temporary file in the
+destination directory, ``fsync`` it and ``os.replace`` it onto the target; on
+any error the temporary file is removed, so no partial output is left behind.
+
+Every problem with input data raises :class:`factembed.errors.FEInputError`
+with a one-line message naming the file, the row / sample / gene and the
+problem.
+
+Modules, one concern each:
+
+* :mod:`._data`: :class:`ExpressionData` and the name / chunk helpers;
+* :mod:`.formats`: format detection and the reader / writer registries behind
+  :func:`read_expression` / :func:`write_expression`;
+* :mod:`.text` (CSV/TSV), :mod:`.hdf5` (TCGA-style ``.h5``), :mod:`.anndata`
+  (``.h5ad``), :mod:`.arrays` (``.npy``, ``.npz``, ``.parquet``): the formats;
+* :mod:`.labels`: :func:`read_sample_labels`;
+* :mod:`.tables`: :func:`write_embedding_table`, :func:`write_embedding_h5ad`.
+
+:class:`Preprocessing`, :class:`FittedPreprocessing` and :func:`align_genes`
+live in :mod:`factembed.preprocessing` and :func:`write_bytes_atomic` in
+:mod:`factembed._files`; they are importable from here as before.
+"""
+
+from __future__ import annotations
+
+from .._files import write_bytes_atomic
+from ._data import EMBEDDING_KEY, LABEL_KEY, ExpressionData
+from .formats import read_expression, write_expression
+from .labels import read_sample_labels
+from .tables import write_embedding_h5ad, write_embedding_table
+
+__all__ = [
+    "ExpressionData",
+    "read_expression",
+    "write_expression",
+    "write_embedding_table",
+    "write_embedding_h5ad",
+    "Preprocessing",
+    "FittedPreprocessing",
+    "align_genes",
+    "LABEL_KEY",
+    "EMBEDDING_KEY",
+]
+
+# factembed.preprocessing imports ExpressionData from this package, so its names
+# are resolved on first access rather than imported here (no import cycle).
+_FROM_PREPROCESSING = frozenset({"Preprocessing", "FittedPreprocessing", "align_genes"})
+
+
+def __getattr__(name: str):
+    if name in _FROM_PREPROCESSING:
+        from .. import preprocessing
+
+        value = getattr(preprocessing, name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | _FROM_PREPROCESSING)
