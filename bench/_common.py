@@ -223,25 +223,19 @@ def write_text(path: Path, text: str) -> None:
 
 
 @contextlib.contextmanager
-def kernel_settings(*, workers=None, threads=None, kernel=None):
-    """Run a block with ``factembed.model.CPU_WORKERS = workers``, the caller at
-    ``threads`` torch intra-op threads (None: unchanged) and, if given, another fused
-    kernel class in ``factembed.train``; all restored afterwards."""
+def caller_threads(threads=None):
+    """Run a block with the calling thread at ``threads`` torch intra-op threads (None:
+    unchanged), restored afterwards.  The kernel and its worker count are not settings
+    of the library: pass them to ``train(..., kernel=, workers=)``."""
     import torch
 
-    import factembed.model as fe_model
-    import factembed.train as fe_train
-    saved = fe_model.CPU_WORKERS, fe_train.FusedProfileLoss, torch.get_num_threads()
-    fe_model.CPU_WORKERS = workers
+    saved = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
-    if kernel is not None:
-        fe_train.FusedProfileLoss = kernel
     try:
         yield
     finally:
-        fe_model.CPU_WORKERS, fe_train.FusedProfileLoss = saved[:2]
-        torch.set_num_threads(saved[2])
+        torch.set_num_threads(saved)
 
 
 class Tee:

@@ -2,7 +2,7 @@
 machine's load drifts.
 
 Configurations (all the real ``train()`` at the TCGA shape, fp32, gene_dim 100):
-  before   the fused kernel of commit BEFORE_REV (one OpenMP sweep), library thread defaults
+  before   the fused kernel of commit BEFORE_REV (one OpenMP-parallel pass), library thread defaults
   after    the current kernel, library defaults (workers = intra-op threads)
   after-1m the current kernel with the calling thread at 1 intra-op thread and 2 kernel
            workers (the "fastest mode" layout), default gene blocks

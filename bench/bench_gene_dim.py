@@ -16,10 +16,9 @@ import time
 
 import torch
 
-from _common import (REFERENCE_GPU_IT_S, TCGA_GENES, TCGA_SAMPLES, Tee, Windows, machine_line, out_path,
-                     parser, tcga_like, wait_for_quiet)
+from _common import (REFERENCE_GPU_IT_S, TCGA_GENES, TCGA_SAMPLES, Tee, Windows, caller_threads, machine_line,
+                     out_path, parser, tcga_like, wait_for_quiet)
 
-import factembed.model as fe_model
 from factembed.model import FactorizedEmbeddingNet
 from factembed.train import train
 
@@ -31,16 +30,10 @@ def measure(X: torch.Tensor, gene_dim: int, *, warmup: int, n_windows: int, spw:
     gen = torch.Generator().manual_seed(0)
     net = FactorizedEmbeddingNet(n, m, 2, gene_dim, (100, 50, 50), generator=gen)
     steps = warmup + n_windows * spw
-    saved = fe_model.CPU_WORKERS, torch.get_num_threads()
-    fe_model.CPU_WORKERS = mode.get("workers")
-    if mode.get("threads"):
-        torch.set_num_threads(mode["threads"])
-    try:
+    with caller_threads(mode.get("threads")):
         hist, _, _ = train(net, X, n_steps=steps, lr=5e-3, l2=1e-7, batch_samples=4, generator=gen,
-                           device=torch.device("cpu"), gene_chunk=mode.get("gene_chunk"), progress=False)
-    finally:
-        fe_model.CPU_WORKERS = saved[0]
-        torch.set_num_threads(saved[1])
+                           device=torch.device("cpu"), gene_chunk=mode.get("gene_chunk"), progress=False,
+                           workers=mode.get("workers"))
     return Windows.from_times(hist.seconds, warmup=warmup, n_windows=n_windows, steps_per_window=spw,
                               pairs_per_step=4 * m)
 

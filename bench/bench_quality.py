@@ -9,6 +9,10 @@ and the 5-fold kNN accuracy (k = 5) of the time-point labels from the 2-D embedd
 For scale, the fp32 defaults are also fitted with other seeds (``--seeds``): the spread
 over seeds is what a difference between modes has to be compared with (a different float
 rounding order changes a fit about as much as a different seed does).
+
+The estimator takes no kernel or worker count, so the fits that choose them run the
+estimator's own fitting steps through ``train(..., kernel=, workers=)``
+(:func:`fit_like_estimator`, the same model bit for bit as ``fit`` with the defaults).
 """
 
 from __future__ import annotations
@@ -21,27 +25,64 @@ import torch
 from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.neighbors import KNeighborsClassifier
 
-from _common import Tee, kernel_settings, machine_line, out_path, parser
+from _common import Tee, caller_threads, machine_line, out_path, parser
 
 from factembed import FactorizedEmbeddings
+from factembed.config import auto_n_steps
 from factembed.datasets import load_demo
+from factembed.infer import reconstruct
+from factembed.model import FactorizedEmbeddingNet
+from factembed.train import (BatchSampler, as_float32_tensor, make_optimizer, resolve_device, resolve_precision,
+                             train)
+
+
+def fit_like_estimator(fe: FactorizedEmbeddings, X: np.ndarray, *, kernel=None, workers=None):
+    """What ``fe.fit(X)`` does for a dense matrix (no checkpoints, no retries), with
+    ``train()``'s ``kernel`` and ``workers`` chosen; returns the network and the number of
+    steps.  Same seeds and steps as the estimator: with the defaults the model is bit for
+    bit that of ``fe.fit(X)`` (checked by tests/test_bench_smoke.py)."""
+    cfg = fe.config
+    source = as_float32_tensor(np.asarray(X, dtype=np.float32))
+    n, m = source.shape
+    device = resolve_device(cfg.device)
+    gen = fe._generator()
+    if fe.random_state is not None:
+        torch.manual_seed(int(fe.random_state))
+    net = FactorizedEmbeddingNet(n, m, cfg.sample_dim, cfg.gene_dim, cfg.hidden, generator=gen)
+    net.to(device)
+    n_steps = cfg.n_steps or auto_n_steps(n, cfg.batch_samples)
+    sampler = BatchSampler(n, cfg.batch_samples, gen)
+    optimizer = make_optimizer(net.parameters(), cfg.lr, cfg.l2, device)
+    train(net, source, n_steps=n_steps, lr=cfg.lr, l2=cfg.l2, batch_samples=cfg.batch_samples, generator=gen,
+          device=device, compute_dtype=resolve_precision(cfg.precision, device), gene_chunk=cfg.gene_chunk,
+          progress=cfg.verbose, sampler=sampler, optimizer=optimizer, kernel=kernel, workers=workers)
+    return net, n_steps
 
 
 def fit(X, steps: int, *, workers=None, threads=None, gene_chunk=None, dtype="fp32", kernel=None, seed=0):
-    with kernel_settings(workers=workers, threads=threads, kernel=kernel):
-        fe = FactorizedEmbeddings(n_steps=steps, gene_chunk=gene_chunk, precision=dtype, random_state=seed,
-                                  verbose=False, device="cpu")
+    """(network, steps, seconds) of a CPU fit of the estimator, the caller at ``threads``
+    intra-op threads, with train()'s ``kernel`` and ``workers`` (None: its defaults)."""
+    fe = FactorizedEmbeddings(n_steps=steps, gene_chunk=gene_chunk, precision=dtype, random_state=seed,
+                              verbose=False, device="cpu")
+    with caller_threads(threads):
         t = time.perf_counter()
-        fe.fit(X)
-        return fe, time.perf_counter() - t
+        if kernel is None and workers is None:
+            fe.fit(X)
+            net, n_steps = fe.net_, fe.n_steps_
+        else:
+            net, n_steps = fit_like_estimator(fe, X, kernel=kernel, workers=workers)
+        return net, n_steps, time.perf_counter() - t
 
 
-def scores(fe, X, labels) -> tuple[float, float]:
-    rec = fe.inverse_transform(fe.embedding_)
+def scores(net, X, labels) -> tuple[float, float, np.ndarray]:
+    """Reconstruction r, kNN accuracy and the training embedding of a fitted network."""
+    Z = net.sample_embedding.detach().cpu()
+    rec = reconstruct(net, Z).numpy()
     r = float(np.corrcoef(rec.ravel().astype(np.float64), X.ravel().astype(np.float64))[0, 1])
     cv = StratifiedKFold(5, shuffle=True, random_state=0)
-    acc = float(cross_val_score(KNeighborsClassifier(5), fe.embedding_, labels, cv=cv).mean())
-    return r, acc
+    emb = Z.numpy().copy()
+    acc = float(cross_val_score(KNeighborsClassifier(5), emb, labels, cv=cv).mean())
+    return r, acc, emb
 
 
 def main() -> None:
@@ -69,11 +110,11 @@ def main() -> None:
         runs.append((f"kernel before ({BEFORE_REV})", {"kernel": before}))
     res = {}
     for name, kw in runs:
-        fe, s = fit(X, steps, **kw)
-        r, acc = scores(fe, X, labels)
-        res[name] = (r, acc, s, fe.embedding_)
+        net, n_steps, s = fit(X, steps, **kw)
+        r, acc, emb = scores(net, X, labels)
+        res[name] = (r, acc, s, emb)
         out(f"{name:22s}: reconstruction r {r:.4f}, 5-fold kNN accuracy {acc:.3f}, fit {s:6.1f} s "
-            f"({fe.n_steps_} steps)")
+            f"({n_steps} steps)")
     r0, a0, _, z0 = res["fp32 defaults"]
     for name in list(res)[1:]:
         r1, a1, _, z1 = res[name]
@@ -83,8 +124,8 @@ def main() -> None:
             + ("bit-identical" if same else f"differ (max |dz| {np.abs(z1 - z0).max():.3g})"))
     seed_rows = [res["fp32 defaults"][:2]]
     for seed in range(1, 1 if args.quick else args.seeds):
-        fe, s = fit(X, steps, seed=seed)
-        seed_rows.append(scores(fe, X, labels))
+        net, _, s = fit(X, steps, seed=seed)
+        seed_rows.append(scores(net, X, labels)[:2])
         out(f"fp32 defaults, seed {seed:2d}: reconstruction r {seed_rows[-1][0]:.4f}, "
             f"5-fold kNN accuracy {seed_rows[-1][1]:.3f}, fit {s:6.1f} s")
     if len(seed_rows) > 1:

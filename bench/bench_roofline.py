@@ -18,7 +18,7 @@ import torch
 
 from _common import RESULTS, TCGA_GENES, TCGA_SAMPLES, Tee, machine_line, out_path, parser
 
-from factembed.model import cpu_workers, default_gene_chunk
+from factembed._cpu_pool import cpu_workers, default_gene_chunk
 
 
 def flops_per_pair(sample_dim: int, gene_dim: int, hidden: tuple[int, ...], batch: int, n_genes: int) -> dict:
@@ -151,7 +151,7 @@ def main() -> None:
         out(f"  bf16 square {bsq}^3, {threads} thread(s):          {r:7.1f}   "
             f"({'native' if torch.ops.mkldnn._is_mkldnn_bf16_supported() else 'emulated: no native bf16'})")
     P = 4 * (256 if q else 1024)   # rows of one gene block (4 profiles x 1024 genes)
-    # the gene term is computed block by block inside the sweep (rows of one default block)
+    # the gene term is computed block by block inside the block pass (rows of one default block)
     kw = cpu_workers(1 << 30)        # train()'s kernel workers, each with nt // kw intra-op threads
     per = max(1, nt // kw)
     c = default_gene_chunk(4, 100, TCGA_GENES, torch.device("cpu"), workers=kw) if not q else 256

@@ -16,7 +16,7 @@ Adam, l2 = 1e-7):
      (model.py of commit ``BEFORE_REV``, loaded from git), through the real ``train()``.
 (b)  factembed fp32: the real ``train()`` path with its defaults (FusedProfileLoss +
      fused Adam).
-(c)  factembed's fastest CPU mode on this machine: the best of a short sweep over worker
+(c)  factembed's fastest CPU mode on this machine: the best of a short search over worker
      threads / gene blocks (and bf16, only where the CPU has native bf16), re-measured.
 
 Figures are it/s and million pairs/s, the median of >= 5 timed windows after warm-up.
@@ -33,10 +33,11 @@ import time
 import torch
 from torch import nn
 
-from _common import (RESULTS, TCGA_GENES, TCGA_SAMPLES, Tee, Windows, kernel_settings, machine_line, out_path, parser,
+from _common import (RESULTS, TCGA_GENES, TCGA_SAMPLES, Tee, Windows, caller_threads, machine_line, out_path, parser,
                      tcga_like, wait_for_quiet)
 
-from factembed.model import FactorizedEmbeddingNet, GeneLayer
+from factembed.kernel import GeneLayer
+from factembed.model import FactorizedEmbeddingNet
 from factembed.train import BatchSampler, bf16_native, make_optimizer, train
 
 #: the last commit of model.py before the performance work (the "before" kernel)
@@ -108,15 +109,15 @@ def train_windows(X, batch, dims, *, warmup, n_windows, spw, gene_chunk=None, wo
                   threads=None, dtype=torch.float32, kernel=None, seed=0) -> Windows:
     """Windows cut out of the per-step timestamps of the real ``train()``.  ``threads``:
     torch intra-op threads of the calling thread during the run (None: unchanged);
-    ``workers``: factembed.model.CPU_WORKERS (None: automatic)."""
+    ``workers``, ``kernel``: train()'s arguments (None: its defaults)."""
     n, m = X.shape
     gen = torch.Generator().manual_seed(seed)
     net = FactorizedEmbeddingNet(n, m, *dims, generator=gen)
     steps = warmup + n_windows * spw
-    with kernel_settings(workers=workers, threads=threads, kernel=kernel):
+    with caller_threads(threads):
         hist, _, _ = train(net, X, n_steps=steps, lr=LR, l2=L2, batch_samples=batch, generator=gen,
                            device=torch.device("cpu"), compute_dtype=dtype, gene_chunk=gene_chunk,
-                           progress=False)
+                           progress=False, kernel=kernel, workers=workers)
     return Windows.from_times(hist.seconds, warmup=warmup, n_windows=n_windows, steps_per_window=spw,
                               pairs_per_step=batch * m)
 
@@ -192,7 +193,7 @@ def main() -> None:
                 5 if not q else 1, 3 if not q else 1, kernel=before)
     trained("b", "(b)  factembed fp32 (train() defaults)", 10 if not q else 1, 5 if not q else 1)
 
-    # (c): sweep, then re-measure the best
+    # (c): search, then re-measure the best
     cands = []
     nt = torch.get_num_threads()
     # (caller's intra-op threads, kernel workers).  train() runs its own loop at 1 intra-op
@@ -208,7 +209,7 @@ def main() -> None:
     else:
         out("bf16 not swept: this CPU has no native bf16 (emulated bf16 GEMMs are ~20-40x slower "
             "than fp32 here, see bench_roofline.py)")
-    out("sweep for (c) (3 windows each):")
+    out("search for (c) (3 windows each):")
     best, best_kw = -1.0, None
     for kw in cands:
         w = train_windows(X, batch, dims, warmup=2 if not q else 1, n_windows=3, spw=4 if not q else 1, **kw)

@@ -20,3 +20,23 @@ def test_bench_scripts_run_quick(tmp_path, monkeypatch, capsys):
         assert (tmp_path / f"{name}_quick.txt").exists(), name
     out = capsys.readouterr().out
     assert "(c)/(a)" in out and "GFLOP/s" in out and "peak RSS" in out
+
+
+def test_bench_quality_fits_like_the_estimator(monkeypatch):
+    """bench_quality trains with a chosen kernel / worker count through train(), repeating
+    the estimator's fitting steps (the estimator takes neither): with the defaults that
+    must be the estimator's model bit for bit, or its rows compare different seeds."""
+    import numpy as np
+    import torch
+
+    monkeypatch.syspath_prepend(str(BENCH))
+    from bench_quality import fit_like_estimator
+
+    from factembed import FactorizedEmbeddings
+    X = np.random.default_rng(0).random((30, 50), dtype=np.float32)
+    kw = dict(gene_dim=8, hidden=(16, 8), n_steps=20, random_state=5, verbose=False, device="cpu")
+    ref = FactorizedEmbeddings(**kw).fit(X)
+    net, n_steps = fit_like_estimator(FactorizedEmbeddings(**kw), X)
+    assert n_steps == ref.n_steps_
+    for (name, p), q in zip(net.state_dict().items(), ref.net_.state_dict().values()):
+        assert torch.equal(p, q), name

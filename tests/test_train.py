@@ -1,15 +1,17 @@
-"""Training: quality on planted structure, determinism, and exactness of the L2 term."""
+"""Training: quality on planted structure, determinism, exactness of the L2 term, and
+the kernel and its CPU workers as arguments of train()."""
 import numpy as np
 import pytest
 import torch
 from sklearn.model_selection import cross_val_score
 from sklearn.neighbors import KNeighborsClassifier
 
+import factembed.kernel as fe_kernel
+from _plain_mlp import plain_concat_mlp
 from factembed import FactorizedEmbeddings, auto_n_steps
+from factembed.kernel import FusedProfileLoss
 from factembed.model import FactorizedEmbeddingNet
 from factembed.train import BatchSampler, train
-
-from tests.test_model import plain_concat_mlp
 
 
 def test_planted_clusters_are_separated_and_reconstructed(fitted_small):
@@ -96,3 +98,60 @@ def test_divergence_stops_with_clear_message(planted_data):
     fe = FactorizedEmbeddings(gene_dim=4, hidden=(8,), n_steps=50, random_state=0, verbose=False)
     with pytest.raises(FloatingPointError, match="diverged at step"):
         fe.fit(X * 1e25)                                 # squared errors overflow float32
+
+
+def test_train_runs_the_whole_step_on_the_kernel_workers(monkeypatch):
+    """train() runs its own thread at 1 intra-op thread; the step's products, the gene
+    term's included, must still be shared out to the kernel's workers (regression: the
+    gene term once ran on one thread, ~11% of the step time lost).  The gene term is
+    computed inside the block pass (no all-gene product), block by block on the workers."""
+    sizes, layer_inputs = [], []
+    real_pool, real_eval = fe_kernel.worker_pool, FusedProfileLoss.evaluate
+    monkeypatch.setattr(fe_kernel, "worker_pool", lambda size, intra: sizes.append(size) or real_pool(size, intra))
+    monkeypatch.setattr(FusedProfileLoss, "evaluate",
+                        lambda self, S, G, *a, **k: layer_inputs.append(isinstance(G, fe_kernel.GeneLayer))
+                        or real_eval(self, S, G, *a, **k))
+    monkeypatch.setattr(FactorizedEmbeddingNet, "gene_term", lambda *a, **k: pytest.fail("all-gene product"))
+    monkeypatch.delenv("FACTEMBED_CPU_WORKERS", raising=False)
+    n_threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        gen = torch.Generator().manual_seed(0)
+        net = FactorizedEmbeddingNet(8, 1024, 2, 64, (64, 8), generator=gen)
+        train(net, torch.rand(8, 1024), n_steps=3, lr=1e-3, l2=0.0, batch_samples=2, generator=gen,
+              device=torch.device("cpu"), progress=False, gene_chunk=128)
+    finally:
+        torch.set_num_threads(n_threads)
+    assert layer_inputs == [True, True, True]
+    assert sizes and set(sizes) == {2}
+
+
+
+def test_train_takes_the_kernel_and_its_workers_as_arguments(monkeypatch):
+    """``kernel`` is called with FusedProfileLoss's constructor arguments, ``workers``
+    reaches it and sizes the worker pool; the result is that of the default kernel with
+    the same workers, bit for bit."""
+    made, sizes = [], []
+    real_pool = fe_kernel.worker_pool
+    monkeypatch.setattr(fe_kernel, "worker_pool", lambda size, intra: sizes.append(size) or real_pool(size, intra))
+
+    def kernel(**kw):
+        made.append(kw)
+        return FusedProfileLoss(**kw)
+
+    def fit(**kw):
+        gen = torch.Generator().manual_seed(0)
+        net = FactorizedEmbeddingNet(8, 600, 2, 8, (16, 8), generator=gen)
+        hist, _, _ = train(net, torch.rand(8, 600, generator=gen), n_steps=3, lr=1e-3, l2=1e-4, batch_samples=2,
+                           generator=gen, device=torch.device("cpu"), progress=False, gene_chunk=100, **kw)
+        return hist, net
+
+    h_ref, net_ref = fit(workers=3)
+    h, net = fit(kernel=kernel, workers=3)
+    assert made == [dict(gene_chunk=100, compute_dtype=torch.float32, workers=3)]
+    assert sizes and set(sizes) == {3}
+    assert h.loss == h_ref.loss
+    for (name, p), q in zip(net.named_parameters(), net_ref.parameters()):
+        assert torch.equal(p, q), name
+    with pytest.raises(ValueError, match="workers"):
+        fit(workers=0)

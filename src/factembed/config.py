@@ -35,10 +35,10 @@ class FEConfig:
     the genes (all genes when the model has fewer); the start point is the training
     sample whose reconstruction is nearest to the new profile, measured on
     ``init_genes`` fixed random genes (among at most 4,096 training samples).  The
-    defaults (50 steps x 512 genes) embed 2,000 samples into a TCGA-shape model in
-    44-49 s on 2 CPU cores and land a median 3.3% of the embedding's spread from the
-    full-gene optimum; ``infer_steps=200, infer_genes=2048, infer_lr=2e-2`` lands within
-    0.5% at ~12x the cost (``bench/bench_inference.py``).
+    defaults (50 steps x 512 genes) trade precision for speed; ``infer_steps=200,
+    infer_genes=2048, infer_lr=2e-2`` lands much closer to the full-gene optimum at many
+    times the cost (time and distance of each setting: ``bench/README.md``, measured by
+    ``bench/bench_inference.py``).
 
     Engine: ``device`` ("auto", "cpu", "cuda", "cuda:1", ...), ``precision``
     ("fp32" or "bf16"; "auto" picks bf16 only where the hardware has native bf16

@@ -15,7 +15,8 @@ import math
 
 import torch
 
-from .model import FactorizedEmbeddingNet, FusedProfileLoss
+from .kernel import FusedProfileLoss
+from .model import FactorizedEmbeddingNet
 from .train import _Progress
 
 #: rows of new samples per block (bounds the activations of one block)
@@ -53,10 +54,12 @@ class _GeneWalk:
 
 @torch.no_grad()
 def reconstruct(net: FactorizedEmbeddingNet, Z: torch.Tensor, gene_index: torch.Tensor | None = None,
-                row_block: int = ROW_BLOCK, gene_chunk: int = 4096) -> torch.Tensor:
-    """Decoder output for embeddings ``Z`` (rows x genes), in blocks of rows."""
+                row_block: int = ROW_BLOCK, gene_chunk: int = 4096, workers: int | None = None) -> torch.Tensor:
+    """Decoder output for embeddings ``Z`` (rows x genes), in blocks of rows (on CPU on
+    ``workers`` of the kernel's worker threads; default: automatic)."""
     dev = net.gene_embedding.device
-    outs = [net.decode(Z[i:i + row_block].to(dev), gene_index=gene_index, gene_chunk=gene_chunk).cpu()
+    outs = [net.decode(Z[i:i + row_block].to(dev), gene_index=gene_index, gene_chunk=gene_chunk,
+                       workers=workers).cpu()
             for i in range(0, Z.shape[0], row_block)]
     m = net.n_genes if gene_index is None else len(gene_index)
     return torch.cat(outs) if outs else torch.empty(0, m)
@@ -64,7 +67,8 @@ def reconstruct(net: FactorizedEmbeddingNet, Z: torch.Tensor, gene_index: torch.
 
 @torch.no_grad()
 def nearest_reconstruction_init(net: FactorizedEmbeddingNet, X_new: torch.Tensor, *, init_genes: int,
-                                generator: torch.Generator, row_block: int = ROW_BLOCK) -> torch.Tensor:
+                                generator: torch.Generator, row_block: int = ROW_BLOCK,
+                                workers: int | None = None) -> torch.Tensor:
     """Embedding of the training sample whose reconstruction is nearest to each new
     profile (squared Euclidean distance over ``init_genes`` fixed random genes, or over
     all genes when the model has no more than that).  Models with more than
@@ -81,7 +85,7 @@ def nearest_reconstruction_init(net: FactorizedEmbeddingNet, X_new: torch.Tensor
     if C is not None:
         train_Z = train_Z[C.to(dev)]
     for i in range(0, train_Z.shape[0], row_block):
-        R = net.decode(train_Z[i:i + row_block], gene_index=J_dev, gene_chunk=4096)
+        R = net.decode(train_Z[i:i + row_block], gene_index=J_dev, gene_chunk=4096, workers=workers)
         d = x_sq - 2.0 * Xj @ R.t() + (R * R).sum(1)[None, :]
         val, pos = d.min(1)
         better = val < best
@@ -93,27 +97,31 @@ def nearest_reconstruction_init(net: FactorizedEmbeddingNet, X_new: torch.Tensor
 def embed_new_samples(net: FactorizedEmbeddingNet, X_new: torch.Tensor, *, steps: int, lr: float,
                       infer_genes: int, init_genes: int, generator: torch.Generator,
                       compute_dtype: torch.dtype = torch.float32, gene_chunk: int | None = None,
-                      progress: bool = False, row_block: int = ROW_BLOCK) -> torch.Tensor:
+                      progress: bool = False, row_block: int = ROW_BLOCK,
+                      workers: int | None = None) -> torch.Tensor:
     """Embeddings of the rows of ``X_new`` (float32, samples x genes) in ``net``'s space.
 
     ``net`` is not modified (its parameters are only read).  Adam with cosine decay of
     the learning rate from ``lr`` to 0 over ``steps`` steps; each step uses all genes
     when ``infer_genes >= n_genes``, otherwise ``infer_genes`` genes drawn at random.
+    ``workers``: the kernel's CPU worker threads (default: automatic, see
+    :func:`factembed._cpu_pool.cpu_workers`).
     """
     dev = net.gene_embedding.device
     Z = torch.nn.Parameter(nearest_reconstruction_init(net, X_new, init_genes=init_genes,
-                                                       generator=generator, row_block=row_block))
+                                                       generator=generator, row_block=row_block,
+                                                       workers=workers))
     if steps <= 0:
         return Z.detach().cpu()
     opt = torch.optim.Adam([Z], lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.5 * (1.0 + math.cos(math.pi * t / steps)))
-    fused = FusedProfileLoss(gene_chunk=gene_chunk, compute_dtype=compute_dtype)
+    fused = FusedProfileLoss(gene_chunk=gene_chunk, compute_dtype=compute_dtype, workers=workers)
     layers = [(w.detach(), b.detach()) for w, b in net.decoder_weights()]
     W1s = net.first_sample.weight.detach()
     n_new = X_new.shape[0]
     bar = _Progress(steps, "factembed transform", progress)
     with torch.no_grad():
-        G_all = net.gene_term()
+        G_all = net.gene_term(workers=workers)
     genes = _GeneWalk(net.n_genes, infer_genes, generator)
     try:
         for step in range(1, steps + 1):

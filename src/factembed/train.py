@@ -2,16 +2,17 @@
 
 Each step draws ``batch_samples`` rows of the data matrix (a permutation of the samples
 is walked through, reshuffled every pass) and evaluates the MSE and all its gradients
-with the fused blocked kernel of :mod:`factembed.model`, which also computes the gene
-term of the first layer, block by block (every gene once per step).  The L2 term
-``l2 * sum(p^2)`` over all parameters is applied exactly through Adam's (non-decoupled)
-``weight_decay = 2 * l2``, whose gradient is the same ``2 * l2 * p``; it is therefore not
-recomputed every step.
+with the fused blocked kernel of :mod:`factembed.kernel` (or another kernel passed to
+:func:`train`), which also computes the gene term of the first layer, block by block
+(every gene once per step).  The L2 term ``l2 * sum(p^2)`` over all parameters is
+applied exactly through Adam's (non-decoupled) ``weight_decay = 2 * l2``, whose gradient
+is the same ``2 * l2 * p``; it is therefore not recomputed every step.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Protocol
@@ -19,7 +20,9 @@ from typing import TYPE_CHECKING, Callable, Protocol
 import numpy as np
 import torch
 
-from .model import FactorizedEmbeddingNet, FusedProfileLoss, cpu_workers
+from ._cpu_pool import cpu_workers
+from .kernel import FusedProfileLoss
+from .model import FactorizedEmbeddingNet
 
 if TYPE_CHECKING:  # pragma: no cover
     from .checkpoint import Checkpointer
@@ -178,7 +181,9 @@ def train(net: FactorizedEmbeddingNet, X: torch.Tensor | RowSource, *, n_steps: 
           optimizer: torch.optim.Optimizer | None = None,
           sampler: BatchSampler | None = None,
           before_step: Callable[[], None] | None = None,
-          checkpointer: "Checkpointer | None" = None) -> tuple[History, torch.optim.Optimizer, BatchSampler]:
+          checkpointer: "Checkpointer | None" = None,
+          kernel: Callable[..., FusedProfileLoss] | None = None,
+          workers: int | None = None) -> tuple[History, torch.optim.Optimizer, BatchSampler]:
     """Train ``net`` in place on the (samples x genes) float32 matrix ``X`` (a tensor or
     any :class:`RowSource`).
 
@@ -190,22 +195,33 @@ def train(net: FactorizedEmbeddingNet, X: torch.Tensor | RowSource, *, n_steps: 
     (e.g. an all-reduce of the replicated parameters' gradients across processes).
     ``checkpointer`` writes a checkpoint every ``checkpointer.every`` steps, only after
     every step up to it was checked finite.
+    ``kernel`` makes the loss of a step: a class or factory called as
+    ``kernel(gene_chunk=, compute_dtype=, workers=)`` (the signature of
+    :class:`~factembed.kernel.FusedProfileLoss`, the default) whose result is called like
+    a ``FusedProfileLoss`` and exposes its ``last_stats``.
+    ``workers``: the kernel's CPU worker threads (default: the automatic choice of
+    :func:`~factembed._cpu_pool.cpu_workers`, i.e. ``FACTEMBED_CPU_WORKERS`` if set, else
+    the calling thread's torch threads up to ``MAX_AUTO_WORKERS``, read before this
+    thread drops to one intra-op thread); ignored on other devices.
     Returns the history, the optimizer and the batch sampler (the last two so that a
     caller can checkpoint and resume).
     """
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, numbers.Integral)
+                                or workers < 1):
+        raise ValueError(f"workers must be a positive integer or None, got {workers!r}")
     source = TensorRows(X) if isinstance(X, torch.Tensor) else X
     history = history if history is not None else History()
     optimizer = optimizer or make_optimizer(net.parameters(), lr, l2, device)
     sampler = sampler or BatchSampler(source.shape[0], batch_samples, generator)
     # On CPU the fused kernel's gene blocks go to worker threads (one intra-op thread
-    # each) while this thread runs at one intra-op thread: measured 1.1-2.4x faster
-    # than OpenMP-parallel operations on the 2-core dev machine (bench/bench_ab.py).
-    # Adam stays on this one thread too: waking OpenMP threads for it every step left
-    # them spinning on the cores the workers need (-13% in an interleaved A/B).
+    # each) while this thread runs at one intra-op thread, instead of OpenMP-parallel
+    # operations; Adam stays on this one thread too, rather than waking OpenMP threads
+    # that then spin on the cores the workers need.  Both choices were measured with
+    # bench/bench_ab.py (figures in bench/README.md).
     caller_threads = torch.get_num_threads()
     on_cpu = device.type == "cpu"
-    workers = cpu_workers(1 << 30) if on_cpu else None   # fixed before this thread drops to 1
-    fused = FusedProfileLoss(gene_chunk=gene_chunk, compute_dtype=compute_dtype, workers=workers)
+    workers = cpu_workers(1 << 30, workers) if on_cpu else None   # fixed before this thread drops to 1
+    fused = (kernel or FusedProfileLoss)(gene_chunk=gene_chunk, compute_dtype=compute_dtype, workers=workers)
     bar = _Progress(n_steps, "factembed fit", progress)
     bar.done = start_step
     t0 = time.perf_counter() - (history.seconds[-1] if history.seconds else 0.0)

@@ -1,9 +1,104 @@
-"""The fused kernel's CPU worker threads: exact, reproducible, thread settings restored."""
+"""The fused kernel (kernel.py): loss and gradients against a plain concatenation MLP
+and the chain rule; its CPU worker threads (exact, reproducible, thread settings
+restored); the TorchScript-compiled block pass; the row-split gene term and the
+forward-only blocked decode."""
 import pytest
 import torch
 
-import factembed.model as fe_model
-from factembed.model import FactorizedEmbeddingNet, FusedProfileLoss
+import factembed.kernel as fe_kernel
+from _plain_mlp import grads, make, plain_concat_mlp
+from factembed.kernel import FusedProfileLoss
+from factembed.model import FactorizedEmbeddingNet
+
+
+# -- loss and gradients against the plain model --------------------------------------------
+
+@pytest.mark.parametrize("gene_layer", [False, True])
+@pytest.mark.parametrize("chunk", [None, 1, 64, 300, 301, 1000])
+@pytest.mark.parametrize("hidden", [(16, 8, 8), (5,)])
+def test_fused_loss_and_gradients_equal_plain_fp64(chunk, hidden, gene_layer):
+    net = make(torch.float64, hidden)
+    idx = torch.tensor([1, 4, 7, 9])
+    X = torch.randn(4, net.n_genes, dtype=torch.float64)
+    loss_ref = ((plain_concat_mlp(net, idx) - X) ** 2).mean()
+    loss_ref.backward()
+    ref = grads(net)
+    net.zero_grad()
+    fused = FusedProfileLoss(gene_chunk=chunk, compute_dtype=torch.float64)
+    S = net.sample_term(net.sample_embedding[idx])
+    loss = fused(S, net.gene_layer() if gene_layer else net.gene_term(), X, net.decoder_weights())
+    loss.backward()
+    assert abs(loss.item() - loss_ref.item()) <= 1e-12 * max(1.0, abs(loss_ref.item()))
+    for name, g in grads(net).items():
+        assert torch.allclose(g, ref[name], rtol=1e-10, atol=1e-13), name
+
+
+def test_fused_fp32_tolerance_and_stats():
+    """fp32: agreement within 1e-5 relative; the returned stats are sums over the batch."""
+    net = make(torch.float32)
+    idx = torch.tensor([2, 5])
+    X = torch.randn(2, net.n_genes)
+    pred = plain_concat_mlp(net, idx)
+    loss_ref = ((pred - X) ** 2).mean()
+    loss_ref.backward()
+    ref = grads(net)
+    net.zero_grad()
+    fused = FusedProfileLoss(gene_chunk=37)
+    loss = fused(net.sample_term(net.sample_embedding[idx]), net.gene_term(), X, net.decoder_weights())
+    loss.backward()
+    assert loss.item() == pytest.approx(loss_ref.item(), rel=1e-5)
+    for name, g in grads(net).items():
+        scale = ref[name].abs().max().item()
+        assert (g - ref[name]).abs().max().item() <= 1e-5 * scale + 1e-9, name
+    y_sum, y_sq, xy = fused.last_stats.tolist()
+    p = pred.detach()
+    assert y_sum == pytest.approx(p.sum().item(), rel=1e-4, abs=1e-3)
+    assert y_sq == pytest.approx((p * p).sum().item(), rel=1e-4)
+    assert xy == pytest.approx((p * X).sum().item(), rel=1e-4, abs=1e-3)
+
+
+def test_row_weights_and_inference_mode():
+    """Row weights give sum over rows of each row's MSE; weight_grads=False leaves the
+    decoder without gradients but the sample gradients unchanged."""
+    net = make(torch.float64)
+    idx = torch.tensor([0, 1, 2])
+    X = torch.randn(3, net.n_genes, dtype=torch.float64)
+    w = torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64)
+    z = net.sample_embedding[idx].detach().clone().requires_grad_(True)
+    ref = (((net.decode(z) - X) ** 2).mean(1) * w).sum()
+    (gz_ref,) = torch.autograd.grad(ref, z)
+    z2 = z.detach().clone().requires_grad_(True)
+    fused = FusedProfileLoss(gene_chunk=40, compute_dtype=torch.float64)
+    layers = [(a.detach(), b.detach()) for a, b in net.decoder_weights()]
+    with torch.no_grad():
+        G = net.gene_term()
+    loss = fused(z2 @ net.first_sample.weight.detach().T, G, X, layers, weight_grads=False, row_weights=w)
+    loss.backward()
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-12)
+    assert torch.allclose(z2.grad, gz_ref, rtol=1e-10, atol=1e-14)
+    assert all(p.grad is None for p in net.parameters())
+
+
+@pytest.mark.parametrize("gene_layer", [False, True])
+def test_fused_gradients_follow_the_upstream_gradient(gene_layer):
+    """backward() skips the scaling for the usual upstream gradient 1; any other is applied."""
+    net = make(torch.float64)
+    idx = torch.tensor([0, 5])
+    X = torch.randn(2, net.n_genes, dtype=torch.float64)
+    fused = FusedProfileLoss(gene_chunk=64, compute_dtype=torch.float64)
+
+    def run(factor):
+        net.zero_grad()
+        G = net.gene_layer() if gene_layer else net.gene_term()
+        (factor * fused(net.sample_term(net.sample_embedding[idx]), G, X, net.decoder_weights())).backward()
+        return grads(net)
+
+    one, three = run(1.0), run(-3.0)
+    for name in one:
+        assert torch.allclose(three[name], -3.0 * one[name], rtol=1e-12, atol=1e-15), name
+
+
+# -- CPU worker threads ---------------------------------------------------------------------
 
 
 def setup(dtype=torch.float32, m=997, gene_layer=False):
@@ -12,7 +107,7 @@ def setup(dtype=torch.float32, m=997, gene_layer=False):
     idx = torch.tensor([0, 2, 5])
     X = torch.randn(3, m, dtype=dtype)
     S = net.sample_term(net.sample_embedding[idx]).detach()
-    G = fe_model.GeneLayer(*(t.detach() for t in net.gene_layer())) if gene_layer else net.gene_term().detach()
+    G = fe_kernel.GeneLayer(*(t.detach() for t in net.gene_layer())) if gene_layer else net.gene_term().detach()
     layers = [(w.detach(), b.detach()) for w, b in net.decoder_weights()]
     return S, G, X, layers
 
@@ -27,7 +122,7 @@ def run(fused, S, G, X, layers, weight_grads=True):
 
 @pytest.mark.parametrize("gene_layer", [False, True])
 @pytest.mark.parametrize("workers", [2, 3])
-def test_workers_agree_with_one_sweep_fp64(workers, gene_layer):
+def test_workers_agree_with_one_worker_fp64(workers, gene_layer):
     args = setup(torch.float64, gene_layer=gene_layer)
     one = run(FusedProfileLoss(gene_chunk=50, compute_dtype=torch.float64, workers=1), *args)
     many = run(FusedProfileLoss(gene_chunk=50, compute_dtype=torch.float64, workers=workers), *args)
@@ -46,10 +141,10 @@ def test_workers_are_bit_reproducible_and_keep_thread_settings(gene_layer):
     assert torch.get_num_threads() == before
 
 
-def test_inference_mode_and_module_default(monkeypatch):
+def test_inference_mode_and_default_workers_from_the_environment(monkeypatch):
     args = setup()
     ref = run(FusedProfileLoss(gene_chunk=100, workers=1), *args, weight_grads=False)
-    monkeypatch.setattr(fe_model, "CPU_WORKERS", 2)
+    monkeypatch.setenv("FACTEMBED_CPU_WORKERS", "2")
     got = run(FusedProfileLoss(gene_chunk=100), *args, weight_grads=False)
     assert torch.allclose(ref, got, rtol=1e-5, atol=1e-7)
 
@@ -72,11 +167,10 @@ def test_bf16_compute_runs_and_is_close(gene_layer):
 
 
 def test_gene_term_split_over_workers_matches_linear(monkeypatch):
-    monkeypatch.setattr(fe_model, "_SPLIT_MIN_MACS", 1)
-    monkeypatch.setattr(fe_model, "CPU_WORKERS", 2)
+    monkeypatch.setattr(fe_kernel, "_SPLIT_MIN_MACS", 1)
     torch.manual_seed(0)
     net = FactorizedEmbeddingNet(5, 1500, 2, 7, (12, 6)).double()
-    G = net.gene_term()
+    G = net.gene_term(workers=2)
     assert G.grad_fn is not None and "RowSplit" in type(G.grad_fn).__name__
     w = torch.randn_like(G)
     (G * w).sum().backward()
@@ -92,53 +186,25 @@ def test_gene_term_split_over_workers_matches_linear(monkeypatch):
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_blocked_decode_without_grad_matches_plain(monkeypatch, workers):
-    monkeypatch.setattr(fe_model, "CPU_WORKERS", workers)
-    monkeypatch.setattr(fe_model, "_DECODE_ROWS", 64)
+    monkeypatch.setattr(fe_kernel, "_DECODE_ROWS", 64)
     torch.manual_seed(0)
     net = FactorizedEmbeddingNet(9, 301, 2, 7, (16, 8, 8)).double()
     z = net.sample_embedding[[0, 4, 8]].detach()
     ref = net.decode(z.clone().requires_grad_(True)).detach()      # autograd path
     with torch.no_grad():
-        got = net.decode(z)
-        sub = net.decode(z, gene_index=torch.tensor([5, 0, 300]))
+        got = net.decode(z, workers=workers)
+        sub = net.decode(z, gene_index=torch.tensor([5, 0, 300]), workers=workers)
     assert torch.allclose(got, ref, rtol=1e-12, atol=1e-14)
     assert torch.allclose(sub, ref[:, [5, 0, 300]], rtol=1e-12, atol=1e-14)
-
-
-def test_train_runs_the_whole_step_on_the_kernel_workers(monkeypatch):
-    """train() runs its own thread at 1 intra-op thread; the step's products, the gene
-    term's included, must still be shared out to the kernel's workers (regression: the
-    gene term once ran on one thread, ~11% of the step time lost).  The gene term is
-    computed inside the sweep (no all-gene product), block by block on the workers."""
-    from factembed.train import train
-    sizes, layer_inputs = [], []
-    real_pool, real_eval = fe_model._worker_pool, FusedProfileLoss.evaluate
-    monkeypatch.setattr(fe_model, "_worker_pool", lambda size, intra: sizes.append(size) or real_pool(size, intra))
-    monkeypatch.setattr(FusedProfileLoss, "evaluate",
-                        lambda self, S, G, *a, **k: layer_inputs.append(isinstance(G, fe_model.GeneLayer))
-                        or real_eval(self, S, G, *a, **k))
-    monkeypatch.setattr(FactorizedEmbeddingNet, "gene_term", lambda *a, **k: pytest.fail("all-gene product"))
-    monkeypatch.setattr(fe_model, "CPU_WORKERS", None)
-    n_threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        gen = torch.Generator().manual_seed(0)
-        net = FactorizedEmbeddingNet(8, 1024, 2, 64, (64, 8), generator=gen)
-        train(net, torch.rand(8, 1024), n_steps=3, lr=1e-3, l2=0.0, batch_samples=2, generator=gen,
-              device=torch.device("cpu"), progress=False, gene_chunk=128)
-    finally:
-        torch.set_num_threads(n_threads)
-    assert layer_inputs == [True, True, True]
-    assert sizes and set(sizes) == {2}
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("gene_layer", [False, True])
 @pytest.mark.parametrize("weight_grads", [True, False])
-def test_scripted_sweep_is_available_and_identical_to_plain_python(gene_layer, weight_grads, dtype):
-    """The sweep runs TorchScript-compiled (no GIL between operations); the compiled and
-    the plain Python function are the same code and must give bit-identical results."""
-    assert isinstance(fe_model._compiled_sweep(), torch.jit.ScriptFunction)
+def test_scripted_block_pass_is_available_and_identical_to_plain_python(gene_layer, weight_grads, dtype):
+    """The block pass runs TorchScript-compiled (no GIL between operations); the compiled
+    and the plain Python function are the same code and must give bit-identical results."""
+    assert isinstance(fe_kernel._compiled_block_pass(), torch.jit.ScriptFunction)
     args = setup(torch.float64 if dtype == torch.float64 else torch.float32, gene_layer=gene_layer)
     compiled = run(FusedProfileLoss(gene_chunk=64, compute_dtype=dtype, workers=2), *args,
                    weight_grads=weight_grads)
@@ -163,7 +229,7 @@ def test_gene_layer_gradients_are_the_chain_rule_of_the_gene_term_fp64(weight_gr
     rw = torch.tensor([0.5, 2.0, 1.0], dtype=torch.float64) if row_weights else None
     fused = FusedProfileLoss(gene_chunk=40, compute_dtype=torch.float64, workers=2)
     loss_g, dS_g, (dG,), dW_g = fused.evaluate(S, G, X, layers, weight_grads, rw)
-    loss_l, dS_l, (dE, dWg, dbg), dW_l = fused.evaluate(S, fe_model.GeneLayer(E, W, b), X, layers,
+    loss_l, dS_l, (dE, dWg, dbg), dW_l = fused.evaluate(S, fe_kernel.GeneLayer(E, W, b), X, layers,
                                                          weight_grads, rw)
     close = dict(rtol=1e-10, atol=1e-14)
     assert torch.allclose(loss_l, loss_g, **close) and torch.allclose(dS_l, dS_g, **close)
@@ -171,7 +237,7 @@ def test_gene_layer_gradients_are_the_chain_rule_of_the_gene_term_fp64(weight_gr
     assert torch.allclose(dWg, dG.T @ E, **close)
     assert torch.allclose(dbg, dG.sum(0), **close)
     assert (dW_l is None) == (dW_g is None) == (not weight_grads)
-    _, _, none, _ = fused.evaluate(S, fe_model.GeneLayer(E, W, b), X, layers, weight_grads, rw, gene_grad=False)
+    _, _, none, _ = fused.evaluate(S, fe_kernel.GeneLayer(E, W, b), X, layers, weight_grads, rw, gene_grad=False)
     assert none is None
 
 
