@@ -137,7 +137,7 @@ def test_cli_fit_distributed_two_processes(tmp_path, capfd, monkeypatch):
     out = tmp_path / "model"
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     rc = main(["fit", str(tmp_path / "x.npy"), "-o", str(out), "--distributed", "2", "--backed", "--steps", "10",
-               "--gene-dim", "4", "--hidden", "8", "--seed", "0", "--quiet"])
+               "--gene-dim", "4", "--hidden", "8", "--seed", "0", "--quiet", "--training", "reference"])
     captured = capfd.readouterr()
     assert rc == 0, captured.err[-3000:]
     assert "on 2 process(es)" in captured.out

@@ -22,9 +22,15 @@ CONFIG_HELP = {
     "gene_dim": "size of each gene embedding (default %(default)s)",
     "hidden": "widths of the decoder's ReLU hidden layers, comma separated (default 100,50,50)",
     "l2": "weight of the L2 penalty on all parameters (default %(default)s)",
-    "lr": "Adam learning rate for training (default %(default)s)",
-    "batch_samples": "whole profiles per training step (default %(default)s)",
-    "n_steps": "training steps (default: 40 passes over the samples, clipped to 2,000..100,000)",
+    "training": "training recipe: 'fast' (gene-subset batches, 10x step for the sample table, 20 passes over "
+                "the pairs) or 'reference' (the study's: 4 whole profiles per step, lr 5e-3, 40 passes) "
+                "(default %(default)s)",
+    "lr": "Adam learning rate of the decoder and gene table (default 5e-3)",
+    "batch_samples": "profiles per training step (default: the recipe's; reference 4)",
+    "batch_genes": "genes per training step (default: the recipe's; reference: all)",
+    "sample_lr_scale": "learning rate of the sample table as a multiple of --lr (default: fast 10, reference 1)",
+    "n_steps": "training steps (default: the recipe's; reference: 40 passes over the samples, clipped to "
+               "2,000..100,000)",
     "infer_steps": "Adam steps when embedding new samples (default %(default)s)",
     "infer_lr": "Adam learning rate when embedding new samples (default %(default)s)",
     "infer_genes": "genes per inference step, walked through a random permutation (default %(default)s; all when fewer)",
@@ -72,13 +78,15 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
         default = getattr(defaults, f.name)
         if f.name == "hidden":
             kind = _int_tuple
-        elif isinstance(default, float):
+        elif isinstance(default, float) or f.name in ("lr", "sample_lr_scale"):
             kind = float
-        elif isinstance(default, int) or f.name in ("n_steps", "gene_chunk", "random_state"):
+        elif isinstance(default, int) or f.name in ("n_steps", "gene_chunk", "random_state", "batch_samples",
+                                                      "batch_genes"):
             kind = int
         else:
             kind = str
-        group.add_argument(opt, dest=f.name, type=kind, default=default, help=CONFIG_HELP[f.name])
+        extra = {"choices": ("fast", "reference")} if f.name == "training" else {}
+        group.add_argument(opt, dest=f.name, type=kind, default=default, help=CONFIG_HELP[f.name], **extra)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 

@@ -26,9 +26,12 @@ class FEConfig:
     Model: ``sample_dim`` (size of each sample embedding), ``gene_dim`` (size of each
     gene embedding), ``hidden`` (widths of the ReLU hidden layers of the decoder).
 
-    Training: ``l2`` (weight of the sum of squares of *all* parameters added to the
-    MSE), ``lr`` (Adam learning rate), ``batch_samples`` (whole profiles per step),
-    ``n_steps`` (``None`` = automatic, see :func:`auto_n_steps`).
+    Training: ``training`` ("fast", the default, or "reference": the study's exact
+    training; see :mod:`factembed.recipes`), ``l2`` (weight of the sum of squares of
+    *all* parameters added to the MSE), ``lr`` (Adam learning rate; ``None``: 5e-3),
+    ``batch_samples`` (profiles per step), ``batch_genes`` (genes per step),
+    ``sample_lr_scale`` (the sample table's learning rate as a multiple of ``lr``),
+    ``n_steps``; each ``None`` means the recipe's choice.
 
     Inference of new samples: ``infer_steps`` Adam steps at ``infer_lr`` (cosine decay
     to 0), each over ``infer_genes`` genes taken in turn from a random permutation of
@@ -50,9 +53,12 @@ class FEConfig:
     gene_dim: int = 100
     hidden: tuple[int, ...] = (100, 50, 50)
     l2: float = 1e-7
-    lr: float = 5e-3
-    batch_samples: int = 4
+    lr: float | None = None
+    batch_samples: int | None = None
     n_steps: int | None = None
+    training: str = "fast"
+    batch_genes: int | None = None
+    sample_lr_scale: float | None = None
     infer_steps: int = 50
     infer_lr: float = 1e-2
     infer_genes: int = 512
@@ -75,9 +81,12 @@ class FEConfig:
             if isinstance(value, bool) or not isinstance(value, (int,)) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
-        for name in ("sample_dim", "gene_dim", "batch_samples", "infer_genes", "init_genes"):
+        for name in ("sample_dim", "gene_dim", "infer_genes", "init_genes"):
             positive_int(name, getattr(self, name))
-        positive_int("n_steps", self.n_steps, allow_none=True)
+        for name in ("n_steps", "batch_samples", "batch_genes"):
+            positive_int(name, getattr(self, name), allow_none=True)
+        if self.training not in ("fast", "reference"):
+            raise ValueError(f"training must be 'fast' or 'reference', got {self.training!r}")
         if isinstance(self.infer_steps, bool) or not isinstance(self.infer_steps, int) or self.infer_steps < 0:
             raise ValueError(f"infer_steps must be a non-negative integer (0 = start point only), "
                              f"got {self.infer_steps!r}")
@@ -86,11 +95,13 @@ class FEConfig:
             raise ValueError("hidden must name at least one hidden layer width")
         for h in self.hidden:
             positive_int("hidden", h)
-        for name in ("l2", "lr", "infer_lr"):
+        for name in ("l2", "lr", "infer_lr", "sample_lr_scale"):
             v = getattr(self, name)
-            if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            if v is None and name in ("lr", "sample_lr_scale"):
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
                 raise ValueError(f"{name} must be a finite non-negative number, got {v!r}")
-        if self.lr == 0 or self.infer_lr == 0:
+        if self.lr == 0 or self.infer_lr == 0 or self.sample_lr_scale == 0:
             raise ValueError("learning rates must be > 0")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {self.precision!r}")

@@ -23,12 +23,13 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator, TransformerMixin
 
-from .config import FEConfig, auto_n_steps
+from .config import FEConfig
 from .errors import FEInputError
 from ._files import write_bytes_atomic
 from .infer import embed_new_samples, reconstruct
 from .model import FactorizedEmbeddingNet
-from .runner import make_checkpointer, run_training
+from .recipes import plan_training
+from .runner import batch_plan, make_checkpointer, run_training
 from .train import BatchSampler, as_float32_tensor, resolve_device, resolve_precision
 from ._validation import check_matrix
 
@@ -61,9 +62,11 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
     Training minimises MSE + ``l2`` * (sum of squares of all parameters) with Adam.
 
     Parameters are those of :class:`factembed.config.FEConfig` (see there for every
-    one): ``sample_dim=2, gene_dim=100, hidden=(100, 50, 50), l2=1e-7, lr=5e-3,
-    batch_samples=4, n_steps=None`` (automatic: ``clip(ceil(40 n / batch_samples),
-    2000, 100000)``), inference ``infer_steps=50, infer_lr=1e-2, infer_genes=512,
+    one): ``sample_dim=2, gene_dim=100, hidden=(100, 50, 50), l2=1e-7``, training
+    ``training="fast"`` (or ``"reference"``, the study's exact training; see
+    :mod:`factembed.recipes`) with ``lr``, ``batch_samples``, ``batch_genes``,
+    ``sample_lr_scale``, ``n_steps`` = ``None`` (the recipe's choice; explicit values
+    override it), inference ``infer_steps=50, infer_lr=1e-2, infer_genes=512,
     init_genes=2048``, engine ``device="auto", precision="fp32", gene_chunk=None,
     random_state=None, verbose=True``.
 
@@ -77,8 +80,9 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
     """
 
     def __init__(self, sample_dim: int = 2, gene_dim: int = 100, hidden: tuple[int, ...] = (100, 50, 50),
-                 l2: float = 1e-7, lr: float = 5e-3, batch_samples: int = 4, n_steps: int | None = None,
-                 infer_steps: int = 50, infer_lr: float = 1e-2, infer_genes: int = 512,
+                 l2: float = 1e-7, lr: float | None = None, batch_samples: int | None = None,
+                 n_steps: int | None = None, training: str = "fast", batch_genes: int | None = None,
+                 sample_lr_scale: float | None = None, infer_steps: int = 50, infer_lr: float = 1e-2, infer_genes: int = 512,
                  init_genes: int = 2048, device: str = "auto", precision: str = "fp32",
                  gene_chunk: int | None = None, random_state: int | None = None, verbose: bool = True):
         self.sample_dim = sample_dim
@@ -88,6 +92,9 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
         self.lr = lr
         self.batch_samples = batch_samples
         self.n_steps = n_steps
+        self.training = training
+        self.batch_genes = batch_genes
+        self.sample_lr_scale = sample_lr_scale
         self.infer_steps = infer_steps
         self.infer_lr = infer_lr
         self.infer_genes = infer_genes
@@ -177,17 +184,20 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
             torch.manual_seed(int(self.random_state))
         net = FactorizedEmbeddingNet(n, m, cfg.sample_dim, cfg.gene_dim, cfg.hidden, generator=gen)
         net.to(device)
-        n_steps = cfg.n_steps or auto_n_steps(n, cfg.batch_samples)
+        plan = plan_training(cfg, n, m)
+        n_steps = plan.n_steps
+        gene_seed = int(torch.randint(0, 2**62, (1,), generator=self._generator(salt=2)))
 
         def new_sampler():
-            if hasattr(source, "make_sampler"):
-                return source.make_sampler(cfg.batch_samples, gen)
-            return BatchSampler(n, cfg.batch_samples, gen)
+            rows = source.make_sampler(plan.batch_samples, gen) if hasattr(source, "make_sampler") \
+                else BatchSampler(n, plan.batch_samples, gen)
+            return batch_plan(rows, m, plan, gene_seed)
 
         checkpointer = make_checkpointer(checkpoint_dir, checkpoint_every, checkpoint_meta(cfg, n, m),
                                          resume=resume)
-        outcome = run_training(net, source, n_steps=n_steps, lr=cfg.lr, l2=cfg.l2,
-                               batch_samples=cfg.batch_samples, generator=gen, new_sampler=new_sampler,
+        self.training_plan_ = plan
+        outcome = run_training(net, source, n_steps=n_steps, lr=plan.lr, sample_lr=plan.sample_lr, l2=cfg.l2,
+                               batch_samples=plan.batch_samples, generator=gen, new_sampler=new_sampler,
                                device=device, compute_dtype=dtype, gene_chunk=cfg.gene_chunk,
                                progress=cfg.verbose, checkpointer=checkpointer, resume=resume,
                                divergence_retries=divergence_retries)

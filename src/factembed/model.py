@@ -84,12 +84,14 @@ class FactorizedEmbeddingNet(nn.Module):
             return split_linear(emb, self.first_gene.weight, self.first_gene.bias, workers)
         return self.first_gene(emb)
 
-    def gene_layer(self) -> "GeneLayer":
+    def gene_layer(self, gene_index: torch.Tensor | None = None) -> "GeneLayer":
         """The gene half of the first layer as parameters, for
         :class:`factembed.kernel.FusedProfileLoss` to compute the gene term block by
-        block inside its pass over gene blocks."""
+        block inside its pass over gene blocks; with ``gene_index``, for those genes only
+        (their embedding rows are gathered: gradients reach only those rows)."""
         from .kernel import GeneLayer
-        return GeneLayer(self.gene_embedding, self.first_gene.weight, self.first_gene.bias)
+        emb = self.gene_embedding if gene_index is None else self.gene_embedding.index_select(0, gene_index)
+        return GeneLayer(emb, self.first_gene.weight, self.first_gene.bias)
 
     def sample_term(self, z: torch.Tensor) -> torch.Tensor:
         """``W1_s s_i`` for sample embeddings ``z``: ``(samples, hidden[0])``."""

@@ -22,7 +22,16 @@ import torch
 from .checkpoint import Checkpointer
 from .errors import FEInputError
 from .model import FactorizedEmbeddingNet
-from .train import History, make_optimizer, train
+from .train import BatchPlan, GeneWalk, History, make_optimizer, train
+
+
+def batch_plan(rows: Any, n_genes: int, plan: Any, gene_seed: int) -> BatchPlan:
+    """The rows sampler plus, when ``plan.batch_genes`` is set, a gene walk drawn from its
+    own generator seeded with ``gene_seed`` (the same on every rank of a data-parallel
+    run, so all ranks train the same genes at each step)."""
+    if plan.batch_genes is None:
+        return BatchPlan(rows)
+    return BatchPlan(rows, GeneWalk(n_genes, plan.batch_genes, torch.Generator().manual_seed(int(gene_seed))))
 
 
 @dataclass
@@ -46,6 +55,7 @@ def make_checkpointer(directory: str | os.PathLike | None, every: int, meta: dic
 
 
 def run_training(net: FactorizedEmbeddingNet, source: Any, *, n_steps: int, lr: float, l2: float,
+                 sample_lr: float | None = None,
                  batch_samples: int, generator: torch.Generator, new_sampler: Callable[[], Any],
                  device: torch.device, compute_dtype: torch.dtype, gene_chunk: int | None,
                  progress: bool, checkpointer: Checkpointer | None = None, resume: bool = False,
@@ -64,7 +74,7 @@ def run_training(net: FactorizedEmbeddingNet, source: Any, *, n_steps: int, lr: 
     init_state = {k: v.clone() for k, v in net.state_dict().items()}
     gen_start = generator.get_state()
     sampler = new_sampler()
-    optimizer = make_optimizer(net.parameters(), lr, l2, device)
+    optimizer = make_optimizer(net, lr, l2, device, sample_lr=sample_lr)
     history, start, resumed_from = History(), 0, None
     state = resume_state
     if state is None and checkpointer is not None and resume:
@@ -90,10 +100,11 @@ def run_training(net: FactorizedEmbeddingNet, source: Any, *, n_steps: int, lr: 
                 raise
             divergence_retries -= 1
             lr /= 10.0
+            sample_lr = None if sample_lr is None else sample_lr / 10.0
             state = checkpointer.latest() if checkpointer is not None else None
             if state is not None:
                 net.load_state_dict(state.net_state)
-                optimizer = make_optimizer(net.parameters(), lr, l2, device)
+                optimizer = make_optimizer(net, lr, l2, device, sample_lr=sample_lr)
                 optimizer.load_state_dict(state.optimizer_state)
                 sampler = new_sampler()
                 sampler.load_state_dict(state.sampler_state)
@@ -102,10 +113,11 @@ def run_training(net: FactorizedEmbeddingNet, source: Any, *, n_steps: int, lr: 
                 net.load_state_dict(init_state)
                 generator.set_state(gen_start)
                 sampler = new_sampler()
-                optimizer = make_optimizer(net.parameters(), lr, l2, device)
+                optimizer = make_optimizer(net, lr, l2, device, sample_lr=sample_lr)
                 history, start = History(), 0
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            groups = optimizer.param_groups
+            for group, value in zip(groups, [lr] if len(groups) == 1 else [sample_lr, lr]):
+                group["lr"] = value
             warnings.warn(f"{exc}; retrying from step {start} with lr={lr:g}", stacklevel=2)
     if hasattr(sampler, "close"):
         sampler.close()

@@ -129,6 +129,79 @@ class BatchSampler:
         self.gen.set_state(state["generator"])
 
 
+class GeneWalk:
+    """The genes of each step when a step trains on ``batch_genes`` genes: consecutive
+    pieces of a random permutation of the genes, a fresh permutation every cycle, so
+    every gene is trained once per cycle.  Every step has exactly ``batch_genes`` genes:
+    the last piece of a cycle is completed with genes from the start of the same
+    permutation (distinct from the piece's own).  ``state_dict``/``load_state_dict``
+    capture the permutation, the position and the random state, for bitwise resume."""
+
+    def __init__(self, n_genes: int, batch_genes: int, generator: torch.Generator) -> None:
+        self.m = int(n_genes)
+        self.k = min(int(batch_genes), self.m)
+        self.gen = generator
+        self.perm = torch.randperm(self.m, generator=self.gen)
+        self.pos = 0
+        self.cycles = 0
+
+    def next(self) -> torch.Tensor:
+        if self.pos >= self.m:
+            self.perm = torch.randperm(self.m, generator=self.gen)
+            self.pos = 0
+            self.cycles += 1
+        idx = self.perm[self.pos:self.pos + self.k]
+        if len(idx) < self.k:
+            idx = torch.cat([idx, self.perm[:self.k - len(idx)]])
+        self.pos += self.k
+        return idx
+
+    def state_dict(self) -> dict:
+        return {"perm": self.perm.clone(), "pos": self.pos, "cycles": self.cycles,
+                "generator": self.gen.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.perm = torch.as_tensor(state["perm"]).clone()
+        self.pos = int(state["pos"])
+        self.cycles = int(state["cycles"])
+        self.gen.set_state(state["generator"])
+
+
+class BatchPlan:
+    """What each step trains on: rows from ``rows`` (a batch sampler) and, with
+    ``genes`` (a :class:`GeneWalk`), only those genes of them; ``genes=None``: all genes.
+    Its state (for checkpoints) is the row sampler's, plus the walk's under ``genes/``."""
+
+    def __init__(self, rows, genes: GeneWalk | None = None) -> None:
+        self.rows = rows
+        self.genes = genes
+
+    @property
+    def b(self) -> int:
+        return self.rows.b
+
+    def next(self) -> torch.Tensor:
+        return self.rows.next()
+
+    def next_genes(self) -> torch.Tensor | None:
+        return None if self.genes is None else self.genes.next()
+
+    def state_dict(self) -> dict:
+        state = dict(self.rows.state_dict())
+        if self.genes is not None:
+            state.update({f"genes/{k}": v for k, v in self.genes.state_dict().items()})
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rows.load_state_dict({k: v for k, v in state.items() if not k.startswith("genes/")})
+        if self.genes is not None:
+            self.genes.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("genes/")})
+
+    def close(self) -> None:
+        if hasattr(self.rows, "close"):
+            self.rows.close()
+
+
 def pearson_from_stats(x_sum: float, x_sq: float, y_sum: float, y_sq: float, xy: float, n: int) -> float:
     cov = xy - x_sum * y_sum / n
     vx = x_sq - x_sum * x_sum / n
@@ -138,8 +211,19 @@ def pearson_from_stats(x_sum: float, x_sq: float, y_sum: float, y_sq: float, xy:
     return float(cov / math.sqrt(vx * vy))
 
 
-def make_optimizer(params, lr: float, l2: float, device: torch.device) -> torch.optim.Adam:
+def make_optimizer(params, lr: float, l2: float, device: torch.device,
+                   sample_lr: float | None = None) -> torch.optim.Adam:
+    """Adam over ``params`` (a module's parameters, or ``net`` itself) with the L2 term
+    as coupled weight decay ``2 * l2``.  With ``sample_lr`` (and ``params`` a
+    :class:`FactorizedEmbeddingNet`), the sample table gets its own learning rate: it
+    only moves when its sample is in the batch."""
     kwargs = dict(lr=lr, weight_decay=2.0 * l2)
+    if sample_lr is not None and isinstance(params, FactorizedEmbeddingNet):
+        net = params
+        rest = [p for name, p in net.named_parameters() if name != "sample_embedding"]
+        params = [{"params": [net.sample_embedding], "lr": sample_lr}, {"params": rest}]
+    elif isinstance(params, FactorizedEmbeddingNet):
+        params = params.parameters()
     try:
         return torch.optim.Adam(params, fused=True, **kwargs)
     except (RuntimeError, TypeError):  # fused Adam unsupported on this device/torch
@@ -225,7 +309,8 @@ def train(net: FactorizedEmbeddingNet, X: torch.Tensor | RowSource, *, n_steps: 
     bar = _Progress(n_steps, "factembed fit", progress)
     bar.done = start_step
     t0 = time.perf_counter() - (history.seconds[-1] if history.seconds else 0.0)
-    pairs = sampler.b * source.shape[1]
+    walk = getattr(sampler, "genes", None)
+    pairs = sampler.b * (source.shape[1] if walk is None else walk.k)
     pending: list[tuple[int, float, torch.Tensor]] = []
 
     def flush() -> None:
@@ -257,7 +342,13 @@ def train(net: FactorizedEmbeddingNet, X: torch.Tensor | RowSource, *, n_steps: 
             xb = source.rows(idx).to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
             S = net.sample_term(net.sample_embedding[idx.to(device)])
-            loss = fused(S, net.gene_layer(), xb, net.decoder_weights())
+            if walk is None:
+                layer = net.gene_layer()
+            else:   # this step's genes only: their columns and embedding rows (gradients flow to those rows)
+                genes = sampler.next_genes().to(device)
+                xb = xb.index_select(1, genes)
+                layer = net.gene_layer(genes)
+            loss = fused(S, layer, xb, net.decoder_weights())
             loss.backward()
             if before_step is not None:
                 before_step()

@@ -371,7 +371,9 @@ def _fit_in_memory(request: FitRequest, echo: Echo) -> FitResult:
     from .estimator import FactorizedEmbeddings
 
     fitted, data = prepare_in_memory(request, echo)
-    echo(f"training on {data.n_samples:,} samples x {data.n_genes:,} genes ({fitted.config})")
+    from .recipes import plan_training
+    echo(f"training on {data.n_samples:,} samples x {data.n_genes:,} genes ({fitted.config}); "
+         f"{plan_training(request.config, data.n_samples, data.n_genes).describe()}")
     fe = FactorizedEmbeddings.from_config(request.config)
     t0 = time.perf_counter()
     fe.fit(data.X, sample_names=data.samples, gene_names=data.genes, **_checkpoint_kwargs(request))
@@ -430,9 +432,11 @@ def _launch_distributed(request: FitRequest, echo: Echo) -> FitResult:
                     "samples": data.samples.tolist(),
                     "labels": None if data.labels is None else [str(v) for v in data.labels.tolist()]}
         del data
-    if n < nproc * request.config.batch_samples:
+    from .recipes import plan_training
+    plan = plan_training(request.config, n, len(fitted.genes), nproc)
+    if n < nproc * plan.batch_samples:
         raise FEInputError(f"{n} samples cannot give each of {nproc} processes batch_samples="
-                           f"{request.config.batch_samples}; use fewer processes or a smaller batch", request.data)
+                           f"{plan.batch_samples}; use fewer processes or a smaller batch", request.data)
     prepared["preprocessing"] = fitted.to_dict()
     rank_request = FitRequest.from_dict(request.to_dict())
     rank_request.processes = UNDER_TORCHRUN
@@ -513,8 +517,11 @@ def fit_rank(request: FitRequest, echo: Echo = _stderr) -> FitResult | None:
     try:
         rows, lo, n, samples, labels, fitted, to_close = _rank_data(request, rank, world, echo)
         m = rows.shape[1]
+        from .recipes import plan_training
+        plan = plan_training(cfg, n, m, world)
         echo(f"distributed training: {world} process(es) ({dist.get_backend()}), {n:,} samples x {m:,} genes, "
-             f"{cfg.batch_samples} profiles per rank per step (global batch {cfg.batch_samples * world})")
+             f"{plan.batch_samples} profiles per rank per step (global batch {plan.batch_samples * world}); "
+             f"{plan.describe()}")
         ck = request.checkpoints
         t0 = time.perf_counter()
         res = fit_distributed(rows, config=cfg, n_total=n, lo=lo, samples=samples, genes=fitted.genes,

@@ -10,10 +10,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ..config import FEConfig, auto_n_steps
+from ..config import FEConfig
 from ..errors import FEInputError
 from ..model import FactorizedEmbeddingNet
-from ..train import BatchSampler, TensorRows, as_float32_tensor, resolve_device, resolve_precision, train
+from ..train import (BatchSampler, TensorRows, as_float32_tensor, make_optimizer, resolve_device,
+                     resolve_precision, train)
 from .group import (_SEED_MULT, GradientAllReduce, _agree_seed, _comm_device, all_gather_objects,
                     broadcast_replicated, gather_rows, rank_generator, replica_spread, shard_bounds)
 
@@ -73,7 +74,8 @@ def fit_distributed(source: Any, *, config: FEConfig | dict, n_total: int, lo: i
     continues every rank from the newest step that all ranks hold a valid checkpoint
     of (a rank killed between two ranks' writes falls back to the one before)."""
     from ..estimator import FactorizedEmbeddings, _is_row_source, checkpoint_meta
-    from ..runner import make_checkpointer, run_training
+    from ..recipes import plan_training
+    from ..runner import batch_plan, make_checkpointer, run_training
 
     cfg = config if isinstance(config, FEConfig) else FEConfig(**config)
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -93,21 +95,23 @@ def fit_distributed(source: Any, *, config: FEConfig | dict, n_total: int, lo: i
     if spans[0][0] != 0 or spans[-1][1] != n_total or any(a[1] != b[0] for a, b in zip(spans, spans[1:])):
         raise FEInputError(f"the ranks' shards {spans} do not tile the {n_total} samples")
     smallest = min(b - a for a, b in spans)      # checked on every rank: all raise together
-    if smallest < cfg.batch_samples:
+    plan = plan_training(cfg, n_total, m, world)
+    if smallest < plan.batch_samples:
         raise FEInputError(f"a rank holds only {smallest} samples, fewer than batch_samples="
-                           f"{cfg.batch_samples}; use fewer processes or a smaller batch")
+                           f"{plan.batch_samples}; use fewer processes or a smaller batch")
     device = resolve_device(cfg.device) if dist.get_backend() != "nccl" else _comm_device()
     dtype = resolve_precision(cfg.precision, device)
     seed = _agree_seed(cfg.random_state)
     net = build_shard_net(n_total, m, cfg, seed, lo, hi).to(device)
     broadcast_replicated(net, 0)
-    n_steps = cfg.n_steps or auto_n_steps(n_total, cfg.batch_samples * world)
+    n_steps = plan.n_steps
     gen = rank_generator(seed, rank)
     hook = GradientAllReduce(net)
 
     def new_sampler():
-        return source.make_sampler(cfg.batch_samples, gen) if hasattr(source, "make_sampler") \
-            else BatchSampler(n_local, cfg.batch_samples, gen)
+        rows = source.make_sampler(plan.batch_samples, gen) if hasattr(source, "make_sampler") \
+            else BatchSampler(n_local, plan.batch_samples, gen)
+        return batch_plan(rows, m, plan, gene_seed(seed))
 
     checkpointer = None
     if checkpoint_dir is not None:
@@ -118,7 +122,8 @@ def fit_distributed(source: Any, *, config: FEConfig | dict, n_total: int, lo: i
         raise ValueError("resume=True needs checkpoint_dir")
     state = _common_checkpoint(checkpointer) if (checkpointer is not None and resume) else None
     t0 = time.perf_counter()
-    outcome = run_training(net, source, n_steps=n_steps, lr=cfg.lr, l2=cfg.l2, batch_samples=cfg.batch_samples,
+    outcome = run_training(net, source, n_steps=n_steps, lr=plan.lr, sample_lr=plan.sample_lr, l2=cfg.l2,
+                           batch_samples=plan.batch_samples,
                            generator=gen, new_sampler=new_sampler, device=device, compute_dtype=dtype,
                            gene_chunk=cfg.gene_chunk, progress=cfg.verbose and rank == 0,
                            checkpointer=checkpointer, before_step=hook, resume_state=state)
@@ -145,12 +150,18 @@ def fit_distributed(source: Any, *, config: FEConfig | dict, n_total: int, lo: i
     est._set_fitted(full, n_steps=n_steps, history=hist,
                     samples=None if samples is None else np.asarray(samples, dtype=object),
                     genes=None if genes is None else np.asarray(genes, dtype=object))
-    est.lr_ = cfg.lr
-    est.distributed_ = {"world_size": world, "batch_samples_per_rank": cfg.batch_samples,
-                        "global_batch": cfg.batch_samples * world, "backend": dist.get_backend(),
+    est.lr_ = outcome.lr
+    est.training_plan_ = plan
+    est.distributed_ = {"world_size": world, "batch_samples_per_rank": plan.batch_samples,
+                        "global_batch": plan.batch_samples * world, "backend": dist.get_backend(),
                         "replica_spread": spread}
     return DistributedFit(est, net, lo, hi, hist, train_seconds, hook.seconds, hook.bytes, spread, world,
                           outcome.resumed_from)
+
+
+def gene_seed(seed: int) -> int:
+    """The seed of the gene walk: the same on every rank (all ranks train the same genes)."""
+    return int(seed) * _SEED_MULT + 104_729
 
 
 def _common_checkpoint(checkpointer):
@@ -211,13 +222,18 @@ def single_process_equivalent(X: Any, config: FEConfig | dict, world: int) -> Fa
         raise ValueError("single_process_equivalent needs random_state")
     X = as_float32_tensor(np.asarray(X))
     n, m = X.shape
+    from ..recipes import plan_training
+    from ..runner import batch_plan
+
     net = build_shard_net(n, m, cfg, cfg.random_state, 0, n)
-    n_steps = cfg.n_steps or auto_n_steps(n, cfg.batch_samples * world)
-    sampler = union_sampler(n, world, cfg.batch_samples, cfg.random_state)
+    plan = plan_training(cfg, n, m, world)
+    sampler = batch_plan(union_sampler(n, world, plan.batch_samples, cfg.random_state), m, plan,
+                         gene_seed(cfg.random_state))
     device = resolve_device(cfg.device)
-    train(net, TensorRows(X), n_steps=n_steps, lr=cfg.lr, l2=cfg.l2, batch_samples=sampler.b,
+    train(net, TensorRows(X), n_steps=plan.n_steps, lr=plan.lr, l2=cfg.l2, batch_samples=sampler.b,
           generator=torch.Generator(), device=device, compute_dtype=resolve_precision(cfg.precision, device),
-          gene_chunk=cfg.gene_chunk, progress=False, sampler=sampler)
+          gene_chunk=cfg.gene_chunk, progress=False, sampler=sampler,
+          optimizer=make_optimizer(net, plan.lr, cfg.l2, device, sample_lr=plan.sample_lr))
     return net
 
 

@@ -1,0 +1,104 @@
+"""Training recipes: what each step trains on, at which learning rates, for how long.
+
+``training="reference"`` is the study's training exactly: 4 whole profiles per step
+(all genes), Adam at a constant 5e-3 on every parameter, L2 on all parameters, and
+``n_steps`` = 40 passes over the samples (clipped to 2,000..100,000).
+
+``training="fast"`` (the default) reaches the same quality with fewer (sample, gene)
+pairs (figures and how they were measured: ``bench/README.md``, "Time to quality"):
+
+* **Gene-subset batches.**  A step trains ``batch_samples`` profiles on ``batch_genes``
+  genes (a walk through a random permutation of the genes, every gene once per cycle),
+  keeping the reference's pairs per step (``4 x n_genes``).  The two sides are
+  balanced: every sample embedding is updated ``pairs / (n_samples x batch_genes)`` times
+  per pass over the pairs and every gene embedding ``pairs / (n_genes x batch_samples)``
+  times, so ``batch_samples / batch_genes = n_samples / n_genes`` gives both tables the
+  same number of updates (``batch_samples`` within 8..256, ``batch_genes`` >= 32).
+* **A larger step for the sample table**: ``sample_lr = 10 x lr``.  A sample embedding
+  only moves when its sample is in the batch and holds 2 numbers pinned down by
+  hundreds of genes; the gene table and the decoder keep ``lr``.
+* **Its own automatic length**: ``FAST_PASSES`` (20) passes over the (sample, gene)
+  pairs, half the reference's 40, clipped to 500..100,000 steps.
+
+Explicit ``batch_samples``, ``batch_genes``, ``lr``, ``sample_lr_scale`` and ``n_steps``
+override either recipe.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .config import AUTO_MAX_STEPS, FEConfig, auto_n_steps
+
+#: passes over the (sample, gene) pairs of the fast recipe's automatic ``n_steps``
+FAST_PASSES = 20
+FAST_MIN_STEPS = 500
+#: the fast recipe's sample-table learning rate, as a multiple of ``lr``
+FAST_SAMPLE_LR_SCALE = 10.0
+REFERENCE_BATCH_SAMPLES = 4
+REFERENCE_LR = 5e-3
+TRAININGS = ("fast", "reference")
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    """The resolved training of one fit (per rank for a data-parallel fit)."""
+    training: str
+    batch_samples: int            # profiles per step (per rank)
+    batch_genes: int | None       # genes per step; None: all genes
+    lr: float                     # decoder and gene table
+    sample_lr: float              # sample table
+    n_steps: int
+
+    def describe(self) -> str:
+        genes = "all genes" if self.batch_genes is None else f"{self.batch_genes:,} genes"
+        return (f"{self.training} training: {self.n_steps:,} steps of {self.batch_samples} profiles x {genes}, "
+                f"lr {self.lr:g} (sample table {self.sample_lr:g})")
+
+
+def plan_training(cfg: FEConfig, n_samples: int, n_genes: int, world: int = 1) -> TrainingPlan:
+    """The :class:`TrainingPlan` of ``cfg`` for ``n_samples x n_genes`` data
+    (``world`` ranks, each drawing ``batch_samples`` of its own shard per step)."""
+    n, m, world = int(n_samples), int(n_genes), max(1, int(world))
+    lr = cfg.lr if cfg.lr is not None else REFERENCE_LR
+    if cfg.training == "reference":
+        b = cfg.batch_samples or REFERENCE_BATCH_SAMPLES
+        bg = cfg.batch_genes
+        scale = cfg.sample_lr_scale if cfg.sample_lr_scale is not None else 1.0
+        b = min(b, max(1, n // world))
+        bg = None if bg is None or bg >= m else int(bg)
+        n_steps = cfg.n_steps or auto_n_steps(n, b * world)
+    else:
+        b, bg = fast_batch_shape(n // world, m, cfg.batch_samples, cfg.batch_genes)
+        scale = cfg.sample_lr_scale if cfg.sample_lr_scale is not None else FAST_SAMPLE_LR_SCALE
+        n_steps = cfg.n_steps or fast_n_steps(n, m, b * world, bg or m)
+    return TrainingPlan(cfg.training, int(b), bg, float(lr), float(lr * scale), int(n_steps))
+
+
+def fast_batch_shape(n: int, m: int, batch_samples: int | None = None,
+                     batch_genes: int | None = None) -> tuple[int, int | None]:
+    """``(batch_samples, batch_genes or None)`` of the fast recipe for ``n`` samples (per
+    rank) x ``m`` genes: the reference's ``4 m`` pairs per step, split in the ratio ``n / m``."""
+    pairs = REFERENCE_BATCH_SAMPLES * m
+    if batch_samples is None and batch_genes is None:
+        b = int(round(math.sqrt(pairs * n / m)))
+        b = max(8, min(256, b))
+        bg = pairs // b
+    elif batch_genes is None:
+        b = int(batch_samples)
+        bg = max(1, pairs // b)
+    elif batch_samples is None:
+        bg = int(batch_genes)
+        b = max(1, min(256, pairs // bg))
+    else:
+        b, bg = int(batch_samples), int(batch_genes)
+    b = max(1, min(b, n))
+    bg = max(min(32, m), min(bg, m))
+    return b, (None if bg >= m else int(bg))
+
+
+def fast_n_steps(n: int, m: int, global_batch: int, batch_genes: int) -> int:
+    """``FAST_PASSES`` passes over the ``n x m`` pairs, clipped to 500..100,000 steps."""
+    steps = math.ceil(FAST_PASSES * n * m / max(1, global_batch * batch_genes))
+    return int(min(AUTO_MAX_STEPS, max(FAST_MIN_STEPS, steps)))
