@@ -1,0 +1,120 @@
+"""Training recipes: the gene walk, gene-subset steps against an independent reference,
+the reference recipe as the study's training, the fast recipe's plan and its overrides."""
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from _plain_mlp import plain_concat_mlp
+from factembed import FactorizedEmbeddings, FEConfig, auto_n_steps
+from factembed.model import FactorizedEmbeddingNet
+from factembed.recipes import FAST_PASSES, fast_batch_shape, plan_training
+from factembed.train import BatchPlan, BatchSampler, GeneWalk, make_optimizer, train
+
+
+def test_gene_walk_visits_every_gene_once_per_cycle_with_fixed_size():
+    walk = GeneWalk(103, 20, torch.Generator().manual_seed(0))
+    steps_per_cycle = 6                                    # ceil(103 / 20)
+    for _ in range(3):
+        seen = torch.cat([walk.next() for _ in range(steps_per_cycle)])
+        assert len(seen) == 120
+        assert set(seen.tolist()) == set(range(103))       # every gene in each cycle
+    for _ in range(10):
+        idx = walk.next()
+        assert len(idx) == 20 and len(set(idx.tolist())) == 20     # no repeat inside a step
+
+
+def test_gene_walk_state_resumes_the_same_sequence():
+    a = GeneWalk(50, 16, torch.Generator().manual_seed(4))
+    for _ in range(5):
+        a.next()
+    b = GeneWalk(50, 16, torch.Generator().manual_seed(99))
+    b.load_state_dict(copy.deepcopy(a.state_dict()))
+    for _ in range(12):                                    # across cycle boundaries
+        assert torch.equal(a.next(), b.next())
+
+
+def test_gene_subset_step_equals_the_plain_model_on_those_pairs():
+    """One step on a gene subset: loss and every gradient equal autograd through the plain
+    (unfactored) model restricted to the step's genes; other genes' rows get no gradient."""
+    torch.manual_seed(0)
+    n, m = 10, 70
+    net = FactorizedEmbeddingNet(n, m, 2, 5, (12, 6)).double()
+    ref = copy.deepcopy(net)
+    X = torch.randn(n, m, dtype=torch.float64)
+    rows = torch.tensor([1, 4, 7])
+    genes = torch.tensor([3, 50, 8, 21, 66, 0, 13])
+
+    from factembed.kernel import FusedProfileLoss
+    fused = FusedProfileLoss(compute_dtype=torch.float64, workers=1, gene_chunk=3)
+    S = net.sample_term(net.sample_embedding[rows])
+    loss = fused(S, net.gene_layer(genes), X[rows][:, genes], net.decoder_weights())
+    loss.backward()
+
+    pred = plain_concat_mlp(ref, rows)[:, genes]
+    ref_loss = ((pred - X[rows][:, genes]) ** 2).mean()
+    ref_loss.backward()
+    assert torch.allclose(loss, ref_loss, rtol=1e-12)
+    for (name, p), (_, q) in zip(net.named_parameters(), ref.named_parameters()):
+        assert torch.allclose(p.grad, q.grad, rtol=1e-9, atol=1e-12), name
+    other = torch.ones(m, dtype=torch.bool)
+    other[genes] = False
+    assert torch.count_nonzero(net.gene_embedding.grad[other]) == 0
+
+
+def test_reference_recipe_is_the_studys_training():
+    cfg = FEConfig(training="reference")
+    plan = plan_training(cfg, 10_344, 19_962)
+    assert (plan.batch_samples, plan.batch_genes, plan.lr, plan.sample_lr) == (4, None, 5e-3, 5e-3)
+    assert plan.n_steps == auto_n_steps(10_344, 4) == 100_000
+    # a reference fit is exactly the plain loop: 4 whole profiles per step, one Adam group at 5e-3
+    X = np.random.default_rng(0).normal(size=(40, 30)).astype(np.float32)
+    fe = FactorizedEmbeddings(training="reference", gene_dim=4, hidden=(8,), n_steps=25, random_state=1,
+                              verbose=False, device="cpu").fit(X)
+    gen = torch.Generator().manual_seed(1 * 1_000_003)
+    torch.manual_seed(1)
+    net = FactorizedEmbeddingNet(40, 30, 2, 4, (8,), generator=gen)
+    opt = torch.optim.Adam(net.parameters(), lr=5e-3, weight_decay=2e-7, fused=True)   # as make_optimizer
+    train(net, torch.from_numpy(X), n_steps=25, lr=5e-3, l2=1e-7, batch_samples=4, generator=gen,
+          device=torch.device("cpu"), progress=False, optimizer=opt, sampler=BatchSampler(40, 4, gen))
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, fe.net_.state_dict()[k]), k
+
+
+def test_fast_recipe_plan_and_overrides():
+    # balanced: batch_samples / batch_genes ~ n / m at 4 m pairs per step
+    b, bg = fast_batch_shape(10_344, 19_962)
+    assert abs(b * bg - 4 * 19_962) <= b and 0.8 < (b / bg) / (10_344 / 19_962) < 1.25
+    plan = plan_training(FEConfig(), 700, 765)
+    assert plan.training == "fast" and plan.sample_lr == pytest.approx(10 * plan.lr)
+    assert plan.n_steps == int(np.ceil(FAST_PASSES * 700 * 765 / (plan.batch_samples * plan.batch_genes)))
+    # explicit values override the recipe
+    p = plan_training(FEConfig(batch_samples=16, batch_genes=100, lr=1e-3, sample_lr_scale=3, n_steps=77), 700, 765)
+    assert (p.batch_samples, p.batch_genes, p.lr, p.sample_lr, p.n_steps) == (16, 100, 1e-3, 3e-3, 77)
+    # all genes when the subset would cover them
+    assert plan_training(FEConfig(batch_samples=2), 50, 40).batch_genes is None
+    with pytest.raises(ValueError, match="training"):
+        FEConfig(training="quick")
+
+
+def test_sample_table_has_its_own_learning_rate():
+    net = FactorizedEmbeddingNet(5, 6, 2, 3, (4,))
+    opt = make_optimizer(net, 1e-3, 0.0, torch.device("cpu"), sample_lr=1e-2)
+    assert [g["lr"] for g in opt.param_groups] == [1e-2, 1e-3]
+    assert opt.param_groups[0]["params"] == [net.sample_embedding]
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(net.parameters()))
+
+
+def test_fast_fit_trains_gene_subsets_and_reaches_the_planted_structure(planted_data):
+    from sklearn.model_selection import cross_val_score
+    from sklearn.neighbors import KNeighborsClassifier
+    X, labels = planted_data                                # 240 x 300, 4 planted clusters
+    fe = FactorizedEmbeddings(gene_dim=16, hidden=(32, 16), random_state=0, verbose=False).fit(X)
+    plan = fe.training_plan_
+    assert plan.training == "fast" and plan.batch_genes is not None and plan.batch_genes < 300
+    assert fe.n_steps_ == plan.n_steps
+    acc = cross_val_score(KNeighborsClassifier(5), fe.embedding_, labels, cv=5).mean()
+    assert acc > 0.9, acc
+    rec = fe.inverse_transform(fe.embedding_)
+    assert np.corrcoef(rec.ravel(), X.ravel())[0, 1] > 0.9
