@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
-SCRIPTS = ["throughput", "roofline", "gene_dim", "memory", "inference", "quality", "ab_gene_term", "inference_demo", "kernel_profile"]
+SCRIPTS = ["throughput", "roofline", "gene_dim", "memory", "inference", "quality", "ab_gene_term", "inference_demo", "kernel_profile",
+           "convergence"]
 
 
 def test_bench_scripts_run_quick(tmp_path, monkeypatch, capsys):
@@ -40,3 +41,22 @@ def test_bench_quality_fits_like_the_estimator(monkeypatch):
     assert n_steps == ref.n_steps_
     for (name, p), q in zip(net.state_dict().items(), ref.net_.state_dict().values()):
         assert torch.equal(p, q), name
+
+
+def test_bench_convergence_trains_like_the_estimator(monkeypatch):
+    """bench_convergence times the library's training in segments: its model must be the
+    estimator's (same recipe, same seed), or its curves would measure something else."""
+    import numpy as np
+
+    from conftest import planted
+    from factembed import FactorizedEmbeddings
+    monkeypatch.syspath_prepend(str(BENCH))
+    from bench_convergence import run
+    X, labels = planted(n=64, m=90)
+    for training in ("reference", "fast"):
+        res = run(X, labels, training, seed=3, evals=3, quick=True)
+        fe = FactorizedEmbeddings(training=training, gene_dim=8, hidden=(16, 8), n_steps=40, random_state=3,
+                                  device="cpu", verbose=False).fit(X)
+        mse = float(((fe.inverse_transform(fe.embedding_) - X) ** 2).mean())
+        assert [p["step"] for p in res["curve"]] == [13, 27, 40]
+        assert abs(res["curve"][-1]["mse"] - mse) <= 1e-5 * mse, (training, res["curve"][-1]["mse"], mse)
