@@ -50,7 +50,8 @@ def knn_accuracy(Z, labels) -> float:
     return float(cross_val_score(KNeighborsClassifier(5), Z, labels, cv=5).mean())
 
 
-def run(X, labels, training: str, seed: int, evals: int, quick: bool) -> dict:
+def run(X, labels, training: str, seed: int, evals: int, quick: bool, device: str = "cpu",
+        precision: str = "fp32") -> dict:
     """Train one recipe in ``evals`` segments; the curve of (step, seconds, MSE, kNN)."""
     import torch
 
@@ -58,35 +59,40 @@ def run(X, labels, training: str, seed: int, evals: int, quick: bool) -> dict:
     from factembed.model import FactorizedEmbeddingNet
     from factembed.recipes import plan_training
     from factembed.runner import batch_plan
-    from factembed.train import BatchSampler, make_optimizer, train
+    from factembed.train import BatchSampler, make_optimizer, resolve_device, resolve_precision, train
 
     n, m = X.shape
     cfg = FEConfig(training=training, gene_dim=8 if quick else 100, hidden=(16, 8) if quick else (100, 50, 50),
-                   random_state=seed, device="cpu", n_steps=(40 if quick else None))
+                   random_state=seed, device=device, precision=precision, n_steps=(40 if quick else None))
     plan = plan_training(cfg, n, m)
     gen = torch.Generator().manual_seed(seed * 1_000_003)          # as FactorizedEmbeddings.fit
     torch.manual_seed(seed)
     net = FactorizedEmbeddingNet(n, m, cfg.sample_dim, cfg.gene_dim, cfg.hidden, generator=gen)
+    dev = resolve_device(device)
+    dtype = resolve_precision(precision, dev)
+    net.to(dev)
     gene_seed = int(torch.randint(0, 2**62, (1,), generator=torch.Generator().manual_seed(seed * 1_000_003 + 2)))
     sampler = batch_plan(BatchSampler(n, plan.batch_samples, gen), m, plan, gene_seed)
-    opt = make_optimizer(net, plan.lr, cfg.l2, torch.device("cpu"), sample_lr=plan.sample_lr)
-    Xt = torch.from_numpy(X)
+    opt = make_optimizer(net, plan.lr, cfg.l2, dev, sample_lr=plan.sample_lr)
+    Xt = torch.from_numpy(X).to(dev)
     marks = sorted({max(1, round(plan.n_steps * k / evals)) for k in range(1, evals + 1)})
     curve, seconds, done = [], 0.0, 0
     for step in marks:
         t0 = time.perf_counter()
         train(net, Xt, n_steps=step, lr=plan.lr, l2=cfg.l2, batch_samples=plan.batch_samples, generator=gen,
-              device=torch.device("cpu"), progress=False, sampler=sampler, optimizer=opt, start_step=done)
+              device=dev, compute_dtype=dtype, progress=False, sampler=sampler, optimizer=opt, start_step=done)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
         seconds += time.perf_counter() - t0
         done = step
         with torch.no_grad():
             mse = 0.0
             for a in range(0, n, 256):                                    # evaluation: not timed
                 rec = net.decode(net.sample_embedding[a:a + 256])
-                mse += float(((rec - Xt[a:a + 256]) ** 2).sum())
+                mse += float(((rec.float() - Xt[a:a + 256]) ** 2).sum())
             mse /= n * m
         curve.append({"step": step, "seconds": round(seconds, 2), "mse": mse,
-                      "knn": knn_accuracy(net.sample_embedding.detach().numpy(), labels)})
+                      "knn": knn_accuracy(net.sample_embedding.detach().cpu().numpy(), labels)})
     return {"training": training, "plan": plan.describe(), "n_steps": plan.n_steps,
             "pairs_per_step": plan.batch_samples * (plan.batch_genes or m), "curve": curve}
 
@@ -132,14 +138,17 @@ def main() -> None:
     p.add_argument("--planted-m", type=int, default=19_962)
     p.add_argument("--evals", type=int, default=16, help="evaluation points per run")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, ...")
+    p.add_argument("--precision", default="fp32", help="fp32, bf16 or auto")
     args = p.parse_args()
     if args.quick:
         args.datasets, args.planted_n, args.planted_m, args.evals = "planted", 60, 50, 2
-    print(machine_line())
+    print(machine_line() + f"; device {args.device}, {args.precision}")
     results = {}
     for name in [d.strip() for d in args.datasets.split(",") if d.strip()]:
         X, labels = load(name, args)
-        runs = [run(X, labels, t, args.seed, args.evals, args.quick) for t in ("reference", "fast")]
+        runs = [run(X, labels, t, args.seed, args.evals, args.quick, args.device, args.precision)
+                for t in ("reference", "fast")]
         ref, fast = runs
         target = ref["curve"][-1]["mse"]
         reach = time_to(fast["curve"], target)

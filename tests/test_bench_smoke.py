@@ -60,3 +60,16 @@ def test_bench_convergence_trains_like_the_estimator(monkeypatch):
         mse = float(((fe.inverse_transform(fe.embedding_) - X) ** 2).mean())
         assert [p["step"] for p in res["curve"]] == [13, 27, 40]
         assert abs(res["curve"][-1]["mse"] - mse) <= 1e-5 * mse, (training, res["curve"][-1]["mse"], mse)
+
+
+def test_gpu_check_script_runs_its_cpu_quick_mode(tmp_path):
+    """bench/gpu_check.sh cannot run its GPU parts here; its quick mode runs the same
+    commands on the CPU, so a typo in the script fails here, not on the GPU machine."""
+    import os
+    import subprocess
+    env = dict(os.environ, GPU_CHECK_QUICK="1", OUT=str(tmp_path), PY=sys.executable)
+    res = subprocess.run(["bash", str(BENCH / "gpu_check.sh")], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert "reference" in res.stdout and "fast" in res.stdout
+    assert (tmp_path / "step_speed_cpu_quick.json").exists() and (tmp_path / "convergence_quick.png").exists()

@@ -1,0 +1,76 @@
+"""Steps per second of train() for the reference and the default (fast) recipes, at
+TCGA shape, on any device and precision (the CPU figures of record come from
+bench_throughput.py; this one exists so that a GPU machine can be measured in one go).
+
+    python bench/bench_step_speed.py --device cuda --precisions fp32,bf16
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from _common import TCGA_GENES, TCGA_SAMPLES, machine_line, out_path, parser, tcga_like, write_text
+
+
+def steps_per_second(X, training: str, device: str, precision: str, steps: int, windows: int) -> dict:
+    import torch
+
+    from factembed import FEConfig
+    from factembed.model import FactorizedEmbeddingNet
+    from factembed.recipes import plan_training
+    from factembed.runner import batch_plan
+    from factembed.train import BatchSampler, make_optimizer, resolve_device, resolve_precision, train
+
+    n, m = X.shape
+    cfg = FEConfig(training=training, device=device, precision=precision, random_state=0)
+    plan = plan_training(cfg, n, m)
+    dev = resolve_device(device)
+    dtype = resolve_precision(precision, dev)
+    gen = torch.Generator().manual_seed(0)
+    net = FactorizedEmbeddingNet(n, m, cfg.sample_dim, cfg.gene_dim, cfg.hidden, generator=gen).to(dev)
+    Xt = torch.from_numpy(X).to(dev)
+    sampler = batch_plan(BatchSampler(n, plan.batch_samples, gen), m, plan, 1)
+    opt = make_optimizer(net, plan.lr, cfg.l2, dev, sample_lr=plan.sample_lr)
+    rates, done = [], 0
+    for w in range(windows + 1):          # the first window warms up (allocation, compilation)
+        t0 = time.perf_counter()
+        train(net, Xt, n_steps=done + steps, lr=plan.lr, l2=cfg.l2, batch_samples=plan.batch_samples,
+              generator=gen, device=dev, compute_dtype=dtype, progress=False, sampler=sampler, optimizer=opt,
+              start_step=done)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        done += steps
+        if w:
+            rates.append(steps / (time.perf_counter() - t0))
+    rates.sort()
+    pairs = plan.batch_samples * (plan.batch_genes or m)
+    return {"training": training, "precision": precision, "plan": plan.describe(),
+            "it_s_median": rates[len(rates) // 2], "it_s": rates, "pairs_per_step": pairs,
+            "hours_for_plan": plan.n_steps / rates[len(rates) // 2] / 3600}
+
+
+def main() -> None:
+    p = parser(__doc__)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--precisions", default="fp32")
+    p.add_argument("--steps", type=int, default=200, help="steps per timing window")
+    p.add_argument("--windows", type=int, default=5)
+    args = p.parse_args()
+    n, m = (64, 300) if args.quick else (TCGA_SAMPLES, TCGA_GENES)
+    steps, windows = (3, 1) if args.quick else (args.steps, args.windows)
+    X = tcga_like(n, m, seed=0)
+    print(machine_line() + f"; device {args.device}")
+    rows = []
+    for precision in [s.strip() for s in args.precisions.split(",") if s.strip()]:
+        for training in ("reference", "fast"):
+            r = steps_per_second(X, training, args.device, precision, steps, windows)
+            rows.append(r)
+            print(f"{training:9s} {precision}: {r['it_s_median']:8.2f} it/s (median of {windows} x {steps} steps), "
+                  f"{r['pairs_per_step'] * r['it_s_median'] / 1e6:7.2f} M pairs/s; {r['plan']}; "
+                  f"the plan's steps take {r['hours_for_plan'] * 60:.1f} min")
+    write_text(out_path(args, f"step_speed_{args.device.replace(':', '')}.json"), json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
