@@ -140,6 +140,8 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu, cuda, ...")
     p.add_argument("--precision", default="fp32", help="fp32, bf16 or auto")
+    p.add_argument("--merge", action="store_true",
+                   help="add these data sets to the convergence.json already in --out (and redraw the figure)")
     args = p.parse_args()
     if args.quick:
         args.datasets, args.planted_n, args.planted_m, args.evals = "planted", 60, 50, 2
@@ -164,6 +166,8 @@ def main() -> None:
               + (f"{reach:.1f} s = {reach / total_ref:.2f} of the reference's {total_ref:.1f} s"
                  if reach is not None else "(not reached)"))
     stem = out_path(args, "convergence")
+    if args.merge and stem.with_suffix(".json").exists():
+        results = {**json.loads(stem.with_suffix(".json").read_text()), **results}
     write_text(stem.with_suffix(".json"), json.dumps(results, indent=1))
     plot(results, stem.with_suffix(".png"))
     print(f"wrote {stem.with_suffix('.json')} and {stem.with_suffix('.png')}")
