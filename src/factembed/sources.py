@@ -228,8 +228,9 @@ class BackedSource:
         if not math.isfinite(v):
             what = _nonfinite_name(v)
             raise FEInputError(f"{sample}, {gene}: value is {what}; impute or drop it first", self.path)
-        raise FEInputError(f"{sample}, {gene}: negative value {v:g} cannot be log10(x+1)-transformed "
-                           "(the data may already be on a log scale: turn log10p1 off)", self.path)
+        raise FEInputError(f"{sample}, {gene}: negative value {v:g} cannot be log10(x+1)-transformed",
+                           self.path, hint="the data may already be on a log scale: open the source with log10p1=False",
+                           cli_hint="the data may already be on a log scale: use --no-log")
 
     def read_rows(self, start: int, stop: int) -> np.ndarray:
         """Rows ``start:stop`` as a new float32 array (checked and transformed)."""
