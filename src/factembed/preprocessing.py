@@ -374,6 +374,17 @@ class Preprocessing:
         fitted = self.fit(data)
         return fitted, fitted.apply(data, copy=copy)
 
+    def describe(self) -> str:
+        """The preprocessing in words, e.g. ``"log10(x+1), protein-coding genes, constant
+        genes dropped, the 5,000 most variable genes"``."""
+        parts = ["log10(x+1)" if self.log10p1 else "values as given (no log)"]
+        if self.protein_coding_only:
+            parts.append("protein-coding genes (when biotypes are known)")
+        parts.append("constant genes dropped" if self.drop_constant else "constant genes kept")
+        if self.top_variable is not None:
+            parts.append(f"the {self.top_variable:,} most variable genes")
+        return ", ".join(parts)
+
     def to_dict(self) -> dict:
         return {"log10p1": bool(self.log10p1), "protein_coding_only": bool(self.protein_coding_only),
                 "drop_constant": bool(self.drop_constant), "top_variable": self.top_variable}

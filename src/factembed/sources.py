@@ -50,7 +50,7 @@ import numpy as np
 import torch
 
 from ._validation import _log10p1_inplace, _nonfinite_name, _one_line, first_bad_value
-from .errors import FEInputError
+from .errors import FEInputError, MissingColumnError
 from .io.hdf5 import _open_h5
 
 __all__ = [
@@ -502,7 +502,9 @@ class H5adSource(_H5Backed):
                                    path) from None
             key = label_column if label_column is not None else (LABEL_KEY if LABEL_KEY in obs else None)
             if key is not None and key not in obs:
-                raise FEInputError(f"obs has no column {key!r}", path)
+                raise MissingColumnError(f"obs has no column {key!r}; columns are "
+                                         f"{', '.join(map(repr, sorted(obs)[:8])) or 'none'}", path,
+                                         column=key, available=sorted(obs))
             labels = obs[key] if key is not None else None
             X = f["X"]
             n, m = len(samples), len(genes)
