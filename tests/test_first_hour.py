@@ -77,6 +77,9 @@ def test_transform_knows_the_label_column_it_was_fitted_with(table):
     assert main(["fit", str(d / "train.csv"), "-o", str(d / "m"), "--label-column", "time", *FAST]) == 0
     assert main(["transform", str(d / "m"), str(d / "new.csv"), "-o", str(d / "new.csv.out.csv"),
                  "--plot", str(d / "new.png"), "--quiet"]) == 0
+    from factembed import FactorizedEmbeddings
+    extra = FactorizedEmbeddings.load(d / "m").extra_
+    assert extra["label_column"] == "time" and 0 <= extra["knn_accuracy"] <= 1 and extra["knn_chance"] == 0.25
     out = pd.read_csv(d / "new.csv.out.csv")
     assert list(out.columns) == ["sample", "label", "FE1", "FE2"] and out["label"].iloc[1] == "24h"
     X, samples, genes = _raw(8, 40)                    # a new file without that column still works

@@ -165,6 +165,26 @@ def plot_transform(train_Z: np.ndarray, new_Z: np.ndarray, labels: Sequence | No
     return _save(fig, path, pdf)
 
 
+def _plain_log_ticks(ax) -> None:
+    """Tick labels of a log y axis as plain numbers (0.6, not 6x10^-1); minor ticks are
+    labelled too when the axis spans less than ~1.5 decades (at 2, 3, 4 and 6 x 10^k, or
+    all of them within a factor of 3)."""
+    from matplotlib.ticker import FuncFormatter
+
+    def major(v, _pos):
+        return f"{v:g}"
+
+    def minor(v, _pos):
+        lo, hi = ax.get_ylim()
+        if v <= 0 or lo <= 0 or hi / lo > 30:
+            return ""
+        mantissa = round(v / 10 ** np.floor(np.log10(v)), 6)
+        return f"{v:g}" if hi / lo < 3 or mantissa in (2, 3, 4, 6) else ""
+
+    ax.yaxis.set_major_formatter(FuncFormatter(major))
+    ax.yaxis.set_minor_formatter(FuncFormatter(minor))
+
+
 def plot_training_curves(history: Mapping[str, Sequence[float]], path: str | os.PathLike, *,
                          title: str = "Training", pdf: bool = False, smooth: int | None = None) -> list[Path]:
     """Loss (log scale) and Pearson r of the batch reconstruction by step; raw values
@@ -185,9 +205,7 @@ def plot_training_curves(history: Mapping[str, Sequence[float]], path: str | os.
     a1.plot(step, loss, color="tab:blue", alpha=0.25, linewidth=0.6)
     a1.plot(step, avg(loss), color="tab:blue", linewidth=1.5, label=f"moving average ({k} steps)")
     a1.set_yscale("log")
-    from matplotlib.ticker import LogFormatter
-    a1.yaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))   # 0.6, not 6x10^-1
-    a1.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+    _plain_log_ticks(a1)
     a1.set_xlabel("step")
     a1.set_ylabel("MSE of the batch")
     a1.set_title("loss")

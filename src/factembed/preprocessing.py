@@ -377,7 +377,7 @@ class Preprocessing:
     def describe(self) -> str:
         """The preprocessing in words, e.g. ``"log10(x+1), protein-coding genes, constant
         genes dropped, the 5,000 most variable genes"``."""
-        parts = ["log10(x+1)" if self.log10p1 else "values as given (no log)"]
+        parts = ["log10(x+1)" if self.log10p1 else "values used as given"]
         if self.protein_coding_only:
             parts.append("protein-coding genes (when biotypes are known)")
         parts.append("constant genes dropped" if self.drop_constant else "constant genes kept")

@@ -398,7 +398,7 @@ def write_fit_outputs(fe, samples, labels, out: Path, extra: dict, title: str) -
 
     out.mkdir(parents=True, exist_ok=True)
     knn = label_knn(fe.embedding_, labels)
-    label_name = extra.get("label_column") or "label"
+    label_name = extra.get("label_column") or ("time point" if extra.get("source") == "demo" else "label")
     note = None
     if knn is not None:
         extra = {**extra, "knn_accuracy": knn[0], "knn_chance": knn[1]}
@@ -732,7 +732,8 @@ def transform(model: str, data: str, output: str, *, read: ReadOptions | None = 
         extra = getattr(fe, "extra_", None) or {}
         written += plot_transform(fe.embedding_, Z, d.labels, plot, train_labels=training_labels(model, fe),
                                   label_name=read.label_column if read and read.label_column
-                                  else extra.get("label_column") or "label")
+                                  else extra.get("label_column")
+                                  or ("time point" if extra.get("source") == "demo" else "label"))
     return TransformResult(Z, d, fe, written)
 
 
