@@ -106,7 +106,7 @@ def test_orientation_rules():
     from factembed.io.orientation import orientation_problem
     assert orientation_problem(["TP53", "ACTB", "x1"], ["s1", "s2"], (3, 2)) is not None
     assert orientation_problem(["c1", "c2"], ["Actb", "Gapdh"], (2, 2)) is None
-    assert "only 200 genes" in orientation_problem(None, None, (1000, 200))
+    assert "only 200 genes for 1,000 samples" in orientation_problem(None, None, (1000, 200))
     assert orientation_problem(None, None, (80, 60)) is None
     assert "sample ids" in orientation_problem(["a", "b"], ["TCGA-AB-1234-01", "TCGA-AB-1235-01"], (2, 2))
 

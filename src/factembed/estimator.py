@@ -156,7 +156,11 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
         sparse / backed input.  DataFrame columns and AnnData ``var_names`` are matched
         to the model's genes by name."""
         mat, _, genes = as_matrix(X, what=what)
-        return self._align_matrix(mat, genes, what)
+        try:
+            return self._align_matrix(mat, genes, what)
+        except BaseException:
+            _close_opened(mat)
+            raise
 
     def _align_matrix(self, mat: Any, genes: np.ndarray | None, what: str) -> Any:
         """:meth:`_align` of a matrix already validated by :func:`~factembed._inputs.as_matrix`."""
@@ -197,6 +201,7 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
         the last good checkpoint (or from the start), up to ``k`` times.  The learning
         rate finally used is ``lr_``."""
         cfg = self.config
+        opened = None
         if _is_row_source(X):
             # a backed (on-disk) source: validated block by block as it is read
             source, samples, genes = X, getattr(X, "samples", None), getattr(X, "genes", None)
@@ -205,6 +210,7 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
         else:
             mat, samples, genes = as_matrix(X, min_samples=2)
             source = as_float32_tensor(mat) if isinstance(mat, np.ndarray) else mat
+            opened = mat
         n, m = source.shape
         samples = samples if sample_names is None else np.asarray(sample_names, dtype=object)
         genes = genes if gene_names is None else np.asarray(gene_names, dtype=object)
@@ -234,7 +240,7 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
                                    progress=cfg.verbose, checkpointer=checkpointer, resume=resume,
                                    divergence_retries=divergence_retries)
         finally:
-            _release(source, X)       # a backed AnnData's file, opened here
+            _close_opened(opened)     # a backed AnnData's file, opened here
         history, lr = outcome.history, outcome.lr
         self.resumed_from_ = outcome.resumed_from
         self.lr_ = lr
@@ -292,7 +298,7 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
         try:
             return self._embed(mat)
         finally:
-            _release(mat, X)
+            _close_opened(mat)
 
     def _block_rows(self) -> int:
         rows = max(1, _BLOCK_ELEMENTS // max(1, self.n_features_in_))
@@ -357,7 +363,7 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
                 sums += [x.sum(), rec.sum(), (x * x).sum(), (rec * rec).sum(), (x * rec).sum()]
                 count += x.size
         finally:
-            _release(mat, X)
+            _close_opened(mat)
         sa, sb, saa, sbb, sab = sums
         cov = sab - sa * sb / count
         return float(cov / np.sqrt((saa - sa * sa / count) * (sbb - sb * sb / count)))
@@ -510,12 +516,14 @@ def training_summary(history: dict) -> dict:
     return out
 
 
-def _release(reader: Any, X: Any) -> None:
-    """Close the file behind ``reader`` when it was opened for ``X`` (a backed AnnData)."""
+def _close_opened(reader: Any) -> None:
+    """Close the file that :func:`~factembed._inputs.as_matrix` opened for a backed
+    AnnData (``reader`` is that source or a gene selection of it; anything else is left
+    alone)."""
     root = reader
     while getattr(root, "_parent", None) is not None:
         root = root._parent
-    if root is not X and isinstance(root, BackedSourceBase):
+    if isinstance(root, BackedSourceBase):
         root.close()
 
 

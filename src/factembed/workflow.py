@@ -238,9 +238,9 @@ def warn_orientation(samples, genes, shape, source, read: ReadOptions | None) ->
     problem = orientation_problem(samples, genes, shape)
     if problem is not None:
         warnings.warn(FEWarning(f"{source or 'data'}: read as {shape[0]:,} samples x {shape[1]:,} genes, but "
-                                f"{problem}; if its rows are genes and its columns samples",
-                                hint="read it with ReadOptions(samples_as_rows=False)",
-                                cli_hint="use --samples-as-columns"), stacklevel=2)
+                                f"{problem}",
+                                hint="if its rows are genes, read it with ReadOptions(samples_as_rows=False)",
+                                cli_hint="if its rows are genes, use --samples-as-columns"), stacklevel=2)
 
 
 def prepare_in_memory(request: FitRequest, echo: Echo = _quiet):

@@ -68,5 +68,5 @@ def orientation_problem(samples: Sequence[str] | None, genes: Sequence[str] | No
             example = next(str(g) for g in list(genes)[:1000] if looks_like_sample(str(g)))
             return f"the column ids look like sample ids ({frac:.0%} of them, e.g. {example!r})"
     if not gene_like_columns and m < 500 and n >= 5 * m:
-        return f"{n:,} samples x only {m:,} genes"
+        return f"only {m:,} genes for {n:,} samples is unusual"
     return None
