@@ -33,8 +33,7 @@ def test_fit_transform_reconstruct_info(tiny_files, capsys):
     for name in ("model.json", "weights.safetensors", "embedding.csv", "history.csv", "embedding.png",
                  "training.png"):
         assert (d / "model" / name).stat().st_size > 0, name
-    assert sorted(p.name for p in (d / "model" / "checkpoints").glob("*.json")) == [
-        "step-000000100.json", "step-000000150.json"]
+    assert not (d / "model" / "checkpoints").exists()      # removed after a successful fit
     emb = pd.read_csv(d / "model" / "embedding.csv")
     assert list(emb.columns) == ["sample", "label", "FE1", "FE2"] and len(emb) == 80
 
@@ -62,7 +61,9 @@ def test_fit_transform_reconstruct_info(tiny_files, capsys):
 def test_resume_from_cli(tiny_files):
     d, _ = tiny_files
     args = ["fit", str(d / "train.h5"), "-o", str(d / "m"), "--checkpoint-every", "50", *FAST]
-    assert main(args) == 0
+    assert main(args + ["--keep-checkpoints"]) == 0
+    assert sorted(p.name for p in (d / "m" / "checkpoints").glob("*.json")) == [
+        "step-000000100.json", "step-000000150.json"]
     assert main(args + ["--resume"]) == 0          # everything done: resumes at the last step
 
 

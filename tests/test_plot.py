@@ -98,3 +98,34 @@ def test_cli_plot(tmp_path):
                   "seconds": np.arange(50) * 0.1}).to_csv(h, index=False)
     assert main(["plot", "history", str(h)]) == 0
     _check([tmp_path / "history.png", tmp_path / "history.pdf"])
+
+
+def test_ordered_labels_get_an_ordered_palette_and_plain_log_ticks(tmp_path):
+    import matplotlib
+    assert plot.ordered_labels(["0h", "24h", "48h", "72h"]) and plot.ordered_labels(["1", "10", "100"])
+    assert not plot.ordered_labels(["B cell", "T cell"]) and not plot.ordered_labels(["0h", "2d"])
+    pal = plot.label_palette(["0h", "24h", "48h", "72h"])
+    viridis = matplotlib.colormaps["viridis"]
+    assert pal["0h"] == viridis(0.0) and list(pal) == ["0h", "24h", "48h", "72h"]
+    assert plot._order_labels(["24h", "0h", "120h"]) == ["0h", "24h", "120h"]
+    cats = plot.label_palette(["a", "b"])
+    assert cats["a"] == plot.label_colors(2)[0]
+
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots()
+    ax.plot([1, 2], [0.3, 0.9])
+    ax.set_yscale("log")
+    plot._plain_log_ticks(ax)
+    fig.canvas.draw()
+    texts = [t.get_text() for t in ax.get_yticklabels(minor=True) + ax.get_yticklabels() if t.get_text()]
+    assert "0.6" in texts and not any("10^" in t or "e-" in t or "times" in t for t in texts), texts
+    plt.close(fig)
+
+
+def test_transform_plot_colours_training_points_and_titles_its_legend(tmp_path):
+    rng = np.random.default_rng(4)
+    paths = _check(plot.plot_transform(rng.normal(size=(80, 2)), rng.normal(size=(10, 2)),
+                                       rng.choice(["0h", "24h"], 10), tmp_path / "t",
+                                       train_labels=rng.choice(["0h", "24h", "48h"], 80), label_name="time"), n=1)
+    assert paths[0].name == "t.png"
+    _check(plot.plot_transform(rng.normal(size=(80, 2)), rng.normal(size=(10, 2)), None, tmp_path / "u"), n=1)

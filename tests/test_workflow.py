@@ -141,7 +141,7 @@ def test_backed_cli_writes_checkpoints(tmp_path):
     X, _ = _raw_matrix()
     np.save(tmp_path / "x.npy", X)
     assert main(["fit", str(tmp_path / "x.npy"), "-o", str(tmp_path / "m"), "--backed", "--steps", "60",
-                 "--checkpoint-every", "30", *FAST]) == 0
+                 "--checkpoint-every", "30", "--keep-checkpoints", *FAST]) == 0
     assert _steps(tmp_path / "m" / "checkpoints") == [30, 60]
 
 

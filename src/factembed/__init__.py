@@ -1,12 +1,14 @@
 """factembed: Factorized Embeddings of gene-expression matrices.
 
 The public entry point is :class:`FactorizedEmbeddings` (scikit-learn style);
-:class:`FEConfig` holds the hyper-parameters shared with the ``factembed`` command.
+:class:`FEConfig` holds the hyper-parameters shared with the ``factembed`` command;
+:mod:`factembed.tl` has the scanpy-style tools (``factembed.tl.fe(adata)``).
 """
 
 from .config import FEConfig, auto_n_steps
 from .errors import FEInputError
 from .estimator import FactorizedEmbeddings
+from . import tl
 
-__all__ = ["FactorizedEmbeddings", "FEConfig", "FEInputError", "auto_n_steps"]
+__all__ = ["FactorizedEmbeddings", "FEConfig", "FEInputError", "auto_n_steps", "tl"]
 __version__ = "0.1.0"

@@ -20,7 +20,7 @@ import numpy as np
 
 from .errors import FEInputError
 
-__all__ = ["check_matrix", "first_bad_value", "count_nonfinite", "CHECK_ELEMENTS"]
+__all__ = ["check_matrix", "check_sparse", "first_bad_value", "count_nonfinite", "CHECK_ELEMENTS"]
 
 #: Values examined per block by the scans (bounds the temporary boolean masks, ~4 MB).
 CHECK_ELEMENTS = 1 << 22
@@ -80,6 +80,28 @@ def count_nonfinite(X: np.ndarray, *, block_elements: int = CHECK_ELEMENTS) -> i
     return sum(int((~np.isfinite(X[a:a + step])).sum()) for a in range(0, X.shape[0], step))
 
 
+#: scikit-learn's advice for 1-D input, in its words (its estimator checks look for them)
+_RESHAPE = ("Reshape your data either using array.reshape(-1, 1) if your data has a single feature (gene) "
+            "or array.reshape(1, -1) if it contains a single sample.")
+
+
+def _is_sparse(X: Any) -> bool:
+    sparse = sys.modules.get("scipy.sparse")
+    return sparse is not None and sparse.issparse(X)
+
+
+def _check_shape(shape: tuple, what: str, min_samples: int) -> None:
+    """Our message for an empty or too small matrix, followed by scikit-learn's wording."""
+    n, m = int(shape[0]), int(shape[1])
+    if n == 0 or m == 0:
+        count = (f"0 sample(s) (shape={tuple(shape)}) while a minimum of {max(1, min_samples)} is required"
+                 if n == 0 else f"0 feature(s) (shape={tuple(shape)}) while a minimum of 1 is required")
+        raise FEInputError(f"{what} is empty: shape {tuple(shape)}; found array with {count}.")
+    if n < min_samples:
+        raise FEInputError(f"{what} has {n} sample(s); at least {min_samples} are needed (found array with "
+                           f"{n} sample(s) (shape={tuple(shape)}) while a minimum of {min_samples} is required)")
+
+
 def check_matrix(X: Any, *, what: str = "X", min_samples: int = 1,
                  n_genes: int | None = None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """Validate an expression matrix; return (float32 array, sample names, gene names).
@@ -104,21 +126,27 @@ def check_matrix(X: Any, *, what: str = "X", min_samples: int = 1,
     torch = sys.modules.get("torch")  # a tensor can only exist once torch is imported
     if torch is not None and isinstance(X, torch.Tensor):
         X = X.detach().cpu().numpy()
+    if _is_sparse(X):
+        raise FEInputError(f"{what} is a sparse matrix; sparse input is not supported here, pass a dense array")
     try:
         arr = np.asarray(X)
     except Exception as exc:
         raise FEInputError(f"{what} could not be read as a numeric matrix: {exc}") from None
-    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+    if arr.dtype == object:
+        # numbers held as Python objects are fine (as in scikit-learn); anything that is not a
+        # number raises numpy's TypeError ("... argument must be a string or a real number ...")
+        try:
+            arr = np.asarray(arr, dtype=np.float64)
+        except ValueError as exc:
+            raise FEInputError(f"{what} must be numeric, got dtype object ({_one_line(exc)})") from None
+    elif not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
         raise FEInputError(f"{what} must be numeric, got dtype {arr.dtype}")
     if np.iscomplexobj(arr):
-        raise FEInputError(f"{what} must be real-valued, got complex numbers")
+        raise FEInputError(f"{what} must be real-valued, got complex numbers (Complex data not supported)")
     if arr.ndim != 2:
         raise FEInputError(f"{what} must be a 2-D (samples x genes) matrix, got {arr.ndim} dimension(s) "
-                           f"with shape {arr.shape}")
-    if arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise FEInputError(f"{what} is empty: shape {arr.shape}")
-    if arr.shape[0] < min_samples:
-        raise FEInputError(f"{what} has {arr.shape[0]} sample(s); at least {min_samples} are needed")
+                           f"with shape {arr.shape}. {_RESHAPE}")
+    _check_shape(arr.shape, what, min_samples)
     if n_genes is not None and arr.shape[1] != n_genes:
         raise FEInputError(f"{what} has {arr.shape[1]} genes but the model was fitted on {n_genes}")
     with np.errstate(over="ignore"):  # out-of-range values become inf and are reported below
@@ -136,3 +164,47 @@ def check_matrix(X: Any, *, what: str = "X", min_samples: int = 1,
         n_bad = count_nonfinite(arr32[i:])  # nothing is bad before row i
         raise FEInputError(f"{what} contains {n_bad} NaN/inf value(s); first at {row}, {col} ({original})")
     return arr32, samples, genes
+
+
+def check_sparse(X: Any, *, what: str = "X", min_samples: int = 1, samples: np.ndarray | None = None,
+                 genes: np.ndarray | None = None,
+                 block_elements: int = CHECK_ELEMENTS) -> Any:
+    """Validate a scipy sparse matrix and return it as CSR with ``float32`` values.
+
+    Other sparse formats are converted to CSR (a sparse copy; the matrix is never made
+    dense).  The stored values are checked in blocks of ``block_elements``; the first
+    NaN/inf (or value beyond float32's range) raises :class:`FEInputError` naming its row
+    and column (``samples`` / ``genes`` names when given), as :func:`check_matrix` does.
+    """
+    if X.ndim != 2:
+        raise FEInputError(f"{what} must be a 2-D (samples x genes) matrix, got shape {X.shape}. {_RESHAPE}")
+    if np.issubdtype(X.dtype, np.complexfloating):
+        raise FEInputError(f"{what} must be real-valued, got complex numbers (Complex data not supported)")
+    if not (np.issubdtype(X.dtype, np.number) or X.dtype == bool):
+        raise FEInputError(f"{what} must be numeric, got dtype {X.dtype}")
+    _check_shape(X.shape, what, min_samples)
+    if X.format != "csr":
+        X = X.tocsr()
+    original = X.data
+    if X.dtype != np.float32:
+        with np.errstate(over="ignore"):
+            X = X.astype(np.float32)
+    data = X.data
+    for a in range(0, data.size, block_elements):
+        ok = np.isfinite(data[a:a + block_elements])
+        if ok.all():
+            continue
+        k = a + int(np.argmin(ok))
+        row = int(np.searchsorted(X.indptr, k, side="right")) - 1
+        lo, hi = int(X.indptr[row]), int(X.indptr[row + 1])
+        bad = np.flatnonzero(~np.isfinite(data[lo:hi]))       # the row's columns may be unsorted
+        first = lo + bad[np.argmin(X.indices[lo + bad])]
+        col = int(X.indices[first])
+        value = original[first]
+        where = (samples[row] if samples is not None else f"row {row}",
+                 genes[col] if genes is not None else f"column {col}")
+        if np.isfinite(value):
+            raise FEInputError(f"{what}: value at {where[0]}, {where[1]} ({value:g}) overflows float32")
+        n_bad = int((~np.isfinite(data[k:])).sum())
+        raise FEInputError(f"{what} contains {n_bad} NaN/inf value(s); first at {where[0]}, {where[1]} ({value})")
+    return X

@@ -153,3 +153,48 @@ class Checkpointer:
             history[k] = tensors[f"history/{k}"].tolist()
         return TrainingState(step=int(meta["step"]), net_state=net_state, optimizer_state=optimizer_state,
                              sampler_state=sampler_state, history=history, meta=meta.get("meta", {}))
+
+
+# -- the checkpoint files of a directory (one run, or one per rank of a data-parallel run) --
+
+_RANK_DIR = re.compile(r"^rank-\d+-of-\d+$")
+_FILE = re.compile(r"^(step-\d{9}\.(json|safetensors)|\.step-\d{9}\.(json|safetensors)\..*\.tmp)$")
+
+
+def _checkpoint_dirs(directory: str | os.PathLike) -> list[Path]:
+    d = Path(directory)
+    if not d.is_dir():
+        return []
+    return [d] + sorted(p for p in d.iterdir() if p.is_dir() and _RANK_DIR.match(p.name))
+
+
+def checkpoint_steps(directory: str | os.PathLike) -> list[int]:
+    """Steps of the checkpoints in ``directory`` and its ``rank-r-of-w`` folders."""
+    return sorted({int(m.group(1)) for d in _checkpoint_dirs(directory) for p in d.iterdir()
+                   if (m := _NAME.match(p.name))})
+
+
+def checkpoint_meta_of(directory: str | os.PathLike) -> dict | None:
+    """The ``meta`` (what a run must match to resume) of the newest readable checkpoint
+    JSON in ``directory`` or its rank folders, or ``None``."""
+    for d in _checkpoint_dirs(directory):
+        for p in sorted((p for p in d.iterdir() if _NAME.match(p.name)), reverse=True):
+            try:
+                return json.loads(p.read_text()).get("meta")
+            except (OSError, ValueError):
+                continue
+    return None
+
+
+def remove_checkpoints(directory: str | os.PathLike) -> None:
+    """Remove the checkpoint files (and leftover temporary files) from ``directory`` and
+    its ``rank-r-of-w`` folders, then the folders themselves when nothing else is left in
+    them.  Other files are never touched."""
+    for d in reversed(_checkpoint_dirs(directory)):
+        for p in d.iterdir():
+            if p.is_file() and _FILE.match(p.name):
+                p.unlink(missing_ok=True)
+        try:
+            d.rmdir()
+        except OSError:      # not empty: something of the user's is in it
+            pass

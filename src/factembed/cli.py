@@ -1,9 +1,11 @@
 """The ``factembed`` command: argparse in, :mod:`factembed.workflow` calls, printing out.
 
-Subcommands: ``demo``, ``fit``, ``transform``, ``reconstruct``, ``info``, ``evaluate``,
-``sweep``, ``plot``.  Errors are one line (``factembed: error: FILE: problem``) with a
-non-zero exit status; ``--debug`` shows the traceback.  Nothing imports this module:
-the work is done in :mod:`factembed.workflow` and the library below it.
+Subcommands: ``demo``, ``fit``, ``transform``, ``reconstruct``, ``info``, ``genes``,
+``evaluate``, ``sweep``, ``plot``.  Errors are one line (``factembed: error: FILE: problem``)
+with a non-zero exit status; ``--debug`` shows the traceback.  Warnings are one line too
+(``factembed: warning: ...``).  Errors and warnings that advise a change name the
+command-line flag (:meth:`FEInputError.cli_message`).  Nothing imports this module: the
+work is done in :mod:`factembed.workflow` and the library below it.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
 from dataclasses import fields
 from pathlib import Path
 
@@ -38,7 +41,8 @@ CONFIG_HELP = {
     "device": "auto, cpu, cuda or cuda:N (default %(default)s)",
     "precision": "fp32, bf16 or auto (bf16 only where the hardware runs it natively) (default %(default)s)",
     "gene_chunk": "genes per fused block (default: automatic)",
-    "random_state": "random seed (default: none, i.e. not reproducible)",
+    "random_state": "random seed (default: one is drawn, printed and recorded in the model, so the fit can be "
+                    "repeated)",
     "verbose": None,  # driven by --quiet
 }
 _OPTION_NAMES = {"random_state": "--seed", "n_steps": "--steps"}
@@ -135,7 +139,8 @@ def fit_request(args: argparse.Namespace, data: str | None = None):
 
     ck = CheckpointOptions(every=getattr(args, "checkpoint_every", 0), directory=getattr(args, "checkpoint_dir", None),
                            resume=getattr(args, "resume", False),
-                           divergence_retries=getattr(args, "divergence_retries", 0))
+                           divergence_retries=getattr(args, "divergence_retries", 0),
+                           keep=getattr(args, "keep_checkpoints", False))
     pre = PreprocessingOptions(log10p1=False if getattr(args, "no_log", False) else None,
                                protein_coding_only=not getattr(args, "all_biotypes", False),
                                drop_constant=not getattr(args, "keep_constant", False),
@@ -143,11 +148,12 @@ def fit_request(args: argparse.Namespace, data: str | None = None):
     return FitRequest(data=data or args.data, output=args.output, config=config_from_args(args),
                       read=_read_options(args), preprocessing=pre, checkpoints=ck,
                       backed=getattr(args, "backed", False), processes=getattr(args, "distributed", None),
-                      title="FE of HSMM myoblasts (bundled demo)" if data == "demo" else None)
+                      title="FE of HSMM myoblasts (bundled demo)" if data == "demo" else None,
+                      overwrite=getattr(args, "overwrite", False))
 
 
 def _print_fit(res, extra_line: str = "") -> None:
-    from .workflow import summary_line
+    from .workflow import convergence_note, summary_line
 
     fe = res.estimator
     if res.resumed_from is not None:
@@ -158,6 +164,9 @@ def _print_fit(res, extra_line: str = "") -> None:
     trained = fe.n_steps_ - (res.resumed_from or 0)
     print(f"fitted {fe.n_steps_:,} steps{where} ({trained:,} in this run, {res.seconds:.1f} s); "
           f"{summary_line(fe.history_)}{extra_line}")
+    note = convergence_note(fe.history_)
+    if note:
+        print(f"note: {note}: try --steps {2 * fe.n_steps_:,}")
     for p in res.written:
         print(f"wrote {p}")
 
@@ -168,6 +177,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
     res = fit(fit_request(args))
     if res is not None:     # None on the ranks other than 0 of a data-parallel fit
         _print_fit(res)
+        seed = res.estimator.random_state
+        if args.random_state is None and not args.resume and seed is not None:
+            print(f"random seed {seed} (drawn for this fit; --seed {seed} repeats it)")
     return 0
 
 
@@ -176,7 +188,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     t_all = time.perf_counter()
     res = fit(fit_request(args, data="demo"))
-    acc, chance = knn_accuracy(res.estimator.embedding_, res.labels)
+    extra = getattr(res.estimator, "extra_", None) or {}
+    if "knn_accuracy" in extra:
+        acc, chance = extra["knn_accuracy"], extra["knn_chance"]
+    else:
+        acc, chance = knn_accuracy(res.estimator.embedding_, res.labels)
     print(f"demo: {res.n_samples} cells x {res.n_genes} genes, {res.estimator.n_steps_ / res.seconds:.0f} it/s")
     _print_fit(res)
     print(f"5-fold kNN accuracy of the time point (0/24/48/72 h) from the 2-D embedding: {acc:.3f} "
@@ -209,6 +225,23 @@ def cmd_info(args: argparse.Namespace) -> int:
     from .workflow import describe
 
     print("\n".join(describe(args.model)))
+    return 0
+
+
+def cmd_genes(args: argparse.Namespace) -> int:
+    from .workflow import export_genes, similar_genes
+
+    if args.output is None and args.similar is None:
+        raise ValueError("give -o FILE to export the gene embedding, or --similar GENE for its nearest genes")
+    if args.output is not None:
+        n, d = export_genes(args.model, args.output)
+        print(f"wrote {args.output} ({n:,} genes x {d} dimensions)")
+    if args.similar is not None:
+        near = similar_genes(args.model, args.similar, k=args.k)
+        print(f"genes nearest to {args.similar} (cosine similarity of the gene embeddings):")
+        width = max([len(str(g)) for g in near.index] + [4])
+        for gene, sim in near.items():
+            print(f"  {str(gene):<{width}}  {sim:.4f}")
     return 0
 
 
@@ -293,13 +326,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     d = sub.add_parser("demo", help="train on the bundled HSMM demo data and write the embedding and figures")
-    d.add_argument("-o", "--output", default="factembed_demo", help="output directory (default %(default)s)")
+    d.add_argument("-o", "--output", default="factembed_demo",
+                   help="output directory (default %(default)s; a demo's output is replaced by the next demo)")
     add_config_options(d)
+    for action in d._actions:
+        if action.dest == "random_state":      # the demo is reproducible by default
+            action.default, action.help = 0, "random seed (default %(default)s)"
     d.set_defaults(func=cmd_demo)
 
     f = sub.add_parser("fit", help="train a model on a data file")
     f.add_argument("data", help="expression file (.h5 TCGA-style, .h5ad, .csv/.tsv[.gz], .npy, .npz, .parquet)")
     f.add_argument("-o", "--output", required=True, help="model directory to write")
+    f.add_argument("--overwrite", action="store_true",
+                   help="replace the model (and remove the checkpoints) already in OUTPUT")
     _add_read_options(f)
     sc = f.add_argument_group("scaling (see docs/scaling.md)")
     sc.add_argument("--backed", action="store_true",
@@ -322,6 +361,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="steps between checkpoints; 0 disables them (default %(default)s)")
     c.add_argument("--resume", action="store_true",
                    help="continue from the newest valid checkpoint of an interrupted run")
+    c.add_argument("--keep-checkpoints", action="store_true",
+                   help="keep the checkpoints after a successful fit (default: remove them, they are bigger than "
+                        "the model; keep them to extend the run later with --resume --steps N)")
     c.add_argument("--divergence-retries", type=int, default=0,
                    help="on NaN/inf loss, divide lr by 10 and continue from the last checkpoint, "
                         "up to this many times (default %(default)s: stop with an error)")
@@ -351,6 +393,15 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="print a model's hyper-parameters, data shape and final loss")
     i.add_argument("model", help="model directory")
     i.set_defaults(func=cmd_info)
+
+    gn = sub.add_parser("genes", help="export the gene embedding, or list the genes nearest to a gene")
+    gn.add_argument("model", help="model directory")
+    gn.add_argument("-o", "--output", default=None, help="gene embedding table to write (.csv/.tsv[.gz]): "
+                                                         "gene, GE1, GE2, ...")
+    gn.add_argument("--similar", default=None, metavar="GENE",
+                    help="print the genes nearest to GENE by cosine similarity of the gene embeddings")
+    gn.add_argument("-k", type=int, default=10, help="how many neighbours --similar prints (default %(default)s)")
+    gn.set_defaults(func=cmd_genes)
 
     e = sub.add_parser("evaluate", help="cross-validated FE vs PCA vs UMAP: accuracy, distance preservation")
     e.add_argument("data", help="expression file, or 'demo' for the bundled HSMM data")
@@ -401,9 +452,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """Warnings as one clean line, with the command-line spelling of their advice."""
+    text = message.cli_message() if hasattr(message, "cli_message") else str(message)
+    return f"factembed: warning: {' '.join(text.split())}\n"
+
+
+def _error_text(exc: BaseException) -> str:
+    text = exc.cli_message() if hasattr(exc, "cli_message") else str(exc)
+    return " ".join(text.split()) or type(exc).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    formatwarning = warnings.formatwarning
+    warnings.formatwarning = _format_warning     # only how printed warnings look; recording is untouched
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
@@ -415,9 +479,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError, FloatingPointError, KeyError, RuntimeError) as exc:
         if args.debug:
             raise
-        msg = " ".join(str(exc).split()) or type(exc).__name__
-        print(f"factembed: error: {msg}", file=sys.stderr)
+        print(f"factembed: error: {_error_text(exc)}", file=sys.stderr)
         return 1
+    finally:
+        warnings.formatwarning = formatwarning
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -26,18 +26,25 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from .config import FEConfig
 from .errors import FEInputError
 from ._files import write_bytes_atomic
-from .infer import embed_new_samples, reconstruct
+from ._inputs import as_matrix, is_anndata, row_blocks
+from .infer import ROW_BLOCK, embed_new_samples, reconstruct
 from .model import FactorizedEmbeddingNet
 from .recipes import plan_training
 from .runner import batch_plan, make_checkpointer, run_training
+from .sources import BackedSource as BackedSourceBase
 from .train import BatchSampler, as_float32_tensor, resolve_device, resolve_precision
-from ._validation import check_matrix
+from ._validation import _is_sparse, check_matrix
 
 FORMAT_VERSION = 1
 #: parameters that do not change the trained model (may differ on resume)
 _RUNTIME_PARAMS = ("verbose", "device", "infer_steps", "infer_lr", "infer_genes", "init_genes")
 WEIGHTS_FILE = "weights.safetensors"
 META_FILE = "model.json"
+#: ``transform`` / ``score`` draw a progress bar (when ``verbose``) only for at least this
+#: many samples: short calls stay quiet, as scanpy and umap-learn users expect
+PROGRESS_MIN_SAMPLES = 1000
+#: values of the dense row blocks that sparse / backed input is embedded in (~64 MiB)
+_BLOCK_ELEMENTS = 1 << 24
 
 
 def checkpoint_meta(cfg: FEConfig, n_samples: int, n_genes: int, **more: Any) -> dict:
@@ -51,7 +58,30 @@ def checkpoint_meta(cfg: FEConfig, n_samples: int, n_genes: int, **more: Any) ->
 def _is_row_source(X: Any) -> bool:
     """True for backed sources (objects with ``rows(index)`` and ``shape``), which
     :meth:`FactorizedEmbeddings.fit` streams instead of loading."""
-    return hasattr(X, "rows") and hasattr(X, "shape") and not isinstance(X, (np.ndarray, torch.Tensor))
+    return (hasattr(X, "rows") and hasattr(X, "shape") and not isinstance(X, (np.ndarray, torch.Tensor))
+            and not _is_sparse(X) and not is_anndata(X))
+
+
+#: scikit-learn estimator checks that FactorizedEmbeddings fails by design, with the reason
+_EXPECTED_FAILED_CHECKS = {
+    "check_transformer_general": (
+        "fit_transform returns the embedding learned jointly with the model during training "
+        "(transductive), transform embeds samples into the frozen model by inference (inductive): "
+        "they agree only up to the inference error, not within scikit-learn's atol=1e-2"),
+    "check_transformer_data_not_an_array": (
+        "same check as check_transformer_general on a non-array input: fit_transform (learned embedding) "
+        "and transform (inference) differ by design"),
+}
+
+
+def sklearn_expected_failed_checks(estimator: Any = None) -> dict[str, str]:
+    """The scikit-learn estimator checks that :class:`FactorizedEmbeddings` fails by design,
+    each with its reason, for scikit-learn's own mechanism (>= 1.6)::
+
+        check_estimator(FactorizedEmbeddings(...), expected_failed_checks=sklearn_expected_failed_checks())
+        @parametrize_with_checks([...], expected_failed_checks=sklearn_expected_failed_checks)
+    """
+    return dict(_EXPECTED_FAILED_CHECKS)
 
 
 class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
@@ -128,9 +158,19 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
             from sklearn.exceptions import NotFittedError
             raise NotFittedError("This FactorizedEmbeddings instance is not fitted yet; call fit first")
 
-    def _align(self, X: Any, what: str) -> np.ndarray:
-        """Validate ``X`` for a fitted model; DataFrame columns are matched by name."""
-        arr, _, genes = check_matrix(X, what=what)
+    def _align(self, X: Any, what: str) -> Any:
+        """Validate ``X`` for a fitted model: a float32 array, or a row-block reader for
+        sparse / backed input.  DataFrame columns and AnnData ``var_names`` are matched
+        to the model's genes by name."""
+        mat, _, genes = as_matrix(X, what=what)
+        try:
+            return self._align_matrix(mat, genes, what)
+        except BaseException:
+            _close_opened(mat)
+            raise
+
+    def _align_matrix(self, mat: Any, genes: np.ndarray | None, what: str) -> Any:
+        """:meth:`_align` of a matrix already validated by :func:`~factembed._inputs.as_matrix`."""
         names = getattr(self, "feature_names_in_", None)
         if genes is not None and names is not None and not np.array_equal(genes, names):
             pos = {g: k for k, g in enumerate(genes)}
@@ -138,11 +178,13 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
             if missing:
                 raise FEInputError(f"{what} lacks {len(missing)} of the model's {len(names)} genes "
                                    f"(first: {', '.join(map(str, missing[:5]))})")
-            arr = np.ascontiguousarray(arr[:, [pos[g] for g in names]])
-        if arr.shape[1] != self.n_features_in_:
-            raise FEInputError(f"{what} has {arr.shape[1]} genes but the model was fitted on "
-                               f"{self.n_features_in_}")
-        return arr
+            cols = np.array([pos[g] for g in names], dtype=np.int64)
+            mat = np.ascontiguousarray(mat[:, cols]) if isinstance(mat, np.ndarray) else mat.select_genes(cols)
+        if mat.shape[1] != self.n_features_in_:
+            raise FEInputError(f"{what} has {mat.shape[1]} genes but the model was fitted on "
+                               f"{self.n_features_in_} ({what} has {mat.shape[1]} features, but "
+                               f"{type(self).__name__} is expecting {self.n_features_in_} features as input)")
+        return mat
 
     # -- fitting --------------------------------------------------------------------
     def fit(self, X: Any, y: Any = None, *, sample_names: Any = None, gene_names: Any = None,
@@ -151,8 +193,11 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
         """Learn sample embeddings, gene embeddings and the decoder from ``X``
         (samples x genes, already on the scale to model, e.g. log10(x + 1)).
 
-        Gene names come from DataFrame columns or ``gene_names``; when known, ``transform``
-        matches DataFrame columns to them by name.  ``y`` is ignored.
+        ``X`` may be an array, a DataFrame, a scipy sparse matrix (kept sparse: only the rows
+        of each batch are made dense), an ``anndata.AnnData`` (its ``X``, dense or sparse, or
+        read in row blocks when backed) or a backed row source (:mod:`factembed.sources`).
+        Gene names come from DataFrame columns, ``var_names`` or ``gene_names``; when known,
+        ``transform`` matches columns to them by name.  ``y`` is ignored.
 
         Checkpoints: with ``checkpoint_dir``, the full training state is written there
         atomically every ``checkpoint_every`` steps; ``resume=True`` continues from the
@@ -163,14 +208,16 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
         the last good checkpoint (or from the start), up to ``k`` times.  The learning
         rate finally used is ``lr_``."""
         cfg = self.config
+        opened = None
         if _is_row_source(X):
             # a backed (on-disk) source: validated block by block as it is read
             source, samples, genes = X, getattr(X, "samples", None), getattr(X, "genes", None)
             if source.shape[0] < 2 or source.shape[1] < 1:
                 raise FEInputError(f"X has shape {tuple(source.shape)}; at least 2 samples and 1 gene are needed")
         else:
-            arr, samples, genes = check_matrix(X, min_samples=2)
-            source = as_float32_tensor(arr)
+            mat, samples, genes = as_matrix(X, min_samples=2)
+            source = as_float32_tensor(mat) if isinstance(mat, np.ndarray) else mat
+            opened = mat
         n, m = source.shape
         samples = samples if sample_names is None else np.asarray(sample_names, dtype=object)
         genes = genes if gene_names is None else np.asarray(gene_names, dtype=object)
@@ -196,11 +243,14 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
         checkpointer = make_checkpointer(checkpoint_dir, checkpoint_every, checkpoint_meta(cfg, n, m),
                                          resume=resume)
         self.training_plan_ = plan
-        outcome = run_training(net, source, n_steps=n_steps, lr=plan.lr, sample_lr=plan.sample_lr, l2=cfg.l2,
-                               batch_samples=plan.batch_samples, generator=gen, new_sampler=new_sampler,
-                               device=device, compute_dtype=dtype, gene_chunk=cfg.gene_chunk,
-                               progress=cfg.verbose, checkpointer=checkpointer, resume=resume,
-                               divergence_retries=divergence_retries)
+        try:
+            outcome = run_training(net, source, n_steps=n_steps, lr=plan.lr, sample_lr=plan.sample_lr, l2=cfg.l2,
+                                   batch_samples=plan.batch_samples, generator=gen, new_sampler=new_sampler,
+                                   device=device, compute_dtype=dtype, gene_chunk=cfg.gene_chunk,
+                                   progress=cfg.verbose, checkpointer=checkpointer, resume=resume,
+                                   divergence_retries=divergence_retries)
+        finally:
+            _close_opened(opened)     # a backed AnnData's file, opened here
         history, lr = outcome.history, outcome.lr
         self.resumed_from_ = outcome.resumed_from
         self.lr_ = lr
@@ -230,22 +280,69 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
         return self.net_.gene_embedding.detach().cpu().numpy().copy()
 
     def fit_transform(self, X: Any, y: Any = None) -> np.ndarray:
-        """Fit and return the training embedding ``embedding_``."""
+        """Fit and return the training embedding ``embedding_``.
+
+        FE is transductive at fit and inductive at transform: the training embedding is
+        learned jointly with the model, while :meth:`transform` embeds samples into the
+        frozen model by inference, so ``fit_transform(X)`` and ``fit(X).transform(X)``
+        agree only up to the inference error (declared to scikit-learn's checks, see
+        :func:`sklearn_expected_failed_checks`)."""
         return self.fit(X).embedding_
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = True                       # CSR (other formats converted), kept sparse
+        tags.transformer_tags.preserves_dtype = ["float32"]  # computed in float32 whatever the input
+        return tags
 
     # -- using a fitted model -------------------------------------------------------
     def transform(self, X: Any) -> np.ndarray:
-        """Embed the samples of ``X`` by inference; the fitted model is not modified."""
+        """Embed the samples of ``X`` by inference; the fitted model is not modified.
+
+        ``X``: as in :meth:`fit`; sparse and backed input is embedded in dense row blocks
+        (each block gets the same random gene draws, so the result does not depend on the
+        blocks).  A progress bar is drawn (when ``verbose``) only for at least
+        :data:`PROGRESS_MIN_SAMPLES` samples."""
         self._check_fitted()
-        arr = self._align(X, "X")
+        mat = self._align(X, "X")
+        try:
+            return self._embed(mat)
+        finally:
+            _close_opened(mat)
+
+    def _block_rows(self) -> int:
+        rows = max(1, _BLOCK_ELEMENTS // max(1, self.n_features_in_))
+        return max(ROW_BLOCK, rows // ROW_BLOCK * ROW_BLOCK)
+
+    def _embed(self, mat: Any) -> np.ndarray:
+        """Embeddings of the rows of a float32 array or a row-block reader."""
         cfg = self.config
         device = self.net_.gene_embedding.device
-        Z = embed_new_samples(self.net_, torch.from_numpy(arr), steps=cfg.infer_steps, lr=cfg.infer_lr,
-                              infer_genes=cfg.infer_genes, init_genes=cfg.init_genes,
-                              generator=self._generator(salt=1),
-                              compute_dtype=resolve_precision(cfg.precision, device),
-                              gene_chunk=cfg.gene_chunk, progress=cfg.verbose)
-        return Z.numpy()
+        n = mat.shape[0]
+        progress = bool(cfg.verbose) and n >= PROGRESS_MIN_SAMPLES
+        gen = self._generator(salt=1)
+        kw = dict(steps=cfg.infer_steps, lr=cfg.infer_lr, infer_genes=cfg.infer_genes, init_genes=cfg.init_genes,
+                  compute_dtype=resolve_precision(cfg.precision, device), gene_chunk=cfg.gene_chunk)
+        if isinstance(mat, np.ndarray):
+            return embed_new_samples(self.net_, torch.from_numpy(mat), generator=gen, progress=progress,
+                                     **kw).numpy()
+        start = gen.get_state()
+        out = np.empty((n, self.net_.sample_dim), dtype=np.float32)
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=n, desc="factembed transform", unit="sample", mininterval=0.5)
+        try:
+            for a, block in row_blocks(mat, self._block_rows()):
+                gen.set_state(start)      # every block draws the same genes as one call would
+                out[a:a + len(block)] = embed_new_samples(self.net_, torch.from_numpy(block), generator=gen,
+                                                          progress=False, **kw).numpy()
+                if bar is not None:
+                    bar.update(len(block))
+        finally:
+            if bar is not None:
+                bar.close()
+        return out
 
     def inverse_transform(self, Z: Any) -> np.ndarray:
         """Decoder output: full (n, n_genes) profiles for sample embeddings ``Z``."""
@@ -257,12 +354,53 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
 
     def score(self, X: Any, y: Any = None) -> float:
         """Pearson r between ``X`` and its reconstruction through ``transform`` then
-        ``inverse_transform`` (all entries pooled; higher is better)."""
-        arr = self._align(X, "X")
-        rec = self.inverse_transform(self.transform(arr))
-        a = arr.astype(np.float64).ravel() - arr.mean(dtype=np.float64)
-        b = rec.astype(np.float64).ravel() - rec.mean(dtype=np.float64)
-        return float((a @ b) / np.sqrt((a @ a) * (b @ b)))
+        ``inverse_transform`` (all entries pooled; higher is better).  Computed over row
+        blocks: sparse input is never made dense whole."""
+        self._check_fitted()
+        mat = self._align(X, "X")
+        try:
+            Z = torch.from_numpy(self._embed(mat))
+            shift = None
+            sums = np.zeros(5)           # sum a, sum b, sum a^2, sum b^2, sum ab (shifted values)
+            count = 0
+            for a, block in row_blocks(mat, self._block_rows()):
+                rec = reconstruct(self.net_, Z[a:a + len(block)]).numpy().astype(np.float64)
+                x = block.astype(np.float64)
+                if shift is None:        # shifting by a first mean keeps the sums well conditioned
+                    shift = (x.mean(), rec.mean())
+                x -= shift[0]
+                rec -= shift[1]
+                sums += [x.sum(), rec.sum(), (x * x).sum(), (rec * rec).sum(), (x * rec).sum()]
+                count += x.size
+        finally:
+            _close_opened(mat)
+        sa, sb, saa, sbb, sab = sums
+        cov = sab - sa * sb / count
+        return float(cov / np.sqrt((saa - sa * sa / count) * (sbb - sb * sb / count)))
+
+    # -- the gene side ----------------------------------------------------------------
+    def similar_genes(self, gene: Any, k: int = 10):
+        """The ``k`` genes nearest to ``gene`` by cosine similarity of their gene
+        embeddings, as a pandas Series (gene -> similarity, most similar first; the gene
+        itself excluded).  ``gene`` is a gene name, or a column number when the model
+        has no gene names.  :class:`FEInputError` for an unknown gene."""
+        import pandas as pd
+
+        self._check_fitted()
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        names = getattr(self, "feature_names_in_", None)
+        m = self.n_features_in_
+        j = _gene_position(gene, names, m)
+        G = self.gene_embedding_.astype(np.float64)
+        norms = np.linalg.norm(G, axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            sims = (G @ G[j]) / (norms * norms[j])
+        sims[j] = np.nan
+        order = np.argsort(np.where(np.isnan(sims), np.inf, -sims), kind="stable")
+        order = order[order != j][:min(int(k), m - 1)]
+        index = np.asarray(names, dtype=object)[order] if names is not None else order
+        return pd.Series(sims[order], index=pd.Index(index, name="gene"), name="cosine_similarity")
 
     # -- persistence ----------------------------------------------------------------
     def save(self, path: str | os.PathLike, *, extra: dict | None = None) -> Path:
@@ -341,3 +479,78 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
                         genes=None if genes is None else np.asarray(genes, dtype=object))
         est.extra_ = meta.get("extra")
         return est
+
+
+def _trend(values: np.ndarray) -> tuple[float, float]:
+    """Least-squares slope of ``values`` against the step, as a relative change per
+    ``len(values) / 2`` steps, and its t statistic."""
+    y = values[np.isfinite(values)]
+    if y.size < 3 or not np.mean(np.abs(y)) > 0:
+        return 0.0, 0.0
+    x = np.arange(y.size, dtype=float)
+    x -= x.mean()
+    slope = float((x @ (y - y.mean())) / (x @ x))
+    resid = y - y.mean() - slope * x
+    se = float(np.sqrt(resid.var() / (x @ x)))
+    t = slope / se if se > 0 else (np.inf if slope else 0.0)
+    return slope * (values.size / 2) / float(np.mean(np.abs(y))), float(t)
+
+
+def training_summary(history: dict) -> dict:
+    """How a fit ended: ``n_steps``, ``final_loss`` and ``final_pearson_r`` (means of the
+    last 1% of steps), ``seconds``, and whether the fit was still improving at its end.
+
+    Batch losses are noisy, so the trend is a least-squares line through the last 20% of
+    steps, of the loss and of the batch Pearson r (the steadier of the two):
+    ``loss_change_per_10pct`` / ``r_change_per_10pct`` are their relative changes per
+    10% of the steps along that line, and ``still_improving`` is true when the loss
+    falls or r rises by more than 0.25% per 10% of the steps with a t statistic above 2
+    (``None`` for fits of fewer than 200 steps: too short to tell)."""
+    loss = np.asarray(history.get("loss", []), dtype=float)
+    r = np.asarray(history.get("pearson_r", []), dtype=float)
+    seconds = history.get("seconds") or [None]
+    out: dict[str, Any] = {"n_steps": int(loss.size), "final_loss": None, "final_pearson_r": None,
+                           "seconds": None if seconds[-1] is None else float(seconds[-1]),
+                           "still_improving": None, "loss_change_per_10pct": None, "r_change_per_10pct": None}
+    if loss.size == 0:
+        return out
+    k = max(1, loss.size // 100)
+    out["final_loss"] = float(np.nanmean(loss[-k:]))
+    out["final_pearson_r"] = float(np.nanmean(r[-k:])) if r.size else None
+    if loss.size >= 200:
+        w = loss.size // 5
+        dl, tl = _trend(loss[-w:])
+        dr, tr = _trend(r[-w:]) if r.size == loss.size else (0.0, 0.0)
+        out["loss_change_per_10pct"], out["r_change_per_10pct"] = dl, dr
+        out["still_improving"] = bool((dl < -0.0025 and tl < -2) or (dr > 0.0025 and tr > 2))
+    return out
+
+
+def _close_opened(reader: Any) -> None:
+    """Close the file that :func:`~factembed._inputs.as_matrix` opened for a backed
+    AnnData (``reader`` is that source or a gene selection of it; anything else is left
+    alone)."""
+    root = reader
+    while getattr(root, "_parent", None) is not None:
+        root = root._parent
+    if isinstance(root, BackedSourceBase):
+        root.close()
+
+
+def _gene_position(gene: Any, names: np.ndarray | None, m: int) -> int:
+    """Column of ``gene`` (a name, or a column number for a model without gene names)."""
+    if names is None:
+        if isinstance(gene, (int, np.integer)) and not isinstance(gene, bool) and 0 <= gene < m:
+            return int(gene)
+        raise FEInputError(f"unknown gene {gene!r}: this model has no gene names (fit it on a DataFrame or "
+                           f"AnnData, or pass gene_names=), so genes are column numbers 0..{m - 1}")
+    pos = {str(g): i for i, g in enumerate(names)}
+    key = str(gene)
+    if key in pos:
+        return pos[key]
+    import difflib
+    folded = [str(g) for g in names if str(g).casefold() == key.casefold()
+              or str(g).split(".")[0] == key.split(".")[0]]
+    close = folded[:3] or difflib.get_close_matches(key, list(pos), n=3)
+    raise FEInputError(f"unknown gene {key!r}: not among the model's {m:,} genes"
+                       + (f"; did you mean {', '.join(map(repr, close))}?" if close else ""))

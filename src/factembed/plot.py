@@ -4,6 +4,7 @@ paths written.  matplotlib runs on the non-interactive Agg backend."""
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -34,12 +35,40 @@ def label_colors(n: int) -> list:
     return pool + [hsv(i / (n - len(pool))) for i in range(n - len(pool))]
 
 
+#: a number with an optional unit (``0h``, ``24 h``, ``3d``, ``10min``, ``day 3`` is not one)
+_QUANTITY = re.compile(r"^\s*([-+]?\d+(?:\.\d+)?)\s*([A-Za-z]{0,5})\s*$")
+
+
+def _quantity(label: str) -> tuple[float, str] | None:
+    m = _QUANTITY.match(label)
+    return None if m is None else (float(m.group(1)), m.group(2).lower())
+
+
+def ordered_labels(labels: Sequence) -> bool:
+    """True when the labels are quantities of one unit (time points ``0h, 24h, 48h``,
+    doses ``1, 10, 100``): their order means something, so they get an ordered palette."""
+    uniq = list(dict.fromkeys(str(x) for x in labels))
+    parsed = [_quantity(u) for u in uniq]
+    return len(uniq) >= 2 and all(p is not None for p in parsed) and len({p[1] for p in parsed}) == 1
+
+
 def _order_labels(labels: Sequence) -> list:
     uniq = list(dict.fromkeys(str(x) for x in labels))
-    try:
-        return sorted(uniq, key=lambda s: float(s.rstrip("h")))
-    except ValueError:
-        return sorted(uniq)
+    if ordered_labels(uniq):
+        return sorted(uniq, key=lambda s: _quantity(s)[0])
+    return sorted(uniq)
+
+
+def label_palette(order: Sequence[str]) -> dict:
+    """Label -> colour: an ordered palette (viridis, dark to light) for ordered labels
+    (:func:`ordered_labels`), distinct categorical colours (:func:`label_colors`) otherwise."""
+    order = list(order)
+    if ordered_labels(order):
+        import matplotlib
+        cmap = matplotlib.colormaps["viridis"]
+        steps = np.linspace(0.0, 0.85, len(order)) if len(order) > 1 else [0.0]
+        return {lab: cmap(float(t)) for lab, t in zip(order, steps)}
+    return dict(zip(order, label_colors(len(order))))
 
 
 def _save(fig, path: str | os.PathLike, pdf: bool) -> list[Path]:
@@ -65,7 +94,7 @@ def draw_embedding(ax, Z: np.ndarray, labels: Sequence | None, *, marker: str = 
     labels = np.asarray([str(x) for x in labels])
     order = _order_labels(labels)
     if colors is None:
-        colors = dict(zip(order, label_colors(len(order))))
+        colors = label_palette(order)
     for lab in order:
         sel = labels == lab
         if not sel.any():
@@ -81,8 +110,9 @@ def draw_embedding(ax, Z: np.ndarray, labels: Sequence | None, *, marker: str = 
 
 def plot_embedding(Z: np.ndarray, labels: Sequence | None, path: str | os.PathLike, *,
                    title: str = "Factorized Embeddings: sample embedding", label_name: str = "label",
-                   pdf: bool = False) -> list[Path]:
-    """2-D scatter of a sample embedding coloured by label (legend outside the axes)."""
+                   pdf: bool = False, note: str | None = None) -> list[Path]:
+    """2-D scatter of a sample embedding coloured by label (legend outside the axes);
+    ``note`` (e.g. the kNN accuracy of the labels) is written under the axes."""
     plt = _plt()
     Z = np.asarray(Z)
     if Z.shape[1] < 2:
@@ -96,22 +126,63 @@ def plot_embedding(Z: np.ndarray, labels: Sequence | None, path: str | os.PathLi
         n = len(set(map(str, labels)))
         ax.legend(title=label_name, loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8,
                   ncol=1 if n <= 20 else 2, frameon=False, markerscale=1.5)
+    if note:
+        ax.text(0.0, -0.13, note, transform=ax.transAxes, ha="left", va="top", fontsize=9)
     return _save(fig, path, pdf)
 
 
 def plot_transform(train_Z: np.ndarray, new_Z: np.ndarray, labels: Sequence | None,
-                   path: str | os.PathLike, *, pdf: bool = False) -> list[Path]:
-    """New samples (hollow triangles, coloured by label) over the training embedding (grey)."""
+                   path: str | os.PathLike, *, pdf: bool = False, train_labels: Sequence | None = None,
+                   label_name: str = "label") -> list[Path]:
+    """New samples (hollow triangles) over the training embedding (small dots), both
+    coloured by label with one palette when labels are known (training dots grey
+    otherwise); the legend, titled ``label_name``, also says which marker is which."""
+    from matplotlib.lines import Line2D
+
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.5, 5))
-    draw_embedding(ax, train_Z, None, size=6)
-    colors = draw_embedding(ax, new_Z, labels, marker="^", size=30, hollow=True)
-    ax.set_title("training samples (grey) and new samples (triangles)")
+    train_Z, new_Z = np.asarray(train_Z), np.asarray(new_Z)
+    if train_Z.shape[1] < 2:
+        train_Z = np.column_stack([train_Z[:, 0], np.zeros(len(train_Z))])
+        new_Z = np.column_stack([new_Z[:, 0], np.zeros(len(new_Z))])
+    fig, ax = plt.subplots(figsize=(7, 5.2))
+    known = [v for v in (train_labels, labels) if v is not None]
+    colors = label_palette(_order_labels([str(x) for v in known for x in v])) if known else None
+    draw_embedding(ax, train_Z, train_labels, size=6, colors=colors)
+    if train_labels is not None:
+        for coll in ax.collections:
+            coll.set_alpha(0.45)
+    draw_embedding(ax, new_Z, labels, marker="^", size=30, hollow=True, colors=colors)
+    grey = "0.45"
+    handles = [Line2D([], [], linestyle="", marker="o", markersize=4, color=grey, label="training samples"),
+               Line2D([], [], linestyle="", marker="^", markerfacecolor="none", color=grey, label="new samples")]
+    if colors:
+        handles += [Line2D([], [], linestyle="", marker="o", color=c, label=k) for k, c in colors.items()]
+    ax.legend(handles=handles, title=label_name if colors else None, loc="center left",
+              bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False, ncol=1 if len(handles) <= 22 else 2)
+    ax.set_title("new samples embedded into the training embedding", fontsize=10)
     ax.set_xlabel("FE1")
     ax.set_ylabel("FE2")
-    if colors:
-        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
     return _save(fig, path, pdf)
+
+
+def _plain_log_ticks(ax) -> None:
+    """Tick labels of a log y axis as plain numbers (0.6, not 6x10^-1); minor ticks are
+    labelled too when the axis spans less than ~1.5 decades (at 2, 3, 4 and 6 x 10^k, or
+    all of them within a factor of 3)."""
+    from matplotlib.ticker import FuncFormatter
+
+    def major(v, _pos):
+        return f"{v:g}"
+
+    def minor(v, _pos):
+        lo, hi = ax.get_ylim()
+        if v <= 0 or lo <= 0 or hi / lo > 30:
+            return ""
+        mantissa = round(v / 10 ** np.floor(np.log10(v)), 6)
+        return f"{v:g}" if hi / lo < 3 or mantissa in (2, 3, 4, 6) else ""
+
+    ax.yaxis.set_major_formatter(FuncFormatter(major))
+    ax.yaxis.set_minor_formatter(FuncFormatter(minor))
 
 
 def plot_training_curves(history: Mapping[str, Sequence[float]], path: str | os.PathLike, *,
@@ -134,6 +205,7 @@ def plot_training_curves(history: Mapping[str, Sequence[float]], path: str | os.
     a1.plot(step, loss, color="tab:blue", alpha=0.25, linewidth=0.6)
     a1.plot(step, avg(loss), color="tab:blue", linewidth=1.5, label=f"moving average ({k} steps)")
     a1.set_yscale("log")
+    _plain_log_ticks(a1)
     a1.set_xlabel("step")
     a1.set_ylabel("MSE of the batch")
     a1.set_title("loss")
@@ -188,7 +260,7 @@ def plot_train_test_embedding(Z_train: np.ndarray, y_train: Sequence | None, Z_t
     if y_train is not None or y_test is not None:
         allv = list(y_train if y_train is not None else []) + list(y_test if y_test is not None else [])
         order = _order_labels(allv)
-        colors = dict(zip(order, label_colors(len(order))))
+        colors = label_palette(order)
     draw_embedding(ax, Z_train, y_train, size=10, colors=colors)
     draw_embedding(ax, Z_test, y_test, marker="^", size=34, hollow=True, colors=colors)
     from matplotlib.lines import Line2D
@@ -403,7 +475,7 @@ def plot_legend_sheet(labels: Sequence, path: str | os.PathLike, *, title: str =
     """A separate sheet with one coloured marker per label (for grids of small panels)."""
     plt = _plt()
     order = _order_labels(labels)
-    colors = colors or dict(zip(order, label_colors(len(order))))
+    colors = colors or label_palette(order)
     from matplotlib.lines import Line2D
     handles = [Line2D([], [], linestyle="", marker="o", markersize=8, color=colors[k], label=k) for k in order]
     ncol = 1 if len(order) <= 12 else (2 if len(order) <= 30 else 3)
@@ -426,7 +498,7 @@ def plot_sweep_scatter_grid(embeddings: Mapping, labels: Sequence | None, gene_d
     colors = None
     if labels is not None:
         order = _order_labels(labels)
-        colors = dict(zip(order, label_colors(len(order))))
+        colors = label_palette(order)
     for i, gd in enumerate(gene_dims):
         for j, l2 in enumerate(l2s):
             ax = axes[i][j]

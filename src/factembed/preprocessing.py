@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from ._validation import _log10p1_inplace, _nonfinite_name, first_bad_value
-from .errors import FEInputError
+from .errors import FEInputError, FEWarning
 from .io._data import (
     ExpressionData,
     _check_data,
@@ -53,9 +53,15 @@ def _gene_positions(data: ExpressionData, genes: Sequence[str]) -> tuple[np.ndar
     return idx, wanted
 
 
-def _missing_message(missing: Sequence[str], total: int) -> str:
-    return (f"{len(missing)} of {total} required genes are missing from the data: {_preview(missing)}"
-            " (pass fill_missing=True to fill them with the training means)")
+def _missing_genes_error(missing: Sequence[str], total: int, source: str | None) -> FEInputError:
+    return FEInputError(f"{len(missing)} of {total} required genes are missing from the data: {_preview(missing)}",
+                        source, hint="pass fill_missing=True to fill them with the training means",
+                        cli_hint="pass --fill-missing to fill them with the training means")
+
+
+#: the remedy for values that are already on a log scale, in both spellings
+_NO_LOG = dict(hint="use Preprocessing(log10p1=False) if the data are already log-transformed",
+               cli_hint="use --no-log if the data are already log-transformed")
 
 
 def _aligned_matrix(data: ExpressionData, idx: np.ndarray, fill: np.ndarray | None) -> np.ndarray:
@@ -109,7 +115,7 @@ def align_genes(
     missing_mask = idx < 0
     if missing_mask.any():
         if fill is None:
-            raise FEInputError(_missing_message(wanted[missing_mask].tolist(), len(wanted)), data.source)
+            raise _missing_genes_error(wanted[missing_mask].tolist(), len(wanted), data.source)
         fill_arr = np.broadcast_to(np.asarray(fill, dtype=np.float32), (len(wanted),))
     X = _aligned_matrix(data, idx, fill_arr)
     biotypes, var = _align_annotations(data, idx)
@@ -132,11 +138,8 @@ def _locate_bad(block: np.ndarray, a: int, data: ExpressionData, genes: np.ndarr
         hint = " (infinite, or beyond float32's range of +-3.4e38)" if what != "NaN" else ""
         raise FEInputError(f"sample {sample!r}, gene {gene!r}: value is {what}{hint}; impute or drop it first",
                            data.source)
-    raise FEInputError(
-        f"sample {sample!r}, gene {gene!r}: negative value {v:g} cannot be log10(x+1)-transformed "
-        "(use Preprocessing(log10p1=False) if the data are already log-transformed)",
-        data.source,
-    )
+    raise FEInputError(f"sample {sample!r}, gene {gene!r}: negative value {v:g} cannot be log10(x+1)-transformed",
+                       data.source, **_NO_LOG)
 
 
 # --------------------------------------------------------------------------
@@ -215,7 +218,8 @@ def _protein_coding_mask(biotypes: np.ndarray | None, protein_coding_only: bool,
         return None
     cand = biotypes == "protein_coding"
     if not cand.any():
-        raise FEInputError("no gene has biotype 'protein_coding' (use protein_coding_only=False)", source)
+        raise FEInputError("no gene has biotype 'protein_coding'", source, hint="use protein_coding_only=False",
+                           cli_hint="use --all-biotypes")
     return cand
 
 
@@ -275,9 +279,9 @@ class Preprocessing:
         if data.n_samples == 0 or data.n_genes == 0:
             raise FEInputError(f"cannot fit preprocessing on an empty matrix {data.shape}", data.source)
         if self.log10p1 and data.log_transformed:
-            warnings.warn(
+            warnings.warn(FEWarning(
                 f"{data.source or 'data'}: values are already log10(x+1)-transformed (transform='log10p1') and "
-                "Preprocessing(log10p1=True) will transform them again; use Preprocessing(log10p1=False)",
+                "would be transformed again", hint="use Preprocessing(log10p1=False)", cli_hint="use --no-log"),
                 stacklevel=2,
             )
         cand = _protein_coding_mask(data.biotypes, self.protein_coding_only, data.source)
@@ -370,6 +374,17 @@ class Preprocessing:
         fitted = self.fit(data)
         return fitted, fitted.apply(data, copy=copy)
 
+    def describe(self) -> str:
+        """The preprocessing in words, e.g. ``"log10(x+1), protein-coding genes, constant
+        genes dropped, the 5,000 most variable genes"``."""
+        parts = ["log10(x+1)" if self.log10p1 else "values used as given"]
+        if self.protein_coding_only:
+            parts.append("protein-coding genes (when biotypes are known)")
+        parts.append("constant genes dropped" if self.drop_constant else "constant genes kept")
+        if self.top_variable is not None:
+            parts.append(f"the {self.top_variable:,} most variable genes")
+        return ", ".join(parts)
+
     def to_dict(self) -> dict:
         return {"log10p1": bool(self.log10p1), "protein_coding_only": bool(self.protein_coding_only),
                 "drop_constant": bool(self.drop_constant), "top_variable": self.top_variable}
@@ -423,9 +438,10 @@ class FittedPreprocessing:
         """
         data = _check_data(data)
         if self.log10p1 and data.log_transformed:
-            warnings.warn(
+            warnings.warn(FEWarning(
                 f"{data.source or 'data'}: values are already log10(x+1)-transformed and this preprocessing "
-                "applies log10(x+1) again; fit with Preprocessing(log10p1=False)",
+                "applies log10(x+1) again", hint="fit with Preprocessing(log10p1=False)",
+                cli_hint="fit with --no-log"),
                 stacklevel=2,
             )
         idx, wanted = _gene_positions(data, self.genes)
@@ -434,7 +450,7 @@ class FittedPreprocessing:
         if n_missing:
             missing = wanted[~present].tolist()
             if not fill_missing:
-                raise FEInputError(_missing_message(missing, len(wanted)), data.source)
+                raise _missing_genes_error(missing, len(wanted), data.source)
             warnings.warn(
                 f"{data.source or 'data'}: {n_missing} of {len(wanted)} genes are missing and were filled with "
                 f"their training means: {_preview(missing)}",

@@ -50,7 +50,7 @@ import numpy as np
 import torch
 
 from ._validation import _log10p1_inplace, _nonfinite_name, _one_line, first_bad_value
-from .errors import FEInputError
+from .errors import FEInputError, MissingColumnError
 from .io.hdf5 import _open_h5
 
 __all__ = [
@@ -228,8 +228,9 @@ class BackedSource:
         if not math.isfinite(v):
             what = _nonfinite_name(v)
             raise FEInputError(f"{sample}, {gene}: value is {what}; impute or drop it first", self.path)
-        raise FEInputError(f"{sample}, {gene}: negative value {v:g} cannot be log10(x+1)-transformed "
-                           "(the data may already be on a log scale: turn log10p1 off)", self.path)
+        raise FEInputError(f"{sample}, {gene}: negative value {v:g} cannot be log10(x+1)-transformed",
+                           self.path, hint="the data may already be on a log scale: open the source with log10p1=False",
+                           cli_hint="the data may already be on a log scale: use --no-log")
 
     def read_rows(self, start: int, stop: int) -> np.ndarray:
         """Rows ``start:stop`` as a new float32 array (checked and transformed)."""
@@ -501,7 +502,9 @@ class H5adSource(_H5Backed):
                                    path) from None
             key = label_column if label_column is not None else (LABEL_KEY if LABEL_KEY in obs else None)
             if key is not None and key not in obs:
-                raise FEInputError(f"obs has no column {key!r}", path)
+                raise MissingColumnError(f"obs has no column {key!r}; columns are "
+                                         f"{', '.join(map(repr, sorted(obs)[:8])) or 'none'}", path,
+                                         column=key, available=sorted(obs))
             labels = obs[key] if key is not None else None
             X = f["X"]
             n, m = len(samples), len(genes)

@@ -247,7 +247,10 @@ class _Progress:
             return
         now = time.perf_counter()
         if now - self.last >= 0.5:
-            self.bar.set_postfix(loss=f"{loss:.4g}", r=f"{r:.3f}", refresh=False)
+            shown = {"loss": f"{loss:.4g}"}
+            if r is not None and math.isfinite(r):     # inference has no r: show none, not nan
+                shown["r"] = f"{r:.3f}"
+            self.bar.set_postfix(refresh=False, **shown)
             self.last = now
         self.bar.update(step - self.done)
         self.done = step

@@ -27,18 +27,19 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 from .config import FEConfig
-from .errors import FEInputError
+from .errors import FEInputError, FEWarning, MissingColumnError
 
 Echo = Callable[[str], None]
 
@@ -89,11 +90,18 @@ class PreprocessingOptions:
 class CheckpointOptions:
     """Checkpoints of a fit: every ``every`` steps (0: none) into ``directory``
     (default ``OUTPUT/checkpoints``); ``resume`` continues an interrupted run;
-    ``divergence_retries`` as in :meth:`FactorizedEmbeddings.fit`."""
+    ``divergence_retries`` as in :meth:`FactorizedEmbeddings.fit`; ``keep``: keep the
+    checkpoints after a successful fit (``False``: remove them, the command line's
+    default, since they are bigger than the model)."""
     every: int = 0
     directory: str | None = None
     resume: bool = False
     divergence_retries: int = 0
+    keep: bool = True
+
+    def location(self, output: str | os.PathLike) -> Path:
+        """Where this run's checkpoints are (or would be)."""
+        return Path(self.directory or Path(output) / "checkpoints")
 
     def directory_for(self, output: str | os.PathLike) -> str | None:
         if self.every <= 0:
@@ -117,6 +125,7 @@ class FitRequest:
     processes: int | str | None = None        # data-parallel ranks, or UNDER_TORCHRUN
     title: str | None = None
     prepared: dict | None = None              # set by fit() for the ranks it launches
+    overwrite: bool = False                   # replace a model already in ``output``
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -129,7 +138,8 @@ class FitRequest:
         return cls(data=d["data"], output=d["output"], config=FEConfig.from_dict(d["config"]),
                    read=ReadOptions(**d["read"]), preprocessing=PreprocessingOptions(**d["preprocessing"]),
                    checkpoints=CheckpointOptions(**d["checkpoints"]), backed=bool(d["backed"]),
-                   processes=d.get("processes"), title=d.get("title"), prepared=d.get("prepared"))
+                   processes=d.get("processes"), title=d.get("title"), prepared=d.get("prepared"),
+                   overwrite=bool(d.get("overwrite", False)))
 
     @property
     def data_name(self) -> str:
@@ -180,8 +190,22 @@ def load_model(path: str | os.PathLike):
 def read_for_model(path: str, read: ReadOptions | None, fe, pre, *, fill_missing: bool = False):
     """``path`` read and brought to the model's genes: its recorded preprocessing
     re-applied (genes matched by name, missing ones filled with training means when
-    ``fill_missing``), or the gene count checked."""
-    data = read_data(path, read)
+    ``fill_missing``), or the gene count checked.
+
+    Without a label column in ``read``, the column the model was fitted with (recorded
+    in the model) is taken as the labels when the file has it, so that it is not read
+    as a gene."""
+    read = read or ReadOptions()
+    fitted_with = ((getattr(fe, "extra_", None) or {}).get("label_column"))
+    data = None
+    if read.label_column is None and read.labels_path is None and fitted_with and path != "demo":
+        try:
+            data = read_data(path, replace(read, label_column=fitted_with))
+        except MissingColumnError:
+            data = None                  # the new file has no such column: read it as it is
+    if data is None:
+        data = read_data(path, read)
+    warn_orientation(data.samples, data.genes, data.shape, data.source, read)
     if pre is not None:
         return pre.apply(data, fill_missing=fill_missing)
     if data.n_genes != fe.n_features_in_:
@@ -204,9 +228,26 @@ def drop_constant_samples(data, what: str = "training"):
     return data
 
 
+def warn_orientation(samples, genes, shape, source, read: ReadOptions | None) -> None:
+    """Warn (:class:`FEWarning`) when the matrix looks genes x samples, unless the
+    orientation was given explicitly."""
+    from .io.orientation import orientation_problem
+
+    if read is not None and read.samples_as_rows is not None:
+        return
+    problem = orientation_problem(samples, genes, shape)
+    if problem is not None:
+        warnings.warn(FEWarning(f"{source or 'data'}: read as {shape[0]:,} samples x {shape[1]:,} genes, but "
+                                f"{problem}",
+                                hint="if its rows are genes, read it with ReadOptions(samples_as_rows=False)",
+                                cli_hint="if its rows are genes, use --samples-as-columns"), stacklevel=2)
+
+
 def prepare_in_memory(request: FitRequest, echo: Echo = _quiet):
     """Read, check and preprocess the request's data: ``(fitted preprocessing, data)``."""
     data = read_data(request.data, request.read)
+    if request.data != "demo":
+        warn_orientation(data.samples, data.genes, data.shape, data.source, request.read)
     already_log = data.transform == "log10p1"
     if request.data == "demo":   # the bundled demo is stored on the log scale, all genes kept
         pre = PreprocessingOptions(log10p1=False, protein_coding_only=False, drop_constant=True,
@@ -262,6 +303,7 @@ def prepare_backed(request: FitRequest, echo: Echo = _quiet, progress: bool = Fa
     genes, fitted preprocessing, kept column numbers, statistics)``."""
     source, log = open_backed(request)
     n, m = source.shape
+    warn_orientation(source.samples, source.genes, source.shape, request.data, request.read)
     echo(f"backed training on {n:,} samples x {m:,} genes from {request.data} "
          f"({'log10(x+1) applied per block' if log else 'values used as stored'}); "
          "checking all values and gathering gene statistics in one pass ...")
@@ -308,8 +350,46 @@ def summary_line(history: dict) -> str:
             f"(mean of the last {k} step{'s' if k > 1 else ''})")
 
 
+def convergence_note(history: dict) -> str | None:
+    """A sentence when the fit was still improving at its end (see
+    :func:`~factembed.estimator.training_summary`), else ``None``."""
+    from .estimator import training_summary
+
+    s = training_summary(history)
+    if not s["still_improving"]:
+        return None
+    trend = []
+    if s["loss_change_per_10pct"] < 0:
+        trend.append(f"the loss fell {-s['loss_change_per_10pct']:.1%}")
+    if s["r_change_per_10pct"] > 0:
+        trend.append(f"Pearson r rose {s['r_change_per_10pct']:.1%}")
+    return (f"not converged: over the last 20% of the {s['n_steps']:,} steps {' and '.join(trend)} per 10% "
+            "of the steps; more steps should give a better model")
+
+
+def label_knn(Z: np.ndarray, labels: Any, max_samples: int = 20_000, seed: int = 0) -> tuple[float, float] | None:
+    """``knn_accuracy`` of the labels from the embedding (on a random subset of at most
+    ``max_samples`` samples), or ``None`` when the labels cannot be scored (one class, or
+    a class with fewer than 5 samples)."""
+    if labels is None:
+        return None
+    labels = np.asarray(labels).astype(str)
+    _, counts = np.unique(labels, return_counts=True)
+    if len(counts) < 2 or counts.min() < 5:
+        return None
+    Z = np.asarray(Z)
+    if len(labels) > max_samples:
+        pick = np.random.default_rng(seed).choice(len(labels), max_samples, replace=False)
+        Z, labels = Z[pick], labels[pick]
+        if np.unique(labels, return_counts=True)[1].min() < 5:
+            return None
+    return knn_accuracy(Z, labels)
+
+
 def write_fit_outputs(fe, samples, labels, out: Path, extra: dict, title: str) -> list[Path]:
-    """Model, embedding table, history table and the two figures, into ``out``."""
+    """Model, embedding table, history table and the two figures, into ``out``.  When
+    the samples have labels, their 5-fold kNN accuracy from the embedding is written on
+    the embedding figure and recorded as ``extra["knn_accuracy"]`` / ``["knn_chance"]``."""
     import pandas as pd
 
     from ._files import atomic_output
@@ -317,7 +397,14 @@ def write_fit_outputs(fe, samples, labels, out: Path, extra: dict, title: str) -
     from .plot import plot_embedding, plot_training_curves
 
     out.mkdir(parents=True, exist_ok=True)
+    knn = label_knn(fe.embedding_, labels)
+    label_name = extra.get("label_column") or ("time point" if extra.get("source") == "demo" else "label")
+    note = None
+    if knn is not None:
+        extra = {**extra, "knn_accuracy": knn[0], "knn_chance": knn[1]}
+        note = f"5-fold kNN accuracy of the {label_name}: {knn[0]:.3f} (chance {knn[1]:.3f})"
     fe.save(out, extra=extra)
+    fe.extra_ = extra
     written = [out / "model.json", out / "weights.safetensors"]
     write_embedding_table(out / "embedding.csv", fe.embedding_, samples, labels)
     written.append(out / "embedding.csv")
@@ -325,7 +412,7 @@ def write_fit_outputs(fe, samples, labels, out: Path, extra: dict, title: str) -
         pd.DataFrame(fe.history_).to_csv(tmp, index=False)
     written.append(out / "history.csv")
     written += plot_embedding(fe.embedding_, labels, out / "embedding.png", title=title,
-                              label_name=extra.get("label_column") or "label")
+                              label_name=label_name, note=note)
     written += plot_training_curves(fe.history_, out / "training.png", title=title)
     return written
 
@@ -345,17 +432,86 @@ def _title(request: FitRequest) -> str:
 
 def fit(request: FitRequest, echo: Echo = _stderr) -> FitResult | None:
     """Train the model the request describes and write its directory.  Returns the
-    :class:`FitResult` (``None`` on the ranks other than 0 of a data-parallel fit)."""
+    :class:`FitResult` (``None`` on the ranks other than 0 of a data-parallel fit).
+
+    An output directory that already holds a model, or checkpoints of another run, is
+    refused unless ``request.overwrite`` (which first removes those checkpoints) or
+    ``checkpoints.resume``.  Without a seed (``config.random_state=None``) one is drawn
+    and recorded in the model (``estimator.random_state``), so that the fit can be
+    repeated (a resumed run takes the seed of its checkpoints).  After a successful fit the
+    checkpoints are removed unless ``checkpoints.keep``."""
     if request.processes is not None and request.checkpoints.divergence_retries > 0:
         raise ValueError("--divergence-retries is not available for distributed fits (the ranks would have to "
                          "agree on the retry); use checkpoints and --resume with a smaller --lr")
     if request.processes == UNDER_TORCHRUN:
-        return fit_rank(request, echo)
-    if request.processes is not None:
-        return _launch_distributed(request, echo)
-    if request.backed:
-        return _fit_backed(request, echo)
-    return _fit_in_memory(request, echo)
+        if request.prepared is None:            # a launcher of the user's: every rank checks
+            check_output(request)
+        res = fit_rank(request, echo)
+    else:
+        check_output(request)
+        request = _with_seed(request)
+        if request.processes is not None:
+            res = _launch_distributed(request, echo)
+        elif request.backed:
+            res = _fit_backed(request, echo)
+        else:
+            res = _fit_in_memory(request, echo)
+    if res is not None and not request.checkpoints.keep:
+        from .checkpoint import remove_checkpoints
+        remove_checkpoints(request.checkpoints.location(request.output))
+    return res
+
+
+def check_output(request: FitRequest) -> None:
+    """Refuse to train into a directory that holds a model or another run's checkpoints
+    (see :func:`fit`); with ``overwrite``, remove those checkpoints first."""
+    from .checkpoint import checkpoint_steps, remove_checkpoints
+
+    out = Path(request.output)
+    ck = request.checkpoints.location(out)
+    has_model = (out / "model.json").is_file()
+    has_checkpoints = bool(checkpoint_steps(ck))
+    if request.checkpoints.resume:
+        if has_model and not has_checkpoints:
+            raise FEInputError("holds a finished model and no checkpoints to resume from (they are removed after "
+                               "a successful fit unless kept)", out, hint="pass overwrite=True to train it again",
+                               cli_hint="pass --overwrite to train it again; --keep-checkpoints keeps them "
+                                        "so that a run can be extended")
+        return
+    if request.overwrite or (has_model and request.data == "demo" and _demo_model(out)):
+        remove_checkpoints(ck)         # (a demo replaces the output of an earlier demo)
+        return
+    if has_model:
+        raise FEInputError("already holds a model", out,
+                           hint="pass overwrite=True to replace it, or CheckpointOptions(resume=True) to continue "
+                                "its run", cli_hint="pass --overwrite to replace it, or --resume to continue its run")
+    if has_checkpoints:
+        raise FEInputError("holds checkpoints of an interrupted run", ck,
+                           hint="resume it with CheckpointOptions(resume=True), or pass overwrite=True to start again",
+                           cli_hint="resume it with --resume, or pass --overwrite to start again")
+
+
+def _demo_model(out: Path) -> bool:
+    try:
+        return (json.loads((out / "model.json").read_text()).get("extra") or {}).get("source") == "demo"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _with_seed(request: FitRequest) -> FitRequest:
+    """The request with a seed: the given one, a resumed run's, or a new one (recorded
+    in the model as ``random_state``)."""
+    from .checkpoint import checkpoint_meta_of
+
+    if request.config.random_state is not None:
+        return request
+    if request.checkpoints.resume:
+        meta = checkpoint_meta_of(request.checkpoints.location(request.output))
+        if meta is not None:          # continue with the run's own seed (None for an unseeded old run)
+            seed = (meta.get("config") or {}).get("random_state")
+            return replace(request, config=replace(request.config, random_state=seed))
+    seed = secrets.randbelow(2**31)
+    return replace(request, config=replace(request.config, random_state=seed))
 
 
 def _checkpoint_kwargs(request: FitRequest) -> dict:
@@ -372,7 +528,7 @@ def _fit_in_memory(request: FitRequest, echo: Echo) -> FitResult:
 
     fitted, data = prepare_in_memory(request, echo)
     from .recipes import plan_training
-    echo(f"training on {data.n_samples:,} samples x {data.n_genes:,} genes ({fitted.config}); "
+    echo(f"training on {data.n_samples:,} samples x {data.n_genes:,} genes ({fitted.config.describe()}); "
          f"{plan_training(request.config, data.n_samples, data.n_genes).describe()}")
     fe = FactorizedEmbeddings.from_config(request.config)
     t0 = time.perf_counter()
@@ -393,7 +549,7 @@ def _fit_backed(request: FitRequest, echo: Echo) -> FitResult:
         n, m = source.shape
         samples = full.samples if full.samples is not None else np.array([f"sample_{i}" for i in range(n)])
         if m != full.shape[1]:
-            echo(f"training on {n:,} samples x {m:,} of {full.shape[1]:,} genes ({fitted.config})")
+            echo(f"training on {n:,} samples x {m:,} of {full.shape[1]:,} genes ({fitted.config.describe()})")
         fe = FactorizedEmbeddings.from_config(request.config)
         t0 = time.perf_counter()
         fe.fit(source, sample_names=samples, gene_names=fitted.genes, **_checkpoint_kwargs(request))
@@ -580,8 +736,32 @@ def transform(model: str, data: str, output: str, *, read: ReadOptions | None = 
     written = [Path(output)]
     if plot:
         from .plot import plot_transform
-        written += plot_transform(fe.embedding_, Z, d.labels, plot)
+        extra = getattr(fe, "extra_", None) or {}
+        written += plot_transform(fe.embedding_, Z, d.labels, plot, train_labels=training_labels(model, fe),
+                                  label_name=read.label_column if read and read.label_column
+                                  else extra.get("label_column")
+                                  or ("time point" if extra.get("source") == "demo" else "label"))
     return TransformResult(Z, d, fe, written)
+
+
+def training_labels(model: str | os.PathLike, fe) -> np.ndarray | None:
+    """The labels of the training samples, from the model directory's ``embedding.csv``
+    (``None`` when it has none or does not match the model)."""
+    import pandas as pd
+
+    path = Path(model) / "embedding.csv"
+    if not path.is_file():
+        return None
+    try:
+        table = pd.read_csv(path, dtype={"sample": str, "label": str}, keep_default_na=False)
+    except (OSError, ValueError, pd.errors.ParserError):
+        return None
+    if "label" not in table or len(table) != fe.net_.n_samples:
+        return None
+    names = getattr(fe, "sample_names_", None)
+    if names is not None and "sample" in table and list(table["sample"]) != [str(v) for v in names]:
+        return None
+    return table["label"].astype(str).to_numpy()
 
 
 def _transform_rank(model, data, output, *, read, fill_missing, verbose):
@@ -654,6 +834,42 @@ def reconstruct(model: str, embedding: str, output: str):
     return len(samples), X.shape[1], ("log10(x+1) scale" if log else "model scale")
 
 
+def gene_table(model: str):
+    """The model's gene embedding as a DataFrame: column ``gene``, then ``GE1`` ... ``GEd``."""
+    import pandas as pd
+
+    fe, _, _ = load_model(model)
+    G = fe.gene_embedding_
+    names = getattr(fe, "feature_names_in_", None)
+    genes = [str(g) for g in names] if names is not None else [f"gene_{j}" for j in range(G.shape[0])]
+    table = pd.DataFrame(G, columns=[f"GE{k + 1}" for k in range(G.shape[1])])
+    table.insert(0, "gene", genes)
+    return table
+
+
+def export_genes(model: str, output: str) -> tuple[int, int]:
+    """Write the model's gene embedding to ``output`` (.csv/.tsv, optionally .gz) atomically:
+    ``(genes, dimensions)``."""
+    from ._files import atomic_output
+    from .io._paths import _split_ext
+
+    ext, gz = _split_ext(output)
+    if ext not in (".csv", ".tsv", ".txt", ".tab"):
+        raise FEInputError(f"cannot write a gene table with extension {ext!r}; use .csv or .tsv", output)
+    table = gene_table(model)
+    with atomic_output(output) as tmp:
+        table.to_csv(tmp, sep="," if ext == ".csv" else "\t", index=False, float_format="%.9g",
+                     compression="gzip" if gz else None)
+    return len(table), table.shape[1] - 1
+
+
+def similar_genes(model: str, gene: str, k: int = 10):
+    """The ``k`` nearest genes to ``gene`` in the model's gene embedding (a Series,
+    see :meth:`~factembed.FactorizedEmbeddings.similar_genes`)."""
+    fe, _, _ = load_model(model)
+    return fe.similar_genes(gene, k=k)
+
+
 def describe(model: str) -> list[str]:
     """Lines describing a model: data shape, hyper-parameters, training, preprocessing."""
     fe, pre, extra = load_model(model)
@@ -666,7 +882,7 @@ def describe(model: str) -> list[str]:
                  + (f" in {extra['fit_seconds']:.1f} s" if extra.get("fit_seconds") else "")
                  + f"; {summary_line(fe.history_)}")
     if pre is not None:
-        lines.append(f"preprocessing: {pre.config}; {pre.n_genes:,} genes kept")
+        lines.append(f"preprocessing: {pre.config.describe()}; {pre.n_genes:,} genes kept")
     return lines
 
 

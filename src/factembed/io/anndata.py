@@ -12,7 +12,7 @@ import warnings
 import numpy as np
 
 from .._validation import _one_line
-from ..errors import FEInputError
+from ..errors import FEInputError, MissingColumnError
 from ._data import LABEL_KEY, _CHUNK_ELEMENTS, ExpressionData, _chunk_rows, _preview, _to_str_array
 from .hdf5 import _h5_strings, _open_h5
 
@@ -93,6 +93,8 @@ def _read_h5ad(path: str, label_column: str | None, chunk_rows: int) -> Expressi
             else:
                 legacy = False
             if not legacy:
+                if label_column is not None and label_column not in obs:   # before reading X
+                    raise _no_obs_column(path, obs, label_column)
                 X = _read_h5ad_matrix(f["X"], len(samples), len(genes), path, chunk_rows)
                 uns = f.get("uns")
                 transform = None
@@ -106,11 +108,16 @@ def _read_h5ad(path: str, label_column: str | None, chunk_rows: int) -> Expressi
     return _finish_anndata(path, X, samples, genes, obs, var, label_column, transform)
 
 
+def _no_obs_column(path: str, obs: dict, label_column: str) -> MissingColumnError:
+    return MissingColumnError(f"obs has no column {label_column!r}; columns are {_preview(sorted(obs), 8)}",
+                              path, column=label_column, available=sorted(obs))
+
+
 def _finish_anndata(path, X, samples, genes, obs, var, label_column, transform) -> ExpressionData:
     labels = None
     if label_column is not None:
         if label_column not in obs:
-            raise FEInputError(f"obs has no column {label_column!r}; columns are {_preview(sorted(obs), 8)}", path)
+            raise _no_obs_column(path, obs, label_column)
         labels = obs.pop(label_column)
     elif LABEL_KEY in obs:
         labels = obs.pop(LABEL_KEY)

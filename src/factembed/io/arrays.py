@@ -9,7 +9,7 @@ import zlib
 import numpy as np
 
 from .._validation import _one_line
-from ..errors import FEInputError
+from ..errors import FEInputError, MissingColumnError
 from ._data import LABEL_KEY, ExpressionData, _chunk_rows, _to_str_array
 
 
@@ -88,7 +88,11 @@ def _read_parquet(path: str, samples_as_rows: bool | None, label_column: str | N
         label_column = LABEL_KEY
     if label_column is not None:
         if label_column not in df.columns:
-            raise FEInputError(f"no column {label_column!r}", path)
+            text = [str(c) for c in df.columns if df[c].dtype.kind not in "biuf"]
+            where = (f"its non-numeric columns are {', '.join(map(repr, text[:8]))}" if text
+                     else f"it has no non-numeric column ({len(df.columns):,} columns)")
+            raise MissingColumnError(f"no column {label_column!r}; {where}", path, column=label_column,
+                                     available=text or list(df.columns))
         labels = _to_str_array(df.pop(label_column).to_numpy())
     for c in df.columns:
         if df[c].dtype.kind not in "biuf":

@@ -9,7 +9,7 @@ from typing import Sequence
 import numpy as np
 
 from .._validation import _one_line
-from ..errors import FEInputError
+from ..errors import FEInputError, MissingColumnError
 from ._data import LABEL_KEY, _first_duplicate, _preview, _to_str_array
 from ._paths import _check_input_file, _split_ext
 
@@ -42,7 +42,8 @@ def read_sample_labels(
             )
         label_column = LABEL_KEY
     if label_column not in meta.columns:
-        raise FEInputError(f"no column {label_column!r}; columns are {_preview(meta.columns, 8)}", path)
+        raise MissingColumnError(f"no column {label_column!r}; columns are {_preview(meta.columns, 8)}", path,
+                                 column=label_column, available=list(meta.columns))
     index = meta.index.astype(str)
     dup = _first_duplicate(np.asarray(index, dtype=str))
     if dup is not None:

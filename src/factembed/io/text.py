@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._validation import _one_line
-from ..errors import FEInputError
-from ._data import LABEL_KEY, ExpressionData, _chunk_rows, _compact_columns_inplace, _first_duplicate
+from ..errors import FEInputError, MissingColumnError
+from ._data import LABEL_KEY, ExpressionData, _chunk_rows, _compact_columns_inplace, _first_duplicate, _preview
 
 
 def _open_binary(path: str, gz: bool):
@@ -145,7 +145,7 @@ def _read_text(
         if not samples_as_rows:
             raise FEInputError("label_column inside the table needs samples as rows; use labels_path", path)
         if label_column not in names:
-            raise FEInputError(f"no column {label_column!r} in the header", path)
+            raise _missing_label_column(path, gz, sep, names, label_column)
         j = names.index(label_column)
         label_pos = int(col_pos[j])
         keep_mask = np.ones(len(names), dtype=bool)
@@ -268,6 +268,30 @@ def _read_text(
 
 # Tokens read as missing values (NaN) in text tables, besides nan / NaN.
 _NA_TOKENS = frozenset({"", "NA", "N/A", "NULL", "null", "NaN", "nan", "#N/A"})
+
+
+def _missing_label_column(path: str, gz: bool, sep: str, names: list[str], label_column: str) -> MissingColumnError:
+    """The error for a label column the header lacks, naming the columns that could be
+    one: those whose value on the first data line is not a number."""
+    try:
+        with _open_text(path, gz) as fh:
+            fh.readline()
+            fields = _split_line(fh.readline().rstrip("\r\n"), sep)[1:]
+    except (OSError, UnicodeDecodeError, EOFError, zlib.error):
+        fields = []
+    text = []
+    for name, value in zip(names, fields):
+        value = value.strip().strip('"')
+        if value in _NA_TOKENS:
+            continue
+        try:
+            float(value)
+        except ValueError:
+            text.append(name)
+    where = (f"its non-numeric columns are {_preview(text, 8)}" if text
+             else f"it has no non-numeric column (columns: {_preview(names, 8)}, {len(names):,} in all)")
+    return MissingColumnError(f"no column {label_column!r} in the header; {where}", path, column=label_column,
+                              available=text or names)
 
 
 def _open_text(path: str, gz: bool):
