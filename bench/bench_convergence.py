@@ -25,7 +25,7 @@ import time
 
 import numpy as np
 
-from _common import machine_line, out_path, parser, planted_expression, write_text
+from _common import Tee, machine_line, out_path, parser, planted_expression, write_text
 
 
 def load(name: str, args):
@@ -145,7 +145,8 @@ def main() -> None:
     args = p.parse_args()
     if args.quick:
         args.datasets, args.planted_n, args.planted_m, args.evals = "planted", 60, 50, 2
-    print(machine_line() + f"; device {args.device}, {args.precision}")
+    say = Tee()
+    say(machine_line() + f"; device {args.device}, {args.precision}")
     results = {}
     for name in [d.strip() for d in args.datasets.split(",") if d.strip()]:
         X, labels = load(name, args)
@@ -160,9 +161,9 @@ def main() -> None:
                          "ratio_to_reference_time": None if reach is None else reach / total_ref}
         for r in runs:
             last = r["curve"][-1]
-            print(f"{name}: {r['plan']}: final MSE {last['mse']:.4f}, kNN {last['knn']:.3f}, "
+            say(f"{name}: {r['plan']}: final MSE {last['mse']:.4f}, kNN {last['knn']:.3f}, "
                   f"{last['seconds']:.1f} s")
-        print(f"{name}: defaults reach the reference's final MSE {target:.4f} in "
+        say(f"{name}: defaults reach the reference's final MSE {target:.4f} in "
               + (f"{reach:.1f} s = {reach / total_ref:.2f} of the reference's {total_ref:.1f} s"
                  if reach is not None else "(not reached)"))
     stem = out_path(args, "convergence")
@@ -170,7 +171,8 @@ def main() -> None:
         results = {**json.loads(stem.with_suffix(".json").read_text()), **results}
     write_text(stem.with_suffix(".json"), json.dumps(results, indent=1))
     plot(results, stem.with_suffix(".png"))
-    print(f"wrote {stem.with_suffix('.json')} and {stem.with_suffix('.png')}")
+    say(f"wrote {stem.with_suffix('.json')} and {stem.with_suffix('.png')}")
+    say.save(stem.with_suffix(".txt"))
 
 
 if __name__ == "__main__":

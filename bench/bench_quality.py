@@ -10,9 +10,8 @@ For scale, the fp32 defaults are also fitted with other seeds (``--seeds``): the
 over seeds is what a difference between modes has to be compared with (a different float
 rounding order changes a fit about as much as a different seed does).
 
-The estimator takes no kernel or worker count, so the fits that choose them run the
-estimator's own fitting steps through ``train(..., kernel=, workers=)``
-(:func:`fit_like_estimator`, the same model bit for bit as ``fit`` with the defaults).
+Kernels and worker counts are chosen through ``FactorizedEmbeddings.fit(X, kernel=,
+workers=)``, so every row trains through the estimator itself.
 """
 
 from __future__ import annotations
@@ -28,35 +27,8 @@ from sklearn.neighbors import KNeighborsClassifier
 from _common import Tee, caller_threads, machine_line, out_path, parser
 
 from factembed import FactorizedEmbeddings
-from factembed.config import auto_n_steps
 from factembed.datasets import load_demo
 from factembed.infer import reconstruct
-from factembed.model import FactorizedEmbeddingNet
-from factembed.train import (BatchSampler, as_float32_tensor, make_optimizer, resolve_device, resolve_precision,
-                             train)
-
-
-def fit_like_estimator(fe: FactorizedEmbeddings, X: np.ndarray, *, kernel=None, workers=None):
-    """What ``fe.fit(X)`` does for a dense matrix (no checkpoints, no retries), with
-    ``train()``'s ``kernel`` and ``workers`` chosen; returns the network and the number of
-    steps.  Same seeds and steps as the estimator: with the defaults the model is bit for
-    bit that of ``fe.fit(X)`` (checked by tests/test_bench_smoke.py)."""
-    cfg = fe.config
-    source = as_float32_tensor(np.asarray(X, dtype=np.float32))
-    n, m = source.shape
-    device = resolve_device(cfg.device)
-    gen = fe._generator()
-    if fe.random_state is not None:
-        torch.manual_seed(int(fe.random_state))
-    net = FactorizedEmbeddingNet(n, m, cfg.sample_dim, cfg.gene_dim, cfg.hidden, generator=gen)
-    net.to(device)
-    n_steps = cfg.n_steps or auto_n_steps(n, cfg.batch_samples)
-    sampler = BatchSampler(n, cfg.batch_samples, gen)
-    optimizer = make_optimizer(net.parameters(), cfg.lr, cfg.l2, device)
-    train(net, source, n_steps=n_steps, lr=cfg.lr, l2=cfg.l2, batch_samples=cfg.batch_samples, generator=gen,
-          device=device, compute_dtype=resolve_precision(cfg.precision, device), gene_chunk=cfg.gene_chunk,
-          progress=cfg.verbose, sampler=sampler, optimizer=optimizer, kernel=kernel, workers=workers)
-    return net, n_steps
 
 
 def fit(X, steps: int, *, workers=None, threads=None, gene_chunk=None, dtype="fp32", kernel=None, seed=0):
@@ -66,12 +38,8 @@ def fit(X, steps: int, *, workers=None, threads=None, gene_chunk=None, dtype="fp
                               verbose=False, device="cpu")
     with caller_threads(threads):
         t = time.perf_counter()
-        if kernel is None and workers is None:
-            fe.fit(X)
-            net, n_steps = fe.net_, fe.n_steps_
-        else:
-            net, n_steps = fit_like_estimator(fe, X, kernel=kernel, workers=workers)
-        return net, n_steps, time.perf_counter() - t
+        fe.fit(X, kernel=kernel, workers=workers)
+        return fe.net_, fe.n_steps_, time.perf_counter() - t
 
 
 def scores(net, X, labels) -> tuple[float, float, np.ndarray]:

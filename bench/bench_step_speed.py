@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 
-from _common import TCGA_GENES, TCGA_SAMPLES, machine_line, out_path, parser, tcga_like, write_text
+from _common import TCGA_GENES, TCGA_SAMPLES, Tee, machine_line, out_path, parser, tcga_like, write_text
 
 
 def steps_per_second(X, training: str, device: str, precision: str, steps: int, windows: int) -> dict:
@@ -60,16 +60,19 @@ def main() -> None:
     n, m = (64, 300) if args.quick else (TCGA_SAMPLES, TCGA_GENES)
     steps, windows = (3, 1) if args.quick else (args.steps, args.windows)
     X = tcga_like(n, m, seed=0)
-    print(machine_line() + f"; device {args.device}")
+    say = Tee()
+    say(machine_line() + f"; device {args.device}")
     rows = []
     for precision in [s.strip() for s in args.precisions.split(",") if s.strip()]:
         for training in ("reference", "fast"):
             r = steps_per_second(X, training, args.device, precision, steps, windows)
             rows.append(r)
-            print(f"{training:9s} {precision}: {r['it_s_median']:8.2f} it/s (median of {windows} x {steps} steps), "
+            say(f"{training:9s} {precision}: {r['it_s_median']:8.2f} it/s (median of {windows} x {steps} steps), "
                   f"{r['pairs_per_step'] * r['it_s_median'] / 1e6:7.2f} M pairs/s; {r['plan']}; "
                   f"the plan's steps take {r['hours_for_plan'] * 60:.1f} min")
-    write_text(out_path(args, f"step_speed_{args.device.replace(':', '')}.json"), json.dumps(rows, indent=1))
+    stem = out_path(args, "step_speed")
+    write_text(stem.with_suffix(".json"), json.dumps(rows, indent=1))
+    say.save(stem.with_suffix(".txt"))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 SCRIPTS = ["throughput", "roofline", "gene_dim", "memory", "inference", "quality", "ab_gene_term", "inference_demo", "kernel_profile",
-           "convergence"]
+           "convergence", "step_speed"]
 
 
 def test_bench_scripts_run_quick(tmp_path, monkeypatch, capsys):
@@ -23,31 +23,31 @@ def test_bench_scripts_run_quick(tmp_path, monkeypatch, capsys):
     assert "(c)/(a)" in out and "GFLOP/s" in out and "peak RSS" in out
 
 
-def test_bench_quality_fits_like_the_estimator(monkeypatch):
-    """bench_quality trains with a chosen kernel / worker count through train(), repeating
-    the estimator's fitting steps (the estimator takes neither): with the defaults that
-    must be the estimator's model bit for bit, or its rows compare different seeds."""
+def test_estimator_fit_uses_the_kernel_and_workers_it_is_given():
+    """bench_quality compares kernels and worker counts through FactorizedEmbeddings.fit:
+    the kernel it passes must be the one that runs, with the worker count it passes."""
     import numpy as np
-    import torch
-
-    monkeypatch.syspath_prepend(str(BENCH))
-    from bench_quality import fit_like_estimator
 
     from factembed import FactorizedEmbeddings
+    from factembed.kernel import FusedProfileLoss
+    made = []
+
+    def kernel(**kw):
+        made.append(kw)
+        return FusedProfileLoss(**kw)
+
     X = np.random.default_rng(0).random((30, 50), dtype=np.float32)
     kw = dict(gene_dim=8, hidden=(16, 8), n_steps=20, random_state=5, verbose=False, device="cpu")
-    ref = FactorizedEmbeddings(**kw).fit(X)
-    net, n_steps = fit_like_estimator(FactorizedEmbeddings(**kw), X)
-    assert n_steps == ref.n_steps_
-    for (name, p), q in zip(net.state_dict().items(), ref.net_.state_dict().values()):
-        assert torch.equal(p, q), name
+    fe = FactorizedEmbeddings(**kw).fit(X, kernel=kernel, workers=1)
+    assert len(made) == 1 and made[0]["workers"] == 1
+    ref = FactorizedEmbeddings(**kw).fit(X, workers=1)
+    for (name, p), q in zip(fe.net_.state_dict().items(), ref.net_.state_dict().values()):
+        assert (p == q).all(), name          # the same kernel class by default: the same model
 
 
 def test_bench_convergence_trains_like_the_estimator(monkeypatch):
     """bench_convergence times the library's training in segments: its model must be the
     estimator's (same recipe, same seed), or its curves would measure something else."""
-    import numpy as np
-
     from conftest import planted
     from factembed import FactorizedEmbeddings
     monkeypatch.syspath_prepend(str(BENCH))
@@ -72,4 +72,4 @@ def test_gpu_check_script_runs_its_cpu_quick_mode(tmp_path):
                          timeout=600)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     assert "reference" in res.stdout and "fast" in res.stdout
-    assert (tmp_path / "step_speed_cpu_quick.json").exists() and (tmp_path / "convergence_quick.png").exists()
+    assert (tmp_path / "step_speed_quick.json").exists() and (tmp_path / "convergence_quick.png").exists()

@@ -189,7 +189,8 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
     # -- fitting --------------------------------------------------------------------
     def fit(self, X: Any, y: Any = None, *, sample_names: Any = None, gene_names: Any = None,
             checkpoint_dir: str | os.PathLike | None = None, checkpoint_every: int = 1000,
-            resume: bool = False, divergence_retries: int = 0) -> "FactorizedEmbeddings":
+            resume: bool = False, divergence_retries: int = 0, kernel: Any = None,
+            workers: int | None = None) -> "FactorizedEmbeddings":
         """Learn sample embeddings, gene embeddings and the decoder from ``X``
         (samples x genes, already on the scale to model, e.g. log10(x + 1)).
 
@@ -206,7 +207,9 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
         ``FloatingPointError`` (the last good checkpoint is kept); with
         ``divergence_retries=k`` it instead divides the learning rate by 10 and continues from
         the last good checkpoint (or from the start), up to ``k`` times.  The learning
-        rate finally used is ``lr_``."""
+        rate finally used is ``lr_``.  ``kernel`` and ``workers`` choose the loss kernel and
+        the number of CPU worker threads (see :func:`factembed.train.train`; the defaults
+        are the tuned ones; benchmarks compare others)."""
         cfg = self.config
         opened = None
         if _is_row_source(X):
@@ -248,7 +251,7 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
                                    batch_samples=plan.batch_samples, generator=gen, new_sampler=new_sampler,
                                    device=device, compute_dtype=dtype, gene_chunk=cfg.gene_chunk,
                                    progress=cfg.verbose, checkpointer=checkpointer, resume=resume,
-                                   divergence_retries=divergence_retries)
+                                   divergence_retries=divergence_retries, kernel=kernel, workers=workers)
         finally:
             _close_opened(opened)     # a backed AnnData's file, opened here
         history, lr = outcome.history, outcome.lr

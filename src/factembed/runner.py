@@ -60,7 +60,7 @@ def run_training(net: FactorizedEmbeddingNet, source: Any, *, n_steps: int, lr: 
                  device: torch.device, compute_dtype: torch.dtype, gene_chunk: int | None,
                  progress: bool, checkpointer: Checkpointer | None = None, resume: bool = False,
                  divergence_retries: int = 0, before_step: Callable[[], None] | None = None,
-                 resume_state: Any = None) -> TrainingOutcome:
+                 resume_state: Any = None, kernel: Any = None, workers: int | None = None) -> TrainingOutcome:
     """Train ``net`` in place on ``source`` for ``n_steps`` steps (see :func:`train`).
 
     ``new_sampler()`` makes a fresh batch sampler drawing from ``generator`` (called
@@ -70,6 +70,7 @@ def run_training(net: FactorizedEmbeddingNet, source: Any, *, n_steps: int, lr: 
     caller picked one (a data-parallel run picks the newest step every rank holds).
     A checkpoint written for other data or hyper-parameters (its ``meta`` differs) is
     refused.  On CPU with the same seed, a resumed run is bitwise the uninterrupted one.
+    ``kernel`` and ``workers`` go to :func:`train` (the loss kernel, the CPU worker threads).
     """
     init_state = {k: v.clone() for k, v in net.state_dict().items()}
     gen_start = generator.get_state()
@@ -93,7 +94,8 @@ def run_training(net: FactorizedEmbeddingNet, source: Any, *, n_steps: int, lr: 
                                   generator=generator, device=device, compute_dtype=compute_dtype,
                                   gene_chunk=gene_chunk, progress=progress, sampler=sampler,
                                   optimizer=optimizer, history=history, start_step=start,
-                                  checkpointer=checkpointer, before_step=before_step)
+                                  checkpointer=checkpointer, before_step=before_step, kernel=kernel,
+                                  workers=workers)
             break
         except FloatingPointError as exc:
             if divergence_retries <= 0:
