@@ -42,6 +42,8 @@ META_FILE = "model.json"
 #: samples embedded per call of the inference by :meth:`FactorizedEmbeddings.impute`
 #: (bounds the copy of the rows that have missing values)
 IMPUTE_CHUNK = 4096
+#: decoder values made at once when filling (rows x genes; bounds the fill's buffers, ~4 MB)
+IMPUTE_FILL_ELEMENTS = 1 << 20
 
 
 def checkpoint_meta(cfg: FEConfig, n_samples: int, n_genes: int, **more: Any) -> dict:
@@ -358,13 +360,14 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
         else:
             out = _output_array(X, arr, copy)
         todo = np.flatnonzero(rows < m)
+        fill_rows = int(min(ROW_BLOCK, max(1, IMPUTE_FILL_ELEMENTS // m)))   # decoded rows per fill block
         for c in range(0, len(todo), IMPUTE_CHUNK):
             idx = todo[c:c + IMPUTE_CHUNK]
             block = arr if len(idx) == n else np.ascontiguousarray(arr[idx])
             Z = torch.from_numpy(self._embed(block, missing=True))
-            for b in range(0, len(idx), ROW_BLOCK):
-                r = idx[b:b + ROW_BLOCK]
-                R = reconstruct(self.net_, Z[b:b + ROW_BLOCK]).numpy()
+            for b in range(0, len(idx), fill_rows):
+                r = idx[b:b + fill_rows]
+                R = reconstruct(self.net_, Z[b:b + fill_rows]).numpy()
                 sub = out[r]
                 hole = np.isnan(sub)
                 sub[hole] = R[hole]
