@@ -78,8 +78,8 @@ def svd_impute(X_train: np.ndarray, X_obs: np.ndarray, rank: int, *, max_iter: i
     ``X_train`` stacked above them: initialise the missing entries with the training
     gene means, then repeat { centre the columns, rank-``rank`` SVD, missing entries :=
     the reconstruction } until the missing entries change by less than ``tol`` (relative
-    to their norm) or ``max_iter`` rounds.  Exact SVD when the matrix is small,
-    scikit-learn's randomized SVD (5 power iterations) otherwise.  Returns the filled
+    to their norm) or ``max_iter`` rounds.  Exact SVD when the matrix has at most 300
+    rows or columns, scikit-learn's randomized SVD (5 power iterations) otherwise.  Returns the filled
     test rows."""
     from sklearn.utils.extmath import randomized_svd
 
@@ -91,7 +91,7 @@ def svd_impute(X_train: np.ndarray, X_obs: np.ndarray, rank: int, *, max_iter: i
     prev = test[M].copy()
     for _ in range(max_iter):
         mu = Y.mean(0)
-        if min(Y.shape) <= 1000:
+        if min(Y.shape) <= 300:
             U, s, Vt = np.linalg.svd(Y - mu, full_matrices=False)
             U, s, Vt = U[:, :rank], s[:rank], Vt[:rank]
         else:
