@@ -490,3 +490,23 @@ def test_workflow_impute_result(cli_model):
     assert res.absent_genes == ["g0", "g1", "g2"] and res.dropped_genes == 0
     assert res.imputed_values == int(np.isnan(data.X).sum()) + 30 and res.imputed_samples == 10
     assert res.written == [d / "wf_out.csv"] and res.data.shape == (10, 60)
+
+
+def test_workflow_impute_model_scale_with_extra_genes_in_order(cli_model):
+    """Genes the model does not know are left out and counted; with --model-scale the
+    file's buffer may be reused in place (no second copy) and the counts stay right."""
+    from factembed.io import ExpressionData, write_expression
+    from factembed.workflow import impute
+    d, data, genes = cli_model
+    pos = {g: j for j, g in enumerate(data.genes)}
+    X = np.full((10, 61), 1.0, dtype=np.float32)
+    names = list(genes) + ["extra"]
+    for j, g in enumerate(genes):
+        X[:, j] = data.X[:, pos[g]] if g in pos else 2.0
+    X[3, 5] = np.nan
+    write_expression(d / "extra.csv", ExpressionData(X, data.samples, names))
+    res = impute(str(d / "model"), str(d / "extra.csv"), str(d / "extra_out.csv"), model_scale=True, verbose=False)
+    assert res.dropped_genes == 1 and res.absent_genes == [] and res.data.shape == (10, 60)
+    assert res.imputed_values == int(np.isnan(X).sum()) and "model's scale" in res.scale
+    obs = ~np.isnan(X[:, :60])
+    np.testing.assert_allclose(res.data.X[obs], np.log10(X[:, :60][obs] + 1), rtol=1e-6, atol=1e-7)

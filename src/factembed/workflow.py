@@ -710,8 +710,9 @@ def impute(model: str, data: str, output: str, *, read: ReadOptions | None = Non
     absent: list[str] = []
     if pre is not None:
         absent = [str(g) for g in pre.absent_genes(raw).tolist()]
-        d = pre.apply(raw, fill_missing="nan", allow_nan=True, copy=invert)
         dropped = raw.n_genes - (pre.n_genes - len(absent))
+        # without the inversion raw is not needed again: its buffer may be reused
+        d = pre.apply(raw, fill_missing="nan", allow_nan=True, copy=invert)
     else:
         from ._validation import first_bad_value
         if raw.n_genes != fe.n_features_in_:
@@ -736,8 +737,10 @@ def impute(model: str, data: str, output: str, *, read: ReadOptions | None = Non
     elif pre is not None and pre.log10p1:
         d.transform = "log10p1"
         scale = "the model's scale, log10(x+1)"
-    else:
+    elif pre is not None:
         scale = "the input's scale (the model was fitted on values as stored)"
+    else:
+        scale = "the input's scale (the model records no preprocessing: values used as given)"
     write_expression(output, d)
     return ImputeResult(d, fe, [Path(output)], n_values, int((rows < m).sum()), absent, dropped, scale)
 
