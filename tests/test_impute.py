@@ -438,6 +438,11 @@ def test_cli_impute_errors(cli_model, capsys):
     write_expression(d / "empty_sample.csv", ExpressionData(X, data.samples, data.genes))
     assert main(["impute", str(d / "model"), str(d / "empty_sample.csv"), "-o", str(d / "o2.csv"), "--quiet"]) == 1
     assert "sample 's6' has no observed value" in capsys.readouterr().err
+    np.save(d / "no_names.npy", data.X)              # generated names: none is a model gene
+    for cmd in (["impute", str(d / "model"), str(d / "no_names.npy"), "-o", str(d / "o4.csv")],
+                ["transform", str(d / "model"), str(d / "no_names.npy"), "-o", str(d / "o4.csv"), "--fill-missing"]):
+        assert main(cmd + ["--quiet"]) == 1
+        assert "none of the model's 60 genes is in the data" in capsys.readouterr().err
     X = data.X.copy()
     X[2, 5] = -3.0
     write_expression(d / "negative.csv", ExpressionData(X, data.samples, data.genes))

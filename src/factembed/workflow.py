@@ -206,6 +206,7 @@ def prepare_for_model(data, fe, pre, *, fill_missing: bool | str = False):
     mode = _fill_mode(fill_missing)
     if pre is not None:
         if mode == "decoder":
+            _check_some_genes(data, pre)
             return pre.apply(data, fill_missing="nan", allow_nan=True)
         return pre.apply(data, fill_missing=mode == "means")
     if data.n_genes != fe.n_features_in_:
@@ -577,6 +578,15 @@ class TransformResult:
     missing_values: int = 0           # NaN entries left out of inference (absent genes included)
 
 
+def _check_some_genes(data, pre) -> None:
+    """An error when ``data`` has none of the model's genes (by name): every value would
+    be missing (e.g. a file without gene names, such as ``.npy``)."""
+    if len(pre.absent_genes(data)) == pre.n_genes:
+        raise FEInputError(f"none of the model's {pre.n_genes:,} genes is in the data (the model's first: "
+                           f"{', '.join(map(str, pre.genes[:3]))}; the data's first: "
+                           f"{', '.join(map(str, data.genes[:3]))}); genes are matched by name", data.source)
+
+
 def _report_missing(raw, d, pre, mode: str | None) -> tuple[int, int]:
     """``(the model's genes that ``raw`` lacks, NaN entries of the model-gene matrix of
     ``d``)``; with the decoder fill, warns when genes are absent (the means fill warns in
@@ -709,6 +719,7 @@ def impute(model: str, data: str, output: str, *, read: ReadOptions | None = Non
     invert = pre is not None and pre.log10p1 and not model_scale
     absent: list[str] = []
     if pre is not None:
+        _check_some_genes(raw, pre)
         absent = [str(g) for g in pre.absent_genes(raw).tolist()]
         dropped = raw.n_genes - (pre.n_genes - len(absent))
         # without the inversion raw is not needed again: its buffer may be reused
