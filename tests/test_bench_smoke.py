@@ -73,3 +73,23 @@ def test_gpu_check_script_runs_its_cpu_quick_mode(tmp_path):
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     assert "reference" in res.stdout and "fast" in res.stdout
     assert (tmp_path / "step_speed_quick.json").exists() and (tmp_path / "convergence_quick.png").exists()
+
+
+def test_bench_impute_runs_quick(tmp_path, monkeypatch):
+    """bench_impute.py --quick: every method scored on both hiding schemes, the embedding
+    shift and the memory rows written, and the figure."""
+    import pandas as pd
+
+    monkeypatch.syspath_prepend(str(BENCH))
+    monkeypatch.chdir(BENCH)
+    monkeypatch.setattr(sys, "argv", ["bench_impute.py", "--quick", "--out", str(tmp_path)])
+    runpy.run_path(str(BENCH / "bench_impute.py"), run_name="__main__")
+    res = pd.read_csv(tmp_path / "impute_quick.csv")
+    assert set(res["scheme"]) == {"entries", "genes"}
+    assert {"fe_dim2", "gene_means", "knn", "pca_svd"} <= set(res["method"])
+    assert res[["rmse", "pearson_r"]].notna().all().all()
+    shift = pd.read_csv(tmp_path / "impute_shift_quick.csv")
+    assert set(shift["hidden"]) >= {0.0, 0.1, 0.5, 0.9}
+    mem = pd.read_csv(tmp_path / "impute_memory_quick.csv")
+    assert set(mem["call"]) == {"transform_complete", "transform_missing", "impute_inplace"}
+    assert (tmp_path / "impute_quick.png").stat().st_size > 0 and (tmp_path / "impute_quick.txt").exists()

@@ -7,7 +7,14 @@
   row blocks of about :data:`CHECK_ELEMENTS` values, so the temporary masks stay
   small whatever the matrix size.  Callers format their own messages (naming
   samples / genes / rows as they know them).
+* :func:`observed_counts` / :func:`check_observed`: for data with missing values
+  (NaN) that are to be imputed or left out of inference: the observed values of each
+  sample and gene, counted in the same row blocks, and the one message for a sample
+  (or gene) with none.
 * :func:`_log10p1_inplace`: the ``log10(x + 1)`` transform that the checks guard.
+
+NaN is a bad value unless a caller asks otherwise (``allow_nan=True``): only the
+imputation paths do, and they still reject infinities.
 """
 
 from __future__ import annotations
@@ -20,7 +27,8 @@ import numpy as np
 
 from .errors import FEInputError
 
-__all__ = ["check_matrix", "check_sparse", "first_bad_value", "count_nonfinite", "CHECK_ELEMENTS"]
+__all__ = ["check_matrix", "check_sparse", "first_bad_value", "count_nonfinite", "observed_counts",
+           "check_observed", "CHECK_ELEMENTS"]
 
 #: Values examined per block by the scans (bounds the temporary boolean masks, ~4 MB).
 CHECK_ELEMENTS = 1 << 22
@@ -49,23 +57,25 @@ def _block_rows(n_cols: int, block_elements: int) -> int:
 
 
 def first_bad_value(X: np.ndarray, *, nonneg: bool = False, skip_cols: np.ndarray | None = None,
+                    allow_nan: bool = False,
                     block_elements: int = CHECK_ELEMENTS) -> tuple[int, int, float] | None:
     """``(row, column, value)`` of the first bad value of the 2-D array ``X`` in
     row-major order, or ``None`` when every value is good.
 
-    Bad means NaN or +-inf, and also negative when ``nonneg`` (the values are to
-    be ``log10(x + 1)``-transformed).  Columns where the boolean mask
-    ``skip_cols`` is true are not examined.  ``X`` is scanned in row blocks of
-    about ``block_elements`` values; no full-size mask is ever built.
+    Bad means NaN or +-inf (only +-inf with ``allow_nan``: NaN then marks a missing
+    value), and also negative when ``nonneg`` (the values are to be
+    ``log10(x + 1)``-transformed).  Columns where the boolean mask ``skip_cols`` is
+    true are not examined.  ``X`` is scanned in row blocks of about
+    ``block_elements`` values; no full-size mask is ever built.
     """
     n, m = X.shape
     step = _block_rows(m, block_elements)
     for a in range(0, n, step):
         part = X[a:a + step]
-        ok = np.isfinite(part)
+        ok = ~np.isinf(part) if allow_nan else np.isfinite(part)
         if nonneg:
             with np.errstate(invalid="ignore"):
-                ok &= part >= 0
+                ok &= ~(part < 0)      # NaN is not negative (it is judged above)
         if skip_cols is not None:
             ok[:, skip_cols] = True
         if not ok.all():
@@ -74,10 +84,12 @@ def first_bad_value(X: np.ndarray, *, nonneg: bool = False, skip_cols: np.ndarra
     return None
 
 
-def count_nonfinite(X: np.ndarray, *, block_elements: int = CHECK_ELEMENTS) -> int:
-    """Number of NaN / inf values of the 2-D array ``X`` (scanned in row blocks)."""
+def count_nonfinite(X: np.ndarray, *, nan: bool = True, block_elements: int = CHECK_ELEMENTS) -> int:
+    """Number of NaN / inf values of the 2-D array ``X`` (scanned in row blocks);
+    ``nan=False`` counts the infinities only."""
     step = _block_rows(X.shape[1], block_elements)
-    return sum(int((~np.isfinite(X[a:a + step])).sum()) for a in range(0, X.shape[0], step))
+    bad = np.isinf if not nan else (lambda part: ~np.isfinite(part))
+    return sum(int(bad(X[a:a + step]).sum()) for a in range(0, X.shape[0], step))
 
 
 #: scikit-learn's advice for 1-D input, in its words (its estimator checks look for them)
@@ -102,13 +114,63 @@ def _check_shape(shape: tuple, what: str, min_samples: int) -> None:
                            f"{n} sample(s) (shape={tuple(shape)}) while a minimum of {min_samples} is required)")
 
 
-def check_matrix(X: Any, *, what: str = "X", min_samples: int = 1,
-                 n_genes: int | None = None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+def observed_counts(X: np.ndarray, *, block_elements: int = CHECK_ELEMENTS) -> tuple[np.ndarray, np.ndarray]:
+    """``(per row, per column)`` numbers of observed (non-NaN) values of the 2-D array
+    ``X`` (int64), counted in row blocks of about ``block_elements`` values: the only
+    masks ever built are those of one block."""
+    n, m = X.shape
+    rows = np.zeros(n, dtype=np.int64)
+    cols = np.zeros(m, dtype=np.int64)
+    step = _block_rows(m, block_elements)
+    for a in range(0, n, step):
+        obs = ~np.isnan(X[a:a + step])
+        rows[a:a + step] = obs.sum(1)
+        cols += obs.sum(0)
+    return rows, cols
+
+
+def _named(names: Any, k: int, kind: str) -> str:
+    return f"{kind} {str(names[k])!r}" if names is not None else f"{kind} {k}"
+
+
+def check_observed(rows: np.ndarray, cols: np.ndarray | None = None, *, samples: Any = None, genes: Any = None,
+                   empty_ok: np.ndarray | None = None, what: str = "X", gene_hint: str = "",
+                   path: Any = None) -> None:
+    """Raise :class:`FEInputError` for a sample without any observed value (its
+    embedding would be undefined) and, when ``cols`` is given, for a gene without any
+    observed value in any sample unless ``empty_ok`` (a boolean mask over the genes)
+    allows it.  ``rows`` / ``cols`` are the counts of :func:`observed_counts`; the
+    message names the first such sample (or gene), how many there are, and ends with
+    ``gene_hint`` for genes; ``path``: the file concerned, if any."""
+    lead = f"{what}: " if what else ""
+    empty = np.flatnonzero(rows == 0)
+    if empty.size:
+        first = _named(samples, int(empty[0]), "sample" if samples is not None else "row")
+        more = f" ({empty.size} such samples)" if empty.size > 1 else ""
+        raise FEInputError(f"{lead}{first} has no observed value (every value is NaN){more}; a sample needs "
+                           "at least one observed value to be embedded", path)
+    if cols is None:
+        return
+    bad = cols == 0
+    if empty_ok is not None:
+        bad &= ~np.asarray(empty_ok, dtype=bool)
+    idx = np.flatnonzero(bad)
+    if idx.size:
+        first = _named(genes, int(idx[0]), "gene" if genes is not None else "column")
+        more = f" ({idx.size} such genes)" if idx.size > 1 else ""
+        raise FEInputError(f"{lead}{first} has no observed value in any of the {len(rows)} samples{more}"
+                           + (f"; {gene_hint}" if gene_hint else ""), path)
+
+
+def check_matrix(X: Any, *, what: str = "X", min_samples: int = 1, n_genes: int | None = None,
+                 allow_nan: bool = False) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """Validate an expression matrix; return (float32 array, sample names, gene names).
 
     Accepts numpy arrays, torch tensors, nested lists and pandas DataFrames (index =
     samples, columns = genes).  Raises :class:`FEInputError` (a ``ValueError``) naming
-    the problem and, for bad values, the first offending row and column.
+    the problem and, for bad values, the first offending row and column.  With
+    ``allow_nan`` NaN values pass (missing values, for the imputation paths);
+    infinities never do.
     """
     samples = genes = None
     try:
@@ -153,7 +215,7 @@ def check_matrix(X: Any, *, what: str = "X", min_samples: int = 1,
         arr32 = np.ascontiguousarray(arr, dtype=np.float32)
     # values that are not finite in float32: NaN, inf, or finite values beyond
     # float32's range (which became inf)
-    hit = first_bad_value(arr32)
+    hit = first_bad_value(arr32, allow_nan=allow_nan)
     if hit is not None:
         i, j, _ = hit
         row = samples[i] if samples is not None else f"row {i}"
@@ -161,8 +223,9 @@ def check_matrix(X: Any, *, what: str = "X", min_samples: int = 1,
         original = arr[i, j]
         if np.isfinite(original):
             raise FEInputError(f"{what}: value at {row}, {col} ({original:g}) overflows float32")
-        n_bad = count_nonfinite(arr32[i:])  # nothing is bad before row i
-        raise FEInputError(f"{what} contains {n_bad} NaN/inf value(s); first at {row}, {col} ({original})")
+        n_bad = count_nonfinite(arr32[i:], nan=not allow_nan)  # nothing is bad before row i
+        kind = "inf" if allow_nan else "NaN/inf"
+        raise FEInputError(f"{what} contains {n_bad} {kind} value(s); first at {row}, {col} ({original})")
     return arr32, samples, genes
 
 

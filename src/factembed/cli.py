@@ -1,6 +1,6 @@
 """The ``factembed`` command: argparse in, :mod:`factembed.workflow` calls, printing out.
 
-Subcommands: ``demo``, ``fit``, ``transform``, ``reconstruct``, ``info``, ``genes``,
+Subcommands: ``demo``, ``fit``, ``transform``, ``impute``, ``reconstruct``, ``info``, ``genes``,
 ``evaluate``, ``sweep``, ``plot``.  Errors are one line (``factembed: error: FILE: problem``)
 with a non-zero exit status; ``--debug`` shows the traceback.  Warnings are one line too
 (``factembed: warning: ...``).  Errors and warnings that advise a change name the
@@ -207,9 +207,31 @@ def cmd_transform(args: argparse.Namespace) -> int:
     res = transform(args.model, args.data, args.output, read=_read_options(args), fill_missing=args.fill_missing,
                     plot=args.plot, verbose=not args.quiet, distributed=args.distributed == "torchrun")
     if res is not None:
-        print(f"embedded {res.data.n_samples:,} samples; wrote {args.output}")
+        fill = ""
+        if res.fill == "decoder":
+            fill = (f"; missing values ({res.absent_genes:,} genes absent from the file, {res.missing_values:,} "
+                    "entries in all) left out: each sample embedded from its observed values only (decoder fill)")
+        elif res.fill == "means" and res.absent_genes:
+            fill = f"; {res.absent_genes:,} genes absent from the file filled with their training means"
+        print(f"embedded {res.data.n_samples:,} samples{fill}; wrote {args.output}")
         for p in res.written[1:]:
             print(f"wrote {p}")
+    return 0
+
+
+def cmd_impute(args: argparse.Namespace) -> int:
+    from .workflow import impute
+
+    res = impute(args.model, args.data, args.output, read=_read_options(args), model_scale=args.model_scale,
+                 empty_genes=args.impute_empty_genes, verbose=not args.quiet)
+    d = res.data
+    absent = (f", {len(res.absent_genes):,} of them genes absent from the file (first: "
+              f"{', '.join(res.absent_genes[:3])})" if res.absent_genes else "")
+    dropped = f"; {res.dropped_genes:,} genes of the file are not in the model and were left out" \
+        if res.dropped_genes else ""
+    print(f"imputed {res.imputed_values:,} missing values in {res.imputed_samples:,} of {d.n_samples:,} samples"
+          f"{absent}{dropped}; {d.n_samples:,} samples x {d.n_genes:,} genes written on {res.scale}; "
+          f"wrote {args.output}")
     return 0
 
 
@@ -374,8 +396,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("model", help="model directory written by 'factembed fit'")
     t.add_argument("data", help="expression file with the new samples")
     t.add_argument("-o", "--output", required=True, help="embedding table (.csv/.tsv) or .h5ad to write")
-    t.add_argument("--fill-missing", action="store_true",
-                   help="fill genes missing from the file with their training mean (warns)")
+    t.add_argument("--fill-missing", nargs="?", const="decoder", default=None, choices=("decoder", "means"),
+                   help="allow genes missing from the file: 'decoder' (the default when given alone) embeds each "
+                        "sample from its observed values only, so absent genes and NA values are left out (what "
+                        "filling them with the decoder's values amounts to); 'means' fills absent genes with their "
+                        "training means (NA values stay errors); warns either way")
     t.add_argument("--plot", default=None, help="also write a PNG of the new samples over the training embedding")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.add_argument("--distributed", choices=("torchrun",), default=None,
@@ -383,6 +408,26 @@ def build_parser() -> argparse.ArgumentParser:
                         "the ranks and rank 0 writes the output")
     _add_read_options(t)
     t.set_defaults(func=cmd_transform)
+
+    im = sub.add_parser("impute", help="fill the missing values of a file with the decoder (NA values and the "
+                                       "model's genes the file lacks)")
+    im.add_argument("model", help="model directory written by 'factembed fit'")
+    im.add_argument("data", help="expression file with missing values (any format 'fit' reads; NA/empty cells "
+                                 "are missing)")
+    im.add_argument("-o", "--output", required=True,
+                    help="filled matrix to write: .csv, .tsv, .txt (optionally .gz), .h5, .h5ad or .npz (same "
+                         "format as the input where a writer exists). It holds the model's genes, in the model's "
+                         "order; by default on the INPUT's scale: observed values exactly as read, imputed ones "
+                         "back-transformed from the model's log10(x+1) scale (10^y - 1, clipped at 0)")
+    im.add_argument("--model-scale", action="store_true",
+                    help="write every value on the model's scale instead (log10(x+1) of the input, when the model "
+                         "applies it), as 'reconstruct' does")
+    im.add_argument("--impute-empty-genes", action="store_true",
+                    help="also fill genes that the file has but observes in no sample (by default an error naming "
+                         "the gene: such a column is more often broken than absent)")
+    im.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_read_options(im)
+    im.set_defaults(func=cmd_impute)
 
     r = sub.add_parser("reconstruct", help="decode an embedding table into full profiles")
     r.add_argument("model", help="model directory")

@@ -4,6 +4,7 @@
 >>> Z = fe.fit_transform(X)            # (n_samples, sample_dim) training embedding
 >>> Z_new = fe.transform(X_new)        # new samples, by inference (model frozen)
 >>> X_hat = fe.inverse_transform(Z)    # decoder: embeddings -> full profiles
+>>> X_filled = fe.impute(X_nan)        # NaN entries -> the decoder's values
 >>> fe.save("model_dir"); fe2 = FactorizedEmbeddings.load("model_dir")
 
 Model files are a directory holding ``weights.safetensors`` (tensors only) and
@@ -16,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +35,7 @@ from .recipes import plan_training
 from .runner import batch_plan, make_checkpointer, run_training
 from .sources import BackedSource as BackedSourceBase
 from .train import BatchSampler, as_float32_tensor, resolve_device, resolve_precision
-from ._validation import _is_sparse, check_matrix
+from ._validation import _is_sparse, check_matrix, check_observed, observed_counts
 
 FORMAT_VERSION = 1
 #: parameters that do not change the trained model (may differ on resume)
@@ -45,6 +47,11 @@ META_FILE = "model.json"
 PROGRESS_MIN_SAMPLES = 1000
 #: values of the dense row blocks that sparse / backed input is embedded in (~64 MiB)
 _BLOCK_ELEMENTS = 1 << 24
+#: samples embedded per call of the inference by :meth:`FactorizedEmbeddings.impute`
+#: (bounds the copy of the rows that have missing values)
+IMPUTE_CHUNK = 4096
+#: decoder values made at once when filling (rows x genes; bounds the fill's buffers, ~4 MB)
+IMPUTE_FILL_ELEMENTS = 1 << 20
 
 
 def checkpoint_meta(cfg: FEConfig, n_samples: int, n_genes: int, **more: Any) -> dict:
@@ -53,6 +60,28 @@ def checkpoint_meta(cfg: FEConfig, n_samples: int, n_genes: int, **more: Any) ->
     the data shape (``more``: e.g. a data-parallel run's world size and rank)."""
     return {"config": {k: v for k, v in cfg.to_dict().items() if k not in _RUNTIME_PARAMS + ("n_steps",)},
             "n_samples": int(n_samples), "n_genes": int(n_genes), **more}
+
+
+def _is_dataframe(X: Any) -> bool:
+    pd = sys.modules.get("pandas")
+    return pd is not None and isinstance(X, pd.DataFrame)
+
+
+def _output_array(X: Any, arr32: np.ndarray, copy: bool) -> np.ndarray:
+    """The array :meth:`FactorizedEmbeddings.impute` fills: ``X``'s values in its own
+    floating dtype (float32 and float64 kept, integers as float64), in place when
+    ``copy`` is False and ``X`` is such a numpy array already."""
+    if isinstance(X, np.ndarray) and X.dtype in (np.float32, np.float64) and X.flags.c_contiguous:
+        return X if not copy else X.copy()
+    src = X
+    torch_mod = sys.modules.get("torch")
+    if torch_mod is not None and isinstance(X, torch_mod.Tensor):
+        src = X.detach().cpu().numpy()
+    src = np.asarray(src)
+    dtype = np.result_type(src.dtype, np.float32) if src.dtype.kind in "biuf" else np.float32
+    if dtype == np.float32:
+        return arr32.copy() if np.shares_memory(arr32, src) else arr32
+    return np.array(src, dtype=dtype, order="C", copy=True)
 
 
 def _is_row_source(X: Any) -> bool:
@@ -186,6 +215,31 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
                                f"{type(self).__name__} is expecting {self.n_features_in_} features as input)")
         return mat
 
+    def _align_missing(self, X: Any, what: str) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None,
+                                                          np.ndarray | None]:
+        """``_align`` for data with missing values: NaN entries pass (infinities do not)
+        and the model's genes that a DataFrame lacks become NaN columns.  Returns the
+        float32 matrix on the model's genes, the mask of those absent genes (None when
+        none), the sample names and the input's gene names (when known)."""
+        arr, samples, genes = check_matrix(X, what=what, allow_nan=True)
+        names = getattr(self, "feature_names_in_", None)
+        absent = None
+        if genes is not None and names is not None and not np.array_equal(genes, names):
+            pos = {g: k for k, g in enumerate(genes)}
+            idx = np.array([pos.get(str(g), -1) for g in names], dtype=np.int64)
+            present = idx >= 0
+            if not present.any():
+                raise FEInputError(f"{what} has none of the model's {len(names)} genes (first model genes: "
+                                   f"{', '.join(map(str, names[:5]))})")
+            out = np.full((arr.shape[0], len(names)), np.nan, dtype=np.float32)
+            out[:, present] = arr[:, idx[present]]
+            arr = out
+            absent = None if present.all() else ~present
+        if arr.shape[1] != self.n_features_in_:
+            raise FEInputError(f"{what} has {arr.shape[1]} genes but the model was fitted on "
+                               f"{self.n_features_in_}")
+        return arr, absent, samples, genes
+
     # -- fitting --------------------------------------------------------------------
     def fit(self, X: Any, y: Any = None, *, sample_names: Any = None, gene_names: Any = None,
             checkpoint_dir: str | os.PathLike | None = None, checkpoint_every: int = 1000,
@@ -299,14 +353,29 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
         return tags
 
     # -- using a fitted model -------------------------------------------------------
-    def transform(self, X: Any) -> np.ndarray:
+    def transform(self, X: Any, *, missing: str = "error") -> np.ndarray:
         """Embed the samples of ``X`` by inference; the fitted model is not modified.
 
         ``X``: as in :meth:`fit`; sparse and backed input is embedded in dense row blocks
         (each block gets the same random gene draws, so the result does not depend on the
         blocks).  A progress bar is drawn (when ``verbose``) only for at least
-        :data:`PROGRESS_MIN_SAMPLES` samples."""
+        :data:`PROGRESS_MIN_SAMPLES` samples.
+
+        ``missing="error"`` (default): a NaN in ``X`` is an error naming its sample and
+        gene.  ``missing="ignore"``: NaN entries are missing values, left out of each
+        sample's inference (start-point search and loss use its observed genes only), and
+        the model's genes that a DataFrame lacks (by name) count as missing in every
+        sample; a sample with no observed value is an error naming it.  A gene observed
+        in no sample then simply does not contribute.  Without any NaN both give the
+        same embedding."""
         self._check_fitted()
+        if missing not in ("error", "ignore"):
+            raise ValueError(f"missing must be 'error' or 'ignore', got {missing!r}")
+        if missing == "ignore":
+            arr, _, samples, _ = self._align_missing(X, "X")
+            rows, _ = observed_counts(arr)
+            check_observed(rows, samples=samples, what="X")
+            return self._embed(arr, missing=bool((rows < arr.shape[1]).any()))
         mat = self._align(X, "X")
         try:
             return self._embed(mat)
@@ -317,15 +386,17 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
         rows = max(1, _BLOCK_ELEMENTS // max(1, self.n_features_in_))
         return max(ROW_BLOCK, rows // ROW_BLOCK * ROW_BLOCK)
 
-    def _embed(self, mat: Any) -> np.ndarray:
-        """Embeddings of the rows of a float32 array or a row-block reader."""
+    def _embed(self, mat: Any, missing: bool = False) -> np.ndarray:
+        """Embeddings of the rows of a float32 array or a row-block reader (``missing``:
+        NaN entries are missing values, see :meth:`transform`)."""
         cfg = self.config
         device = self.net_.gene_embedding.device
         n = mat.shape[0]
         progress = bool(cfg.verbose) and n >= PROGRESS_MIN_SAMPLES
         gen = self._generator(salt=1)
         kw = dict(steps=cfg.infer_steps, lr=cfg.infer_lr, infer_genes=cfg.infer_genes, init_genes=cfg.init_genes,
-                  compute_dtype=resolve_precision(cfg.precision, device), gene_chunk=cfg.gene_chunk)
+                  compute_dtype=resolve_precision(cfg.precision, device), gene_chunk=cfg.gene_chunk,
+                  missing=missing)
         if isinstance(mat, np.ndarray):
             return embed_new_samples(self.net_, torch.from_numpy(mat), generator=gen, progress=progress,
                                      **kw).numpy()
@@ -345,6 +416,110 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
         finally:
             if bar is not None:
                 bar.close()
+        return out
+
+    def impute(self, X: Any, *, empty_genes: Any = "error", copy: bool = True) -> Any:
+        """``X`` with every NaN replaced by the decoder's value at the sample's embedding,
+        inferred from its observed values only (as ``transform(X, missing="ignore")``
+        does); observed values are returned unchanged, and samples without NaN are not
+        embedded at all.
+
+        ``X``: an array (returned as a numpy array of the same shape, in ``X``'s floating
+        dtype: float32 for float32 input, float64 for float64 or integer input) or a
+        DataFrame (returned as a DataFrame with the same index and the model's genes in
+        the model's order, the genes it lacks, matched by name, imputed like NaN; its
+        columns that the model does not know are left out, with a warning).  Imputed
+        values are on the model's scale: the scale ``X`` must already be on (e.g.
+        log10(x + 1)).
+
+        ``empty_genes``: what to do with a gene present in ``X`` but observed in no
+        sample (an all-NaN column is more often a broken column than a gene the data
+        lack): ``"error"`` (default) raises naming it; ``"impute"`` fills it from the
+        decoder alone; or a list of gene names (or column positions) allowed to be empty.
+        Genes a DataFrame lacks are always imputed.  A sample with no observed value is
+        an error naming it.  ``copy=False`` fills a float32 / float64 C-contiguous
+        numpy array in place (other inputs are always copied).
+        """
+        self._check_fitted()
+        is_df = _is_dataframe(X)
+        arr, absent, samples, genes = self._align_missing(X, "X")
+        n, m = arr.shape
+        names = getattr(self, "feature_names_in_", None)
+        out_names = names if names is not None else genes
+        rows, cols = observed_counts(arr)
+        empty_ok = np.zeros(m, dtype=bool) if absent is None else absent.copy()
+        if isinstance(empty_genes, str):
+            if empty_genes not in ("error", "impute"):
+                raise ValueError(f"empty_genes must be 'error', 'impute' or a list of genes, got {empty_genes!r}")
+            if empty_genes == "impute":
+                empty_ok[:] = True
+        elif empty_genes is not None:
+            empty_ok |= self._gene_mask(empty_genes, out_names, m)
+        check_observed(rows, cols, samples=samples, genes=out_names, empty_ok=empty_ok, what="X",
+                       gene_hint="pass empty_genes='impute' to fill it from the decoder alone (genes a "
+                                 "DataFrame lacks are imputed without asking)")
+        if is_df:
+            known = set() if names is None else set(map(str, names))
+            extra = [] if names is None else [g for g in genes if g not in known]
+            if extra:
+                import warnings
+                warnings.warn(f"X has {len(extra)} gene(s) the model does not know; they are left out of the "
+                              f"imputed result (first: {', '.join(map(str, extra[:5]))})", stacklevel=2)
+            out = self._impute_output_frame(X, arr, absent)
+        else:
+            out = _output_array(X, arr, copy)
+        todo = np.flatnonzero(rows < m)
+        fill_rows = int(min(ROW_BLOCK, max(1, IMPUTE_FILL_ELEMENTS // m)))   # decoded rows per fill block
+        for c in range(0, len(todo), IMPUTE_CHUNK):
+            idx = todo[c:c + IMPUTE_CHUNK]
+            block = arr if len(idx) == n else np.ascontiguousarray(arr[idx])
+            Z = torch.from_numpy(self._embed(block, missing=True))
+            for b in range(0, len(idx), fill_rows):
+                r = idx[b:b + fill_rows]
+                R = reconstruct(self.net_, Z[b:b + fill_rows]).numpy()
+                sub = out[r]
+                hole = np.isnan(sub)
+                sub[hole] = R[hole]
+                out[r] = sub
+        if is_df:
+            import pandas as pd
+            return pd.DataFrame(out, index=X.index.copy(), columns=list(out_names))
+        return out
+
+    @staticmethod
+    def _gene_mask(chosen: Any, names: np.ndarray | None, m: int) -> np.ndarray:
+        """Boolean mask over the model's ``m`` genes of ``chosen`` (names or positions)."""
+        mask = np.zeros(m, dtype=bool)
+        items = list(np.atleast_1d(np.asarray(chosen, dtype=object)))
+        pos = {str(g): k for k, g in enumerate(names)} if names is not None else {}
+        for g in items:
+            if isinstance(g, (int, np.integer)) and not isinstance(g, bool):
+                if not 0 <= int(g) < m:
+                    raise FEInputError(f"empty_genes: column {int(g)} is outside 0..{m - 1}")
+                mask[int(g)] = True
+            elif str(g) in pos:
+                mask[pos[str(g)]] = True
+            else:
+                raise FEInputError(f"empty_genes: {str(g)!r} is not one of the model's genes")
+        return mask
+
+    def _impute_output_frame(self, X: Any, arr: np.ndarray, absent: np.ndarray | None) -> np.ndarray:
+        """The result matrix of a DataFrame: the observed values in the frame's own (float)
+        dtype, on the model's genes (``arr`` holds them in float32)."""
+        dtypes = list(X.dtypes)
+        dtype = np.result_type(*dtypes, np.float32) if dtypes else np.float32
+        if dtype == np.float32:
+            return arr.copy()       # arr may be a view of the frame's own data
+        names = getattr(self, "feature_names_in_", None)
+        out = np.full(arr.shape, np.nan, dtype=dtype)
+        if names is None:
+            out[:] = X.to_numpy(dtype=dtype)
+        else:
+            present = np.ones(len(names), dtype=bool) if absent is None else ~absent
+            cols = [str(g) for g in np.asarray(names)[present]]
+            frame = X.copy(deep=False)
+            frame.columns = frame.columns.astype(str)
+            out[:, present] = frame[cols].to_numpy(dtype=dtype)
         return out
 
     def inverse_transform(self, Z: Any) -> np.ndarray:

@@ -7,6 +7,12 @@ samples are optimised together (in blocks of rows), not one by one; each sample'
 loss (mean squared error over genes) depends only on its own embedding, so the result
 for a sample does not depend on which other samples are embedded with it, except
 through the shared random gene draws.
+
+Missing values (``missing=True``): NaN entries of the new profiles are left out of
+both the start-point search (distances over each sample's observed genes among the
+search genes) and the refinement (each sample's loss is the mean squared error over
+its observed genes among the step's genes).  Masks are made per block of rows, never
+for the whole matrix.
 """
 
 from __future__ import annotations
@@ -68,22 +74,43 @@ def reconstruct(net: FactorizedEmbeddingNet, Z: torch.Tensor, gene_index: torch.
 @torch.no_grad()
 def nearest_reconstruction_init(net: FactorizedEmbeddingNet, X_new: torch.Tensor, *, init_genes: int,
                                 generator: torch.Generator, row_block: int = ROW_BLOCK,
-                                workers: int | None = None) -> torch.Tensor:
+                                workers: int | None = None, missing: bool = False) -> torch.Tensor:
     """Embedding of the training sample whose reconstruction is nearest to each new
     profile (squared Euclidean distance over ``init_genes`` fixed random genes, or over
     all genes when the model has no more than that).  Models with more than
-    :data:`INIT_CANDIDATES` training samples offer a fixed random subset of that many."""
+    :data:`INIT_CANDIDATES` training samples offer a fixed random subset of that many.
+
+    ``missing=True``: NaN entries of ``X_new`` are missing values; a sample's distance
+    is taken over its observed genes among the search genes.  A sample with no observed
+    value among them is searched again over genes it has observed (the union of those
+    of all such samples, at most ``init_genes`` of them, drawn from ``generator``)."""
     dev = net.gene_embedding.device
     J = _random_subset(net.n_genes, init_genes, generator)
     C = _random_subset(net.n_samples, INIT_CANDIDATES, generator)
     Xj = (X_new if J is None else X_new[:, J]).to(dev, torch.float32)
-    x_sq = (Xj * Xj).sum(1, keepdim=True)
-    best = torch.full((Xj.shape[0],), float("inf"), device=dev)
-    arg = torch.zeros(Xj.shape[0], dtype=torch.long, device=dev)
     J_dev = None if J is None else J.to(dev)
     train_Z = net.sample_embedding.detach()
     if C is not None:
         train_Z = train_Z[C.to(dev)]
+    if missing:
+        arg, n_obs = _nearest_observed(net, Xj, J_dev, train_Z, row_block, workers)
+        left = torch.nonzero(n_obs == 0)[:, 0].cpu()
+        while left.numel():
+            rows = X_new[left]
+            genes = torch.nonzero((~torch.isnan(rows)).any(0))[:, 0]
+            if genes.numel() == 0:
+                raise ValueError("a new sample has no observed value (all NaN); it cannot be embedded")
+            if genes.numel() > init_genes:
+                genes = genes[torch.randperm(genes.numel(), generator=generator)[:init_genes]].sort().values
+            a2, n2 = _nearest_observed(net, rows[:, genes].to(dev, torch.float32), genes.to(dev), train_Z,
+                                       row_block, workers)
+            served = (n2 > 0).cpu()
+            arg[left[served].to(dev)] = a2[served.to(dev)]
+            left = left[~served]
+        return train_Z[arg].clone()
+    x_sq = (Xj * Xj).sum(1, keepdim=True)
+    best = torch.full((Xj.shape[0],), float("inf"), device=dev)
+    arg = torch.zeros(Xj.shape[0], dtype=torch.long, device=dev)
     for i in range(0, train_Z.shape[0], row_block):
         R = net.decode(train_Z[i:i + row_block], gene_index=J_dev, gene_chunk=4096, workers=workers)
         d = x_sq - 2.0 * Xj @ R.t() + (R * R).sum(1)[None, :]
@@ -94,11 +121,41 @@ def nearest_reconstruction_init(net: FactorizedEmbeddingNet, X_new: torch.Tensor
     return train_Z[arg].clone()
 
 
+def _nearest_observed(net: FactorizedEmbeddingNet, Xj: torch.Tensor, J_dev: torch.Tensor | None,
+                      train_Z: torch.Tensor, row_block: int, workers: int | None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each row of ``Xj`` (the new profiles at genes ``J_dev``, NaN = missing): the
+    position in ``train_Z`` of the candidate whose reconstruction is nearest over the
+    row's observed genes, and the number of those genes (rows with none get position 0).
+    ``sum_obs (x - r)^2 = sum_obs x^2 - 2 x0 . r + obs . r^2`` with ``x0`` the row with
+    its NaN set to 0 and ``obs`` its observed mask, made per block of rows."""
+    dev = Xj.device
+    n = Xj.shape[0]
+    best = torch.full((n,), float("inf"), device=dev)
+    arg = torch.zeros(n, dtype=torch.long, device=dev)
+    n_obs = torch.zeros(n, dtype=torch.long, device=dev)
+    for i in range(0, train_Z.shape[0], row_block):
+        R = net.decode(train_Z[i:i + row_block], gene_index=J_dev, gene_chunk=4096, workers=workers)
+        R2 = R * R
+        for a in range(0, n, row_block):
+            xb = Xj[a:a + row_block]
+            obs = ~torch.isnan(xb)
+            x0 = torch.where(obs, xb, torch.zeros((), dtype=xb.dtype, device=dev))
+            if i == 0:
+                n_obs[a:a + row_block] = obs.sum(1)
+            d = (x0 * x0).sum(1, keepdim=True) - 2.0 * x0 @ R.t() + obs.to(R.dtype) @ R2.t()
+            val, pos = d.min(1)
+            better = val < best[a:a + row_block]
+            best[a:a + row_block] = torch.where(better, val, best[a:a + row_block])
+            arg[a:a + row_block] = torch.where(better, pos + i, arg[a:a + row_block])
+    return arg, n_obs
+
+
 def embed_new_samples(net: FactorizedEmbeddingNet, X_new: torch.Tensor, *, steps: int, lr: float,
                       infer_genes: int, init_genes: int, generator: torch.Generator,
                       compute_dtype: torch.dtype = torch.float32, gene_chunk: int | None = None,
                       progress: bool = False, row_block: int = ROW_BLOCK,
-                      workers: int | None = None) -> torch.Tensor:
+                      workers: int | None = None, missing: bool = False) -> torch.Tensor:
     """Embeddings of the rows of ``X_new`` (float32, samples x genes) in ``net``'s space.
 
     ``net`` is not modified (its parameters are only read).  Adam with cosine decay of
@@ -106,16 +163,24 @@ def embed_new_samples(net: FactorizedEmbeddingNet, X_new: torch.Tensor, *, steps
     when ``infer_genes >= n_genes``, otherwise ``infer_genes`` genes drawn at random.
     ``workers``: the kernel's CPU worker threads (default: automatic, see
     :func:`factembed._cpu_pool.cpu_workers`).
+
+    ``missing=True``: NaN entries are missing values, left out of the start-point search
+    and of the loss; each sample's loss at a step is the mean squared error over its
+    observed genes among the step's genes (a sample with none among them is not moved
+    by that step's gradient).  Every sample needs at least one observed value.  Without
+    NaN in ``X_new`` the result is that of ``missing=False``, up to the order of
+    floating-point sums.
     """
     dev = net.gene_embedding.device
     Z = torch.nn.Parameter(nearest_reconstruction_init(net, X_new, init_genes=init_genes,
                                                        generator=generator, row_block=row_block,
-                                                       workers=workers))
+                                                       workers=workers, missing=missing))
     if steps <= 0:
         return Z.detach().cpu()
     opt = torch.optim.Adam([Z], lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.5 * (1.0 + math.cos(math.pi * t / steps)))
-    fused = FusedProfileLoss(gene_chunk=gene_chunk, compute_dtype=compute_dtype, workers=workers)
+    fused = FusedProfileLoss(gene_chunk=gene_chunk, compute_dtype=compute_dtype, workers=workers,
+                             nan_targets=missing)
     layers = [(w.detach(), b.detach()) for w, b in net.decoder_weights()]
     W1s = net.first_sample.weight.detach()
     n_new = X_new.shape[0]
@@ -133,7 +198,14 @@ def embed_new_samples(net: FactorizedEmbeddingNet, X_new: torch.Tensor, *, steps
                 xb = X_new[i:i + row_block]
                 xb = (xb if J is None else xb[:, J]).to(dev, torch.float32)
                 S = Z[i:i + row_block] @ W1s.t()
-                rows = torch.ones(S.shape[0], device=dev)
+                if missing:
+                    # each row's squared errors averaged over its observed genes of this step
+                    # (the kernel divides by the step's gene count); the mask is this block's
+                    k = xb.shape[1]
+                    n_obs = (~torch.isnan(xb)).sum(1).to(torch.float32)
+                    rows = torch.where(n_obs > 0, k / n_obs.clamp_min(1.0), torch.zeros((), device=dev))
+                else:
+                    rows = torch.ones(S.shape[0], device=dev)
                 # sum over rows of each row's mean squared error
                 loss = fused(S, G, xb, layers, weight_grads=False, row_weights=rows)
                 loss.backward()

@@ -82,6 +82,7 @@ class _PassInputs(NamedTuple):
     scale: torch.Tensor                       # (B, 1) weight of each profile's squared errors, acc
     weight_grads: bool
     dG: Optional[torch.Tensor]                # acc; rows written per block: dL/dG or dL/d(gene embedding)
+    nan_targets: bool                         # NaN in X marks a missing value: no error, no gradient
 
 
 class _PassBuffers(NamedTuple):
@@ -115,14 +116,21 @@ class FusedProfileLoss:
     ``gene_chunk=None``: :func:`~factembed._cpu_pool.default_gene_chunk`.  ``compiled``
     runs the block pass TorchScript-compiled (the same function as plain Python with
     ``compiled=False``; the results are identical).
+
+    ``nan_targets=True`` (inference from observed values only): a NaN in ``X`` marks a
+    missing value, whose squared error is taken as zero (the target is replaced by the
+    prediction, block by block), so it adds nothing to the loss nor to any gradient;
+    ``row_weights`` then say over how many entries each profile's error is averaged.
+    Without it NaN targets make the loss NaN, as they always did.
     """
 
     def __init__(self, gene_chunk: int | None = None, compute_dtype: torch.dtype = torch.float32,
-                 workers: int | None = None, compiled: bool = True) -> None:
+                 workers: int | None = None, compiled: bool = True, nan_targets: bool = False) -> None:
         self.gene_chunk = gene_chunk
         self.compute_dtype = compute_dtype
         self.workers = workers
         self.compiled = compiled   # run the block pass TorchScript-compiled (no GIL) where available
+        self.nan_targets = nan_targets
         self.workspaces: list[_Workspace] = []
         self.last_stats: torch.Tensor | None = None  # [sum y, sum y^2, sum x*y]
 
@@ -172,7 +180,8 @@ class FusedProfileLoss:
             dG = torch.empty(m, h0, dtype=acc, device=dev) if gene_grad else None
         inputs = _PassInputs(S.detach().to(cdt), None if as_layer else G.detach().to(cdt), *gene,
                              X.to(acc), [w.detach().to(cdt) for w, _ in layers],
-                             [b.detach().to(cdt) for _, b in layers], scale, bool(weight_grads), dG)
+                             [b.detach().to(cdt) for _, b in layers], scale, bool(weight_grads), dG,
+                             bool(self.nan_targets))
         starts = list(range(0, m, chunk))
         sizes = [min(chunk, m - j0) for j0 in starts]
         block_pass = _compiled_block_pass() if self.compiled else _gene_block_pass
@@ -289,6 +298,8 @@ def _gene_block_pass(inp: _PassInputs, starts: List[int], sizes: List[int], buf:
         if not same:
             y = y.to(acc)
         x = X[:, j0:j0 + c]
+        if inp.nan_targets:                     # a missing target: the prediction itself (zero error)
+            x = torch.where(torch.isnan(x), y, x)
         diff = y - x
         stats[0] += (diff * diff * scale).sum()
         stats[1] += y.sum()

@@ -55,8 +55,10 @@ def _gene_positions(data: ExpressionData, genes: Sequence[str]) -> tuple[np.ndar
 
 def _missing_genes_error(missing: Sequence[str], total: int, source: str | None) -> FEInputError:
     return FEInputError(f"{len(missing)} of {total} required genes are missing from the data: {_preview(missing)}",
-                        source, hint="pass fill_missing=True to fill them with the training means",
-                        cli_hint="pass --fill-missing to fill them with the training means")
+                        source, hint="pass fill_missing=True to fill them with the training means; transform(missing='ignore') "
+                             "embeds each sample from its observed genes only; impute() fills them from the decoder",
+                        cli_hint="pass --fill-missing to fill them from the decoder (or --fill-missing means: "
+                                 "training means); 'factembed impute' fills them from the decoder")
 
 
 #: the remedy for values that are already on a log scale, in both spellings
@@ -125,10 +127,11 @@ def align_genes(
 
 
 def _locate_bad(block: np.ndarray, a: int, data: ExpressionData, genes: np.ndarray, log10p1: bool,
-                col_ok: np.ndarray | None = None) -> None:
+                col_ok: np.ndarray | None = None, allow_nan: bool = False) -> None:
     """Raise FEInputError naming the first NaN/inf (or negative, with log10p1) cell of ``block``
-    (rows ``a:`` of ``data``; columns named by ``genes``; columns where ``col_ok`` is true skipped)."""
-    hit = first_bad_value(block, nonneg=log10p1, skip_cols=col_ok)
+    (rows ``a:`` of ``data``; columns named by ``genes``; columns where ``col_ok`` is true skipped;
+    NaN allowed with ``allow_nan``)."""
+    hit = first_bad_value(block, nonneg=log10p1, skip_cols=col_ok, allow_nan=allow_nan)
     if hit is None:
         return
     i, j, v = hit
@@ -423,14 +426,24 @@ class FittedPreprocessing:
     def n_genes(self) -> int:
         return len(self.genes)
 
-    def apply(self, data: ExpressionData, *, fill_missing: bool = False, copy: bool = True) -> ExpressionData:
+    def absent_genes(self, data: ExpressionData) -> np.ndarray:
+        """The kept genes (names, in order) that ``data`` lacks."""
+        idx, wanted = _gene_positions(_check_data(data), self.genes)
+        return wanted[idx < 0]
+
+    def apply(self, data: ExpressionData, *, fill_missing: bool | str = False, copy: bool = True,
+              allow_nan: bool = False) -> ExpressionData:
         """Align ``data`` to the kept genes by name and transform it.
 
         Genes are matched by name and reordered.  Missing genes raise
-        :class:`FEInputError` unless ``fill_missing=True``, which fills them
-        with the training mean (transformed scale) and emits a warning.
+        :class:`FEInputError` unless ``fill_missing`` is ``True`` (or ``"mean"``),
+        which fills them with the training mean (transformed scale) and emits a
+        warning, or ``"nan"``, which leaves them NaN (missing values, to be imputed or
+        left out of inference; no warning: the caller reports them).
         NaN/inf values, and negative values when ``log10p1``, raise
-        :class:`FEInputError` naming the sample and gene.  The result is a new
+        :class:`FEInputError` naming the sample and gene; ``allow_nan=True`` lets NaN
+        values through as missing values (infinities and negative values still
+        raise; ``log10(NaN + 1)`` stays NaN).  The result is a new
         ``float32`` matrix; with ``copy=False``, when the kept genes appear in ``data``
         in the same order (always so for the data the preprocessing was fitted on),
         ``data.X``'s buffer is reused (columns compacted and transformed in place), so
@@ -444,6 +457,8 @@ class FittedPreprocessing:
                 cli_hint="fit with --no-log"),
                 stacklevel=2,
             )
+        if fill_missing not in (False, True, "mean", "nan"):
+            raise ValueError(f"fill_missing must be False, True, 'mean' or 'nan', got {fill_missing!r}")
         idx, wanted = _gene_positions(data, self.genes)
         present = idx >= 0
         n_missing = int((~present).sum())
@@ -451,6 +466,7 @@ class FittedPreprocessing:
             missing = wanted[~present].tolist()
             if not fill_missing:
                 raise _missing_genes_error(missing, len(wanted), data.source)
+        if n_missing and fill_missing != "nan":
             warnings.warn(
                 f"{data.source or 'data'}: {n_missing} of {len(wanted)} genes are missing and were filled with "
                 f"their training means: {_preview(missing)}",
@@ -472,11 +488,11 @@ class FittedPreprocessing:
         step = _chunk_rows(max(1, X.shape[1]))
         for a in range(0, X.shape[0], step):
             block = X[a:a + step]
-            _locate_bad(block, a, data, wanted, self.log10p1, col_ok)
+            _locate_bad(block, a, data, wanted, self.log10p1, col_ok, allow_nan=allow_nan)
             if self.log10p1:
                 _log10p1_inplace(block)
         if n_missing:
-            X[:, ~present] = self.means[~present].astype(np.float32)
+            X[:, ~present] = np.nan if fill_missing == "nan" else self.means[~present].astype(np.float32)
         biotypes, var = _align_annotations(data, idx)
         return ExpressionData(
             X, data.samples.copy(), wanted, None if data.labels is None else data.labels.copy(), biotypes,

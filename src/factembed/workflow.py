@@ -1,4 +1,4 @@
-"""The workflows behind the command line: fit, transform, reconstruct, describe.
+"""The workflows behind the command line: fit, transform, impute, reconstruct, describe.
 
 This is the one place a fit is set up.  A :class:`FitRequest` says what to train on
 and how (data file, preprocessing, hyper-parameters, in memory / backed / data-parallel,
@@ -187,10 +187,23 @@ def load_model(path: str | os.PathLike):
     return fe, pre, extra
 
 
-def read_for_model(path: str, read: ReadOptions | None, fe, pre, *, fill_missing: bool = False):
-    """``path`` read and brought to the model's genes: its recorded preprocessing
-    re-applied (genes matched by name, missing ones filled with training means when
-    ``fill_missing``), or the gene count checked.
+#: values of ``fill_missing`` (genes absent from the file, and with "decoder" NA values)
+FILL_MODES = ("decoder", "means")
+
+
+def _fill_mode(fill_missing: bool | str | None) -> str | None:
+    """``None`` (no filling), ``"decoder"`` or ``"means"``; ``True`` is ``"decoder"``."""
+    if fill_missing is None or fill_missing is False:
+        return None
+    if fill_missing is True:
+        return "decoder"
+    if fill_missing not in FILL_MODES:
+        raise ValueError(f"fill_missing must be one of {', '.join(FILL_MODES)}, got {fill_missing!r}")
+    return fill_missing
+
+
+def read_for_model(path: str, read: ReadOptions | None, fe, pre, *, fill_missing: bool | str = False):
+    """``path`` read and brought to the model's genes (:func:`prepare_for_model`).
 
     Without a label column in ``read``, the column the model was fitted with (recorded
     in the model) is taken as the labels when the file has it, so that it is not read
@@ -206,8 +219,21 @@ def read_for_model(path: str, read: ReadOptions | None, fe, pre, *, fill_missing
     if data is None:
         data = read_data(path, read)
     warn_orientation(data.samples, data.genes, data.shape, data.source, read)
+    return prepare_for_model(data, fe, pre, fill_missing=fill_missing)
+
+
+def prepare_for_model(data, fe, pre, *, fill_missing: bool | str = False):
+    """``data`` brought to the model's genes: its recorded preprocessing re-applied
+    (genes matched by name), or the gene count checked.  ``fill_missing``: ``"means"``
+    fills the genes the data lack with their training means; ``"decoder"`` (or ``True``)
+    leaves them, and the data's NA values, as NaN (missing values, which inference
+    leaves out); otherwise both are errors."""
+    mode = _fill_mode(fill_missing)
     if pre is not None:
-        return pre.apply(data, fill_missing=fill_missing)
+        if mode == "decoder":
+            _check_some_genes(data, pre)
+            return pre.apply(data, fill_missing="nan", allow_nan=True)
+        return pre.apply(data, fill_missing=mode == "means")
     if data.n_genes != fe.n_features_in_:
         raise FEInputError(f"{data.n_genes} genes but the model has {fe.n_features_in_}", data.source)
     return data
@@ -711,24 +737,62 @@ class TransformResult:
     data: Any
     estimator: Any
     written: list[Path]
+    fill: str | None = None           # how missing values were handled: None, "decoder" or "means"
+    absent_genes: int = 0             # the model's genes the file lacks
+    missing_values: int = 0           # NaN entries left out of inference (absent genes included)
+
+
+def _check_some_genes(data, pre) -> None:
+    """An error when ``data`` has none of the model's genes (by name): every value would
+    be missing (e.g. a file without gene names, such as ``.npy``)."""
+    if len(pre.absent_genes(data)) == pre.n_genes:
+        raise FEInputError(f"none of the model's {pre.n_genes:,} genes is in the data (the model's first: "
+                           f"{', '.join(map(str, pre.genes[:3]))}; the data's first: "
+                           f"{', '.join(map(str, data.genes[:3]))}); genes are matched by name", data.source)
+
+
+def _report_missing(raw, d, pre, mode: str | None) -> tuple[int, int]:
+    """``(the model's genes that ``raw`` lacks, NaN entries of the model-gene matrix of
+    ``d``)``; with the decoder fill, warns when genes are absent (the means fill warns in
+    the preprocessing itself)."""
+    from ._validation import observed_counts
+
+    absent = 0 if pre is None else len(pre.absent_genes(raw))
+    if mode != "decoder":
+        return absent, 0
+    rows, _ = observed_counts(d.X)
+    if absent:
+        warnings.warn(f"{raw.source or 'data'}: {absent} of {d.n_genes} genes are missing; each sample is embedded "
+                      "from its observed values only (the decoder's values stand in for the missing ones)",
+                      stacklevel=3)
+    return absent, int(d.n_samples * d.n_genes - rows.sum())
 
 
 def transform(model: str, data: str, output: str, *, read: ReadOptions | None = None,
-              fill_missing: bool = False, plot: str | None = None, verbose: bool = True,
+              fill_missing: bool | str = False, plot: str | None = None, verbose: bool = True,
               distributed: bool = False) -> TransformResult | None:
     """Embed the samples of ``data`` into the model at ``model`` and write the table
     (``.csv``/``.tsv``) or ``.h5ad`` to ``output``; ``plot``: a PNG of the new samples over
-    the training embedding.  ``distributed=True``: run as one rank under torchrun (the
-    rows are split over the ranks; rank 0 writes, the others return ``None``)."""
+    the training embedding.  ``fill_missing``: ``"decoder"`` (or ``True``) embeds each
+    sample from its observed values only, so the genes the file lacks and its NA values
+    are left out (which is what filling them with the decoder's values at the sample's
+    embedding amounts to: they then add no error); ``"means"`` fills absent genes with
+    their training means (NA values stay errors).  ``distributed=True``: run as one
+    rank under torchrun (the rows are split over the ranks; rank 0 writes, the others
+    return ``None``)."""
     from .io import write_embedding_h5ad, write_embedding_table
 
+    mode = _fill_mode(fill_missing)
     if distributed:
-        return _transform_rank(model, data, output, read=read, fill_missing=fill_missing, verbose=verbose)
+        return _transform_rank(model, data, output, read=read, fill_missing=mode, verbose=verbose)
     fe, pre, _ = load_model(model)
     if not verbose:
         fe.set_params(verbose=False)
-    d = read_for_model(data, read, fe, pre, fill_missing=fill_missing)
-    Z = fe.transform(d.X)
+    raw = read_data(data, read)
+    d = prepare_for_model(raw, fe, pre, fill_missing=mode)
+    absent, n_nan = _report_missing(raw, d, pre, mode)
+    del raw
+    Z = fe.transform(d.X, missing="ignore" if mode == "decoder" else "error")
     if output.endswith(".h5ad"):
         write_embedding_h5ad(output, d, Z, fe.gene_embedding_)
     else:
@@ -741,7 +805,7 @@ def transform(model: str, data: str, output: str, *, read: ReadOptions | None = 
                                   label_name=read.label_column if read and read.label_column
                                   else extra.get("label_column")
                                   or ("time point" if extra.get("source") == "demo" else "label"))
-    return TransformResult(Z, d, fe, written)
+    return TransformResult(Z, d, fe, written, mode, absent, n_nan)
 
 
 def training_labels(model: str | os.PathLike, fe) -> np.ndarray | None:
@@ -784,19 +848,123 @@ def _transform_rank(model, data, output, *, read, fill_missing, verbose):
         if not verbose or rank != 0:
             fe.set_params(verbose=False)
         d = read_for_model(data, read, fe, pre, fill_missing=fill_missing)
-        Z = transform_distributed(fe, d.X)
+        Z = transform_distributed(fe, d.X, missing="ignore" if fill_missing == "decoder" else "error")
         result = None
         if rank == 0:
             if output.endswith(".h5ad"):
                 write_embedding_h5ad(output, d, Z, fe.gene_embedding_)
             else:
                 write_embedding_table(output, Z, d.samples, d.labels)
-            result = TransformResult(Z, d, fe, [Path(output)])
+            result = TransformResult(Z, d, fe, [Path(output)], fill_missing)
         dist.barrier()
         return result
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+@dataclass
+class ImputeResult:
+    """What :func:`impute` did."""
+    data: Any                          # the ExpressionData written (model genes, filled)
+    estimator: Any
+    written: list[Path]
+    imputed_values: int                # entries filled (NA values and absent genes)
+    imputed_samples: int               # samples with at least one filled entry
+    absent_genes: list[str]            # the model's genes the file lacks (filled in every sample)
+    dropped_genes: int                 # genes of the file the model does not know (not written)
+    scale: str                         # the scale of the values written, in words
+
+
+def impute(model: str, data: str, output: str, *, read: ReadOptions | None = None, model_scale: bool = False,
+           empty_genes: bool = False, verbose: bool = True) -> ImputeResult:
+    """Fill the missing values of ``data`` with the model's decoder and write the result
+    to ``output`` (format from its extension: ``.csv``/``.tsv``/``.txt`` (``.gz``),
+    ``.h5``, ``.h5ad``, ``.npz``).
+
+    The model's recorded preprocessing is re-applied (genes matched by name, log10(x + 1)
+    when the model was fitted with it); NA values and the model's genes that the file
+    lacks are missing values.  Each sample with any is embedded from its observed values
+    only and its missing values are replaced by the decoder's output at that embedding
+    (:meth:`FactorizedEmbeddings.impute`).  The result holds the model's genes, in the
+    model's order (the file's other genes are left out: the model cannot fill them).
+
+    Scale: by default the values are written on the file's own scale: observed values
+    exactly as read, imputed ones through the inverse of log10(x + 1) (``10^y - 1``,
+    clipped at 0) when the model applies it; ``model_scale=True`` writes everything on
+    the model's scale instead (log10(x + 1) of the observed values).  ``empty_genes``:
+    fill a gene that the file has but observes in no sample (otherwise an error naming
+    it: such a column is more often broken than absent)."""
+    from ._validation import check_observed, observed_counts
+    from .io import write_expression
+    from .io.formats import writer_format
+
+    writer_format(output)                       # no writer for it: fail before the work
+    fe, pre, _ = load_model(model)
+    if not verbose:
+        fe.set_params(verbose=False)
+    raw = read_data(data, read)
+    invert = pre is not None and pre.log10p1 and not model_scale
+    absent: list[str] = []
+    if pre is not None:
+        _check_some_genes(raw, pre)
+        absent = [str(g) for g in pre.absent_genes(raw).tolist()]
+        dropped = raw.n_genes - (pre.n_genes - len(absent))
+        # without the inversion raw is not needed again: its buffer may be reused
+        d = pre.apply(raw, fill_missing="nan", allow_nan=True, copy=invert)
+    else:
+        from ._validation import first_bad_value
+        if raw.n_genes != fe.n_features_in_:
+            raise FEInputError(f"{raw.n_genes} genes but the model has {fe.n_features_in_}", raw.source)
+        hit = first_bad_value(raw.X, allow_nan=True)
+        if hit is not None:
+            raise FEInputError(f"sample {str(raw.samples[hit[0]])!r}, gene {str(raw.genes[hit[1]])!r}: value is "
+                               f"{hit[2]}", raw.source)
+        d, dropped = raw, 0
+    rows, cols = observed_counts(d.X)
+    empty_ok = np.isin(d.genes, np.asarray(absent, dtype=str)) | bool(empty_genes)
+    check_observed(rows, cols, samples=d.samples, genes=d.genes, empty_ok=empty_ok, what="", path=d.source,
+                   gene_hint="use --impute-empty-genes (Python: empty_genes=True) to fill it from the decoder "
+                             "alone, or leave the column out of the file (absent genes are imputed)")
+    n, m = d.shape
+    n_values = int(n * m - rows.sum())
+    d.X = fe.impute(d.X, empty_genes="impute", copy=False)
+    if invert:
+        _to_input_scale(d.X, raw, pre)
+        d.transform = None
+        scale = "the input's scale: observed values as read, imputed ones 10^y - 1 of the model's log10(x+1) values"
+    elif pre is not None and pre.log10p1:
+        d.transform = "log10p1"
+        scale = "the model's scale, log10(x+1)"
+    elif pre is not None:
+        scale = "the input's scale (the model was fitted on values as stored)"
+    else:
+        scale = "the input's scale (the model records no preprocessing: values used as given)"
+    write_expression(output, d)
+    return ImputeResult(d, fe, [Path(output)], n_values, int((rows < m).sum()), absent, dropped, scale)
+
+
+def _to_input_scale(F: np.ndarray, raw, pre) -> None:
+    """In place, row block by row block: the entries of ``F`` (model genes, model scale,
+    every value filled) that ``raw`` observed become ``raw``'s values as read; the others
+    ``max(10^y - 1, 0)`` (the inverse of log10(x + 1), clipped at 0)."""
+    from .io._data import _chunk_rows
+
+    pos = {g: j for j, g in enumerate(raw.genes.tolist())}
+    idx = np.array([pos.get(g, -1) for g in pre.genes.tolist()], dtype=np.int64)
+    present = idx >= 0
+    ln10 = np.float32(np.log(10.0))
+    step = _chunk_rows(F.shape[1])
+    for a in range(0, F.shape[0], step):
+        block = F[a:a + step]
+        src = raw.X[a:a + step][:, idx[present]]
+        inv = np.expm1(block * ln10)
+        np.maximum(inv, 0, out=inv)
+        kept = inv[:, present]
+        obs = ~np.isnan(src)
+        kept[obs] = src[obs]
+        inv[:, present] = kept
+        block[...] = inv
 
 
 def reconstruct(model: str, embedding: str, output: str):

@@ -241,21 +241,22 @@ def single_process_equivalent(X: Any, config: FEConfig | dict, world: int) -> Fa
 # transform
 # --------------------------------------------------------------------------------------
 
-def transform_distributed(fe: Any, X: Any, *, n_total: int | None = None, lo: int | None = None) -> np.ndarray:
+def transform_distributed(fe: Any, X: Any, *, n_total: int | None = None, lo: int | None = None,
+                          missing: str = "error") -> np.ndarray:
     """Embed new samples with the rows split over the ranks; returns all rows on every rank.
 
     Pass either the full ``X`` (each rank takes its slice) or this rank's rows with
     ``lo`` and ``n_total``.  Each sample's embedding depends only on its own profile
     and on the gene draws, which are the same on every rank for a fixed
     ``random_state``, so the result equals a single-process ``fe.transform(X)``
-    up to floating-point order."""
+    up to floating-point order.  ``missing``: as in ``fe.transform``."""
     rank, world = dist.get_rank(), dist.get_world_size()
     if lo is None:
         X = np.asarray(X)
         n_total = X.shape[0]
         lo, hi = shard_bounds(n_total, world, rank)
         X = X[lo:hi]
-    Z = fe.transform(X) if len(X) else np.zeros((0, fe.net_.sample_dim), np.float32)
+    Z = fe.transform(X, missing=missing) if len(X) else np.zeros((0, fe.net_.sample_dim), np.float32)
     return gather_rows(torch.from_numpy(np.asarray(Z, dtype=np.float32)), lo, n_total).numpy()
 
 

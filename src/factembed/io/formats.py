@@ -181,6 +181,21 @@ def read_expression(
     return data
 
 
+def writer_format(path: str | os.PathLike) -> tuple[str, bool]:
+    """``(format, gzipped)`` that :func:`write_expression` writes ``path`` in, from its
+    extension; :class:`FEInputError` when no writer exists for it (e.g. ``.npy``,
+    ``.parquet``), so a caller can check an output path before doing the work."""
+    path = os.fspath(path)
+    ext, gz = _split_ext(path)
+    kind = _EXT_FORMATS.get(ext)
+    if kind not in WRITERS or (gz and kind not in _TEXT_FORMATS):
+        raise FEInputError(
+            f"cannot write extension {ext + ('.gz' if gz else '')!r}; use .h5, .h5ad, .csv, .tsv (optionally .gz) or .npz",
+            path,
+        )
+    return kind, gz
+
+
 def write_expression(path: str | os.PathLike, data: ExpressionData) -> None:
     """Write ``data`` atomically; the format follows the extension.
 
@@ -193,13 +208,7 @@ def write_expression(path: str | os.PathLike, data: ExpressionData) -> None:
     """
     data = _check_data(data)
     path = os.fspath(path)
-    ext, gz = _split_ext(path)
-    kind = _EXT_FORMATS.get(ext)
-    if kind not in WRITERS or (gz and kind not in _TEXT_FORMATS):
-        raise FEInputError(
-            f"cannot write extension {ext + ('.gz' if gz else '')!r}; use .h5, .h5ad, .csv, .tsv (optionally .gz) or .npz",
-            path,
-        )
+    kind, gz = writer_format(path)
     writer = WRITERS[kind]
     with atomic_output(path) as tmp:
         if kind in _TEXT_FORMATS:
