@@ -203,7 +203,13 @@ def _fill_mode(fill_missing: bool | str | None) -> str | None:
 
 
 def read_for_model(path: str, read: ReadOptions | None, fe, pre, *, fill_missing: bool | str = False):
-    """``path`` read and brought to the model's genes (:func:`prepare_for_model`).
+    """``path`` read (:func:`read_new_data`) and brought to the model's genes
+    (:func:`prepare_for_model`)."""
+    return prepare_for_model(read_new_data(path, read, fe), fe, pre, fill_missing=fill_missing)
+
+
+def read_new_data(path: str, read: ReadOptions | None, fe):
+    """New samples for a fitted model, read from ``path``.
 
     Without a label column in ``read``, the column the model was fitted with (recorded
     in the model) is taken as the labels when the file has it, so that it is not read
@@ -219,7 +225,7 @@ def read_for_model(path: str, read: ReadOptions | None, fe, pre, *, fill_missing
     if data is None:
         data = read_data(path, read)
     warn_orientation(data.samples, data.genes, data.shape, data.source, read)
-    return prepare_for_model(data, fe, pre, fill_missing=fill_missing)
+    return data
 
 
 def prepare_for_model(data, fe, pre, *, fill_missing: bool | str = False):
@@ -788,7 +794,7 @@ def transform(model: str, data: str, output: str, *, read: ReadOptions | None = 
     fe, pre, _ = load_model(model)
     if not verbose:
         fe.set_params(verbose=False)
-    raw = read_data(data, read)
+    raw = read_new_data(data, read, fe)
     d = prepare_for_model(raw, fe, pre, fill_missing=mode)
     absent, n_nan = _report_missing(raw, d, pre, mode)
     del raw
@@ -903,7 +909,7 @@ def impute(model: str, data: str, output: str, *, read: ReadOptions | None = Non
     fe, pre, _ = load_model(model)
     if not verbose:
         fe.set_params(verbose=False)
-    raw = read_data(data, read)
+    raw = read_new_data(data, read, fe)
     invert = pre is not None and pre.log10p1 and not model_scale
     absent: list[str] = []
     if pre is not None:
