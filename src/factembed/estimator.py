@@ -402,20 +402,13 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
                                      **kw).numpy()
         start = gen.get_state()
         out = np.empty((n, self.net_.sample_dim), dtype=np.float32)
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=n, desc="factembed transform", unit="sample", mininterval=0.5)
-        try:
+        from tqdm.auto import tqdm
+        with tqdm(total=n, desc="factembed transform", unit="sample", mininterval=0.5, disable=not progress) as bar:
             for a, block in row_blocks(mat, self._block_rows()):
                 gen.set_state(start)      # every block draws the same genes as one call would
                 out[a:a + len(block)] = embed_new_samples(self.net_, torch.from_numpy(block), generator=gen,
                                                           progress=False, **kw).numpy()
-                if bar is not None:
-                    bar.update(len(block))
-        finally:
-            if bar is not None:
-                bar.close()
+                bar.update(len(block))
         return out
 
     def impute(self, X: Any, *, empty_genes: Any = "error", copy: bool = True) -> Any:

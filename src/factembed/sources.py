@@ -257,18 +257,11 @@ class BackedSource:
         checks every value before training starts."""
         from .preprocessing import GeneStats
         stats = GeneStats(self._m)
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=self._n, desc="checking values", unit="sample", mininterval=0.5)
-        try:
+        from tqdm.auto import tqdm
+        with tqdm(total=self._n, desc="checking values", unit="sample", mininterval=0.5, disable=not progress) as bar:
             for a, block in self.iter_blocks():
                 stats.update(block, first_row=a)
-                if bar is not None:
-                    bar.update(len(block))
-        finally:
-            if bar is not None:
-                bar.close()
+                bar.update(len(block))
         return stats
 
     def column_stats(self) -> tuple[np.ndarray, np.ndarray]:
