@@ -1,0 +1,112 @@
+"""What a fit writes and reports: the model directory's files, summary lines, kNN accuracy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .requests import FitRequest
+
+
+# --------------------------------------------------------------------------------------
+# outputs
+# --------------------------------------------------------------------------------------
+
+def summary_line(history: dict) -> str:
+    """One line on the end of training: the mean loss and Pearson r of the last 1% of steps."""
+    loss = np.asarray(history.get("loss", []), dtype=float)
+    r = np.asarray(history.get("pearson_r", []), dtype=float)
+    if loss.size == 0:
+        return "no training history recorded"
+    k = max(1, loss.size // 100)
+    return (f"final loss {np.nanmean(loss[-k:]):.4g}, final Pearson r {np.nanmean(r[-k:]):.4f} "
+            f"(mean of the last {k} step{'s' if k > 1 else ''})")
+
+
+def convergence_note(history: dict) -> str | None:
+    """A sentence when the fit was still improving at its end (see
+    :func:`~factembed.estimator.training_summary`), else ``None``."""
+    from ..estimator import training_summary
+
+    s = training_summary(history)
+    if not s["still_improving"]:
+        return None
+    trend = []
+    if s["loss_change_per_10pct"] < 0:
+        trend.append(f"the loss fell {-s['loss_change_per_10pct']:.1%}")
+    if s["r_change_per_10pct"] > 0:
+        trend.append(f"Pearson r rose {s['r_change_per_10pct']:.1%}")
+    return (f"not converged: over the last 20% of the {s['n_steps']:,} steps {' and '.join(trend)} per 10% "
+            "of the steps; more steps should give a better model")
+
+
+def label_knn(Z: np.ndarray, labels: Any, max_samples: int = 20_000, seed: int = 0) -> tuple[float, float] | None:
+    """``knn_accuracy`` of the labels from the embedding (on a random subset of at most
+    ``max_samples`` samples), or ``None`` when the labels cannot be scored (one class, or
+    a class with fewer than 5 samples)."""
+    if labels is None:
+        return None
+    labels = np.asarray(labels).astype(str)
+    _, counts = np.unique(labels, return_counts=True)
+    if len(counts) < 2 or counts.min() < 5:
+        return None
+    Z = np.asarray(Z)
+    if len(labels) > max_samples:
+        pick = np.random.default_rng(seed).choice(len(labels), max_samples, replace=False)
+        Z, labels = Z[pick], labels[pick]
+        if np.unique(labels, return_counts=True)[1].min() < 5:
+            return None
+    return knn_accuracy(Z, labels)
+
+
+def write_fit_outputs(fe, samples, labels, out: Path, extra: dict, title: str) -> list[Path]:
+    """Model, embedding table, history table and the two figures, into ``out``.  When
+    the samples have labels, their 5-fold kNN accuracy from the embedding is written on
+    the embedding figure and recorded as ``extra["knn_accuracy"]`` / ``["knn_chance"]``."""
+    import pandas as pd
+
+    from .._files import atomic_output
+    from ..io import write_embedding_table
+    from ..plot import plot_embedding, plot_training_curves
+
+    out.mkdir(parents=True, exist_ok=True)
+    knn = label_knn(fe.embedding_, labels)
+    label_name = extra.get("label_column") or ("time point" if extra.get("source") == "demo" else "label")
+    note = None
+    if knn is not None:
+        extra = {**extra, "knn_accuracy": knn[0], "knn_chance": knn[1]}
+        note = f"5-fold kNN accuracy of the {label_name}: {knn[0]:.3f} (chance {knn[1]:.3f})"
+    fe.save(out, extra=extra)
+    fe.extra_ = extra
+    written = [out / "model.json", out / "weights.safetensors"]
+    write_embedding_table(out / "embedding.csv", fe.embedding_, samples, labels)
+    written.append(out / "embedding.csv")
+    with atomic_output(out / "history.csv") as tmp:
+        pd.DataFrame(fe.history_).to_csv(tmp, index=False)
+    written.append(out / "history.csv")
+    written += plot_embedding(fe.embedding_, labels, out / "embedding.png", title=title,
+                              label_name=label_name, note=note)
+    written += plot_training_curves(fe.history_, out / "training.png", title=title)
+    return written
+
+
+def _extra(request: FitRequest, fitted, seconds: float, **more) -> dict:
+    return {"preprocessing": fitted.to_dict(), "label_column": request.read.label_column,
+            "source": "demo" if request.data == "demo" else str(request.data), "fit_seconds": seconds, **more}
+
+
+def _title(request: FitRequest) -> str:
+    return request.title or f"FE of {request.data_name}"
+
+
+def knn_accuracy(Z: np.ndarray, labels: Any, folds: int = 5, k: int = 5) -> tuple[float, float]:
+    """``(mean 5-fold accuracy of a k-NN classifier of the labels from Z, chance level)``."""
+    from sklearn.model_selection import cross_val_score
+    from sklearn.neighbors import KNeighborsClassifier
+
+    labels = np.asarray(labels)
+    acc = float(cross_val_score(KNeighborsClassifier(k), Z, labels, cv=folds).mean())
+    chance = float(np.unique(labels, return_counts=True)[1].max() / len(labels))
+    return acc, chance
