@@ -158,7 +158,6 @@ def _fit_backed(request: FitRequest, echo: Echo) -> FitResult:
 def _launch_distributed(request: FitRequest, echo: Echo) -> FitResult:
     """Check and prepare the input here, then run ``processes`` ranks under torchrun."""
     from ..distributed.launch import run_torchrun
-    from ..preprocessing import FittedPreprocessing
 
     nproc = int(request.processes)
     if nproc < 1:
@@ -200,10 +199,10 @@ def _launch_distributed(request: FitRequest, echo: Echo) -> FitResult:
     if rc != 0:
         raise RuntimeError(f"distributed training failed (a rank exited with status {rc}); its message is above")
     fe, _, extra = load_model(out)
-    FittedPreprocessing.from_dict(extra["preprocessing"])
     d = extra.get("distributed", {})
     return FitResult(fe, np.asarray(fe.sample_names_), None, time.perf_counter() - t0,
-                     [out / name for name in ("model.json", "weights.safetensors", "embedding.csv", "history.csv")],
+                     [out / name for name in ("model.json", "weights.safetensors", "embedding.csv", "history.csv",
+                                              "embedding.png", "training.png") if (out / name).exists()],
                      "distributed", d.get("resumed_from"), fe.net_.n_samples, fe.net_.n_genes, d)
 
 
