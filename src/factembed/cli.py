@@ -17,7 +17,7 @@ import warnings
 from dataclasses import fields
 from pathlib import Path
 
-from .config import FEConfig
+from .config import TRAININGS, FEConfig
 
 #: help text of every hyper-parameter option (FEConfig field -> text)
 CONFIG_HELP = {
@@ -89,7 +89,7 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
             kind = int
         else:
             kind = str
-        extra = {"choices": ("fast", "reference")} if f.name == "training" else {}
+        extra = {"choices": TRAININGS} if f.name == "training" else {}
         group.add_argument(opt, dest=f.name, type=kind, default=default, help=CONFIG_HELP[f.name], **extra)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 

@@ -17,6 +17,8 @@ from typing import Any
 AUTO_PASSES = 40
 AUTO_MIN_STEPS = 2_000
 AUTO_MAX_STEPS = 100_000
+#: the training recipes (see :mod:`factembed.recipes`)
+TRAININGS = ("fast", "reference")
 
 
 @dataclass
@@ -85,7 +87,7 @@ class FEConfig:
             positive_int(name, getattr(self, name))
         for name in ("n_steps", "batch_samples", "batch_genes"):
             positive_int(name, getattr(self, name), allow_none=True)
-        if self.training not in ("fast", "reference"):
+        if self.training not in TRAININGS:
             raise ValueError(f"training must be 'fast' or 'reference', got {self.training!r}")
         if isinstance(self.infer_steps, bool) or not isinstance(self.infer_steps, int) or self.infer_steps < 0:
             raise ValueError(f"infer_steps must be a non-negative integer (0 = start point only), "

@@ -38,7 +38,6 @@ FAST_MIN_STEPS = 500
 FAST_SAMPLE_LR_SCALE = 10.0
 REFERENCE_BATCH_SAMPLES = 4
 REFERENCE_LR = 5e-3
-TRAININGS = ("fast", "reference")
 
 
 @dataclass(frozen=True)

@@ -113,13 +113,9 @@ def fit_distributed(source: Any, *, config: FEConfig | dict, n_total: int, lo: i
             else BatchSampler(n_local, plan.batch_samples, gen)
         return batch_plan(rows, m, plan, gene_seed(seed))
 
-    checkpointer = None
-    if checkpoint_dir is not None:
-        checkpointer = make_checkpointer(f"{checkpoint_dir}/rank-{rank}-of-{world}", checkpoint_every,
-                                         checkpoint_meta(cfg, n_total, m, world_size=world, rank=rank,
-                                                         lo=lo, hi=hi))
-    elif resume:
-        raise ValueError("resume=True needs checkpoint_dir")
+    checkpointer = make_checkpointer(None if checkpoint_dir is None else f"{checkpoint_dir}/rank-{rank}-of-{world}",
+                                     checkpoint_every, checkpoint_meta(cfg, n_total, m, world_size=world, rank=rank,
+                                                                       lo=lo, hi=hi), resume=resume)
     state = _common_checkpoint(checkpointer) if (checkpointer is not None and resume) else None
     t0 = time.perf_counter()
     outcome = run_training(net, source, n_steps=n_steps, lr=plan.lr, sample_lr=plan.sample_lr, l2=cfg.l2,
