@@ -15,6 +15,14 @@ Data sets: ``demo`` (bundled HSMM, 271 x 5,000), ``pbmc`` (scanpy's
 
     python bench/bench_convergence.py --datasets demo,pbmc --pbmc /tmp/sc/scanpy/datasets/10x_pbmc68k_reduced.h5ad
     python bench/bench_convergence.py --datasets planted --planted-n 2000 --planted-m 19962
+
+The full-size run (10,344 x 19,962): the reference's 100,000 steps take ~1.5 h on 2 cores,
+so ``--reference-steps 5000`` trains it for its first 5,000 steps only; its time is then
+extrapolated to the plan's steps (measured seconds per step x plan steps) and the target
+becomes the reference's MSE at its last measured step (printed as such):
+
+    python bench/bench_convergence.py --datasets planted --planted-n 10344 --reference-steps 5000 \
+        --reference-evals 4 --evals 10 --merge --key planted_full
 """
 
 from __future__ import annotations
@@ -51,8 +59,9 @@ def knn_accuracy(Z, labels) -> float:
 
 
 def run(X, labels, training: str, seed: int, evals: int, quick: bool, device: str = "cpu",
-        precision: str = "fp32") -> dict:
-    """Train one recipe in ``evals`` segments; the curve of (step, seconds, MSE, kNN)."""
+        precision: str = "fp32", max_steps: int | None = None, say=print) -> dict:
+    """Train one recipe in ``evals`` segments; the curve of (step, seconds, MSE, kNN).
+    ``max_steps``: stop after that many of the plan's steps (the plan is unchanged)."""
     import torch
 
     from factembed import FEConfig
@@ -75,8 +84,9 @@ def run(X, labels, training: str, seed: int, evals: int, quick: bool, device: st
     sampler = batch_plan(BatchSampler(n, plan.batch_samples, gen), m, plan, gene_seed)
     opt = make_optimizer(net, plan.lr, cfg.l2, dev, sample_lr=plan.sample_lr)
     Xt = torch.from_numpy(X).to(dev)
-    marks = sorted({max(1, round(plan.n_steps * k / evals)) for k in range(1, evals + 1)})
-    curve, seconds, done = [], 0.0, 0
+    steps = plan.n_steps if max_steps is None else min(plan.n_steps, int(max_steps))
+    marks = sorted({max(1, round(steps * k / evals)) for k in range(1, evals + 1)})
+    curve, seconds, done, eval_seconds = [], 0.0, 0, 0.0
     for step in marks:
         t0 = time.perf_counter()
         train(net, Xt, n_steps=step, lr=plan.lr, l2=cfg.l2, batch_samples=plan.batch_samples, generator=gen,
@@ -85,6 +95,7 @@ def run(X, labels, training: str, seed: int, evals: int, quick: bool, device: st
             torch.cuda.synchronize()
         seconds += time.perf_counter() - t0
         done = step
+        t1 = time.perf_counter()
         with torch.no_grad():
             mse = 0.0
             for a in range(0, n, 256):                                    # evaluation: not timed
@@ -93,8 +104,16 @@ def run(X, labels, training: str, seed: int, evals: int, quick: bool, device: st
             mse /= n * m
         curve.append({"step": step, "seconds": round(seconds, 2), "mse": mse,
                       "knn": knn_accuracy(net.sample_embedding.detach().cpu().numpy(), labels)})
-    return {"training": training, "plan": plan.describe(), "n_steps": plan.n_steps,
-            "pairs_per_step": plan.batch_samples * (plan.batch_genes or m), "curve": curve}
+        eval_seconds += time.perf_counter() - t1
+        say(f"  {training}: step {step:,}/{steps:,}  {seconds:8.1f} s  MSE {mse:.4f}  "
+            f"kNN {curve[-1]['knn']:.3f}  (evaluation {time.perf_counter() - t1:.0f} s, not timed)")
+    out = {"training": training, "plan": plan.describe(), "n_steps": plan.n_steps,
+           "pairs_per_step": plan.batch_samples * (plan.batch_genes or m), "curve": curve,
+           "evaluation_seconds": round(eval_seconds, 1)}
+    if steps < plan.n_steps:
+        out["measured_steps"] = steps
+        out["extrapolated_seconds"] = round(seconds / steps * plan.n_steps, 1)
+    return out
 
 
 def time_to(curve: list[dict], target: float) -> float | None:
@@ -108,7 +127,7 @@ def plot(results: dict, path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    names = list(results)
+    names = [k for k in results if "reference_final_mse" in results[k]]      # finished runs only
     fig, axes = plt.subplots(2, len(names), figsize=(4.2 * len(names), 6.5), squeeze=False)
     for col, name in enumerate(names):
         for run_ in results[name]["runs"]:
@@ -117,7 +136,9 @@ def plot(results: dict, path) -> None:
             axes[0, col].plot([p["seconds"] for p in c], [p["mse"] for p in c], **style)
             axes[1, col].plot([p["seconds"] for p in c], [p["knn"] for p in c], **style)
         ref = results[name]["reference_final_mse"]
-        axes[0, col].axhline(ref, color="0.5", lw=0.8, ls="--", label="reference final MSE")
+        measured = results[name]["runs"][0].get("measured_steps")
+        axes[0, col].axhline(ref, color="0.5", lw=0.8, ls="--",
+                             label=f"reference MSE at step {measured:,}" if measured else "reference final MSE")
         axes[0, col].set_title(f"{name} ({results[name]['shape'][0]:,} x {results[name]['shape'][1]:,})")
         axes[0, col].set_ylabel("full-data MSE")
         axes[1, col].set_ylabel("5-fold kNN accuracy (label)")
@@ -142,33 +163,52 @@ def main() -> None:
     p.add_argument("--precision", default="fp32", help="fp32, bf16 or auto")
     p.add_argument("--merge", action="store_true",
                    help="add these data sets to the convergence.json already in --out (and redraw the figure)")
+    p.add_argument("--reference-steps", type=int, default=None,
+                   help="train the reference for only its first N steps and extrapolate its time")
+    p.add_argument("--reference-evals", type=int, default=None, help="evaluation points of the reference run")
+    p.add_argument("--key", default=None, help="name of the (single) data set in the results (e.g. planted_full)")
     args = p.parse_args()
     if args.quick:
         args.datasets, args.planted_n, args.planted_m, args.evals = "planted", 60, 50, 2
     say = Tee()
     say(machine_line() + f"; device {args.device}, {args.precision}")
+    stem = out_path(args, "convergence")
+    previous = (json.loads(stem.with_suffix(".json").read_text())
+                if args.merge and stem.with_suffix(".json").exists() else {})
     results = {}
     for name in [d.strip() for d in args.datasets.split(",") if d.strip()]:
+        key = args.key or name
         X, labels = load(name, args)
-        runs = [run(X, labels, t, args.seed, args.evals, args.quick, args.device, args.precision)
-                for t in ("reference", "fast")]
+        say(f"{key}: {X.shape[0]:,} x {X.shape[1]:,}")
+        runs = []
+        for t in ("reference", "fast"):
+            runs.append(run(X, labels, t, args.seed,
+                            (args.reference_evals or args.evals) if t == "reference" else args.evals,
+                            args.quick, args.device, args.precision,
+                            max_steps=args.reference_steps if t == "reference" else None, say=say))
+            # nothing lost if a long run dies: the finished runs are on disk
+            write_text(stem.with_suffix(".json"), json.dumps({**previous, **results, key: {
+                "shape": list(X.shape), "runs": runs, "partial": True}}, indent=1))
         ref, fast = runs
         target = ref["curve"][-1]["mse"]
         reach = time_to(fast["curve"], target)
-        total_ref = ref["curve"][-1]["seconds"]
-        results[name] = {"shape": list(X.shape), "runs": runs, "reference_final_mse": target,
-                         "fast_seconds_to_reference_mse": reach,
-                         "ratio_to_reference_time": None if reach is None else reach / total_ref}
+        total_ref = ref.get("extrapolated_seconds", ref["curve"][-1]["seconds"])
+        results[key] = {"shape": list(X.shape), "runs": runs, "reference_final_mse": target,
+                        "fast_seconds_to_reference_mse": reach,
+                        "ratio_to_reference_time": None if reach is None else reach / total_ref}
         for r in runs:
             last = r["curve"][-1]
-            say(f"{name}: {r['plan']}: final MSE {last['mse']:.4f}, kNN {last['knn']:.3f}, "
-                  f"{last['seconds']:.1f} s")
-        say(f"{name}: defaults reach the reference's final MSE {target:.4f} in "
-              + (f"{reach:.1f} s = {reach / total_ref:.2f} of the reference's {total_ref:.1f} s"
-                 if reach is not None else "(not reached)"))
-    stem = out_path(args, "convergence")
-    if args.merge and stem.with_suffix(".json").exists():
-        results = {**json.loads(stem.with_suffix(".json").read_text()), **results}
+            extra = (f" (first {r['measured_steps']:,} steps of {r['n_steps']:,}; all of them: "
+                     f"{r['extrapolated_seconds']:.0f} s extrapolated)" if "measured_steps" in r else "")
+            at = f"MSE at step {last['step']:,}" if "measured_steps" in r else "final MSE"
+            say(f"{key}: {r['plan']}: {at} {last['mse']:.4f}, kNN {last['knn']:.3f}, "
+                f"{last['seconds']:.1f} s{extra}")
+        what = (f"MSE at its step {ref['measured_steps']:,}" if "measured_steps" in ref else "final MSE")
+        say(f"{key}: defaults reach the reference's {what} {target:.4f} in "
+            + (f"{reach:.1f} s = {reach / total_ref:.3f} of the reference's {total_ref:.1f} s"
+               + (" (extrapolated)" if "measured_steps" in ref else "")
+               if reach is not None else "(not reached)"))
+    results = {**previous, **results}
     write_text(stem.with_suffix(".json"), json.dumps(results, indent=1))
     plot(results, stem.with_suffix(".png"))
     say(f"wrote {stem.with_suffix('.json')} and {stem.with_suffix('.png')}")

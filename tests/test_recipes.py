@@ -9,7 +9,7 @@ import torch
 from _plain_mlp import plain_concat_mlp
 from factembed import FactorizedEmbeddings, FEConfig, auto_n_steps
 from factembed.model import FactorizedEmbeddingNet
-from factembed.recipes import FAST_PASSES, fast_batch_shape, plan_training
+from factembed.recipes import FAST_MAX_STEPS, FAST_PASSES, fast_batch_shape, plan_training
 from factembed.train import BatchPlan, BatchSampler, GeneWalk, make_optimizer, train
 
 
@@ -89,6 +89,13 @@ def test_fast_recipe_plan_and_overrides():
     plan = plan_training(FEConfig(), 700, 765)
     assert plan.training == "fast" and plan.sample_lr == pytest.approx(10 * plan.lr)
     assert plan.n_steps == int(np.ceil(FAST_PASSES * 700 * 765 / (plan.batch_samples * plan.batch_genes)))
+    # a TCGA-sized matrix: 20 passes would be 51,765 steps; capped at FAST_MAX_STEPS
+    big = plan_training(FEConfig(), 10_344, 19_962)
+    assert FAST_PASSES * 10_344 * 19_962 / (big.batch_samples * big.batch_genes) > 2 * FAST_MAX_STEPS
+    assert big.n_steps == FAST_MAX_STEPS == 25_000
+    # just under the cap: still 20 passes
+    mid = plan_training(FEConfig(), 4_000, 19_962)
+    assert mid.n_steps == int(np.ceil(FAST_PASSES * 4_000 * 19_962 / (mid.batch_samples * mid.batch_genes))) < 25_000
     # explicit values override the recipe
     p = plan_training(FEConfig(batch_samples=16, batch_genes=100, lr=1e-3, sample_lr_scale=3, n_steps=77), 700, 765)
     assert (p.batch_samples, p.batch_genes, p.lr, p.sample_lr, p.n_steps) == (16, 100, 1e-3, 3e-3, 77)
