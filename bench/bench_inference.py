@@ -48,16 +48,28 @@ def main() -> None:
     p.add_argument("--train-steps", type=int, default=500,
                    help="training steps of the TCGA-shape model to embed into (default 500)")
     p.add_argument("--quality-steps", type=int, default=2500,
-                   help="training steps of the 2,000-sample quality model (default 2500: 5 passes)")
+                   help="training steps of the 2,000-sample quality model (default 2500: 5 passes over the pairs)")
+    p.add_argument("--training", default="fast", choices=("fast", "reference"),
+                   help="training recipe of both models (default: fast, the library's default)")
+    p.add_argument("--skip-speed", action="store_true", help="only the quality table")
     args = p.parse_args()
     out = Tee()
     out(machine_line())
     q = args.quick
     n, m, n_new = (64, 256, 8) if q else (TCGA_SAMPLES, TCGA_GENES, 2000)
+    out(f"other processes used {100 * wait_for_quiet(0 if q else 20):.0f}% of the CPUs before the run")
+    out(f"training recipe of the models: {args.training}")
+    rows: list[tuple] = []
+    if not args.skip_speed:
+        speed(args, out, q, n, m, n_new, rows)
+    quality(args, out, q, rows)
+
+
+def speed(args, out, q, n, m, n_new, rows) -> None:
     X_all = tcga_like(n + n_new, m)
     X, X_new = X_all[:n], X_all[n:]
-    out(f"other processes used {100 * wait_for_quiet(0 if q else 20):.0f}% of the CPUs before the run")
-    fe = FactorizedEmbeddings(n_steps=5 if q else args.train_steps, random_state=0, verbose=False, device="cpu")
+    fe = FactorizedEmbeddings(n_steps=5 if q else args.train_steps, random_state=0, verbose=False, device="cpu",
+                              training=args.training)
     t = time.perf_counter()
     fe.fit(X)
     out(f"trained a {n} x {m} model for {fe.n_steps_} steps in {time.perf_counter() - t:.0f} s")
@@ -79,10 +91,13 @@ def main() -> None:
         out(f"precise settings {PRECISE[:2]}: 1 sample {t1:.1f} s, 100 samples {t100:.1f} s -> {n_new} samples "
             f"~{pred:.0f} s (extrapolated: {t1:.1f} s + {slope:.3f} s/sample)")
 
-    # -- quality against the full-gene optimum -----------------------------------------
+
+def quality(args, out, q, rows) -> None:
+    """Quality against the full-gene optimum."""
     nq, mq, n_q, n_ref = (64, 256, 16, 8) if q else (2000, TCGA_GENES, 200, 50)
     Xq, labels = tcga_like(nq + n_q, mq, return_labels=True, seed=1)
-    fe_q = FactorizedEmbeddings(n_steps=5 if q else args.quality_steps, random_state=0, verbose=False, device="cpu")
+    fe_q = FactorizedEmbeddings(n_steps=5 if q else args.quality_steps, random_state=0, verbose=False, device="cpu",
+                                training=args.training)
     t = time.perf_counter()
     fe_q.fit(Xq[:nq])
     E = fe_q.embedding_
@@ -90,13 +105,16 @@ def main() -> None:
     d2 = ((E[:, None, :] - E[None, :, :]) ** 2).sum(-1)
     np.fill_diagonal(d2, np.inf)
     nn_dist = float(np.median(np.sqrt(d2.min(1))))
-    out(f"quality model: {nq} x {mq}, {fe_q.n_steps_} steps ({fe_q.n_steps_ * 4 / nq:.1f} passes) in "
+    plan = fe_q.training_plan_
+    passes = fe_q.n_steps_ * plan.batch_samples * (plan.batch_genes or mq) / (nq * mq)
+    out(f"quality model: {nq} x {mq}, {plan.describe()}, {fe_q.n_steps_} steps ({passes:.1f} passes) in "
         f"{time.perf_counter() - t:.0f} s, final batch r {np.mean(fe_q.history_['pearson_r'][-50:]):.3f}; "
         f"embedding spread (median distance to the median point) {spread:.4f}, median nearest-neighbour "
         f"distance {nn_dist:.4f}")
     X_q, y_q = Xq[nq:], labels[nq:]
     from sklearn.neighbors import KNeighborsClassifier
     knn = KNeighborsClassifier(15).fit(E, labels[:nq])
+    defaults = (fe_q.infer_steps, fe_q.infer_genes, fe_q.infer_lr)
     results = {}
     for steps, genes, lr in SETTINGS:
         fe_q.set_params(infer_steps=steps, infer_genes=genes, infer_lr=lr)
@@ -120,12 +138,13 @@ def main() -> None:
         out(f"{steps:11d} {genes:5d} {lr:6.3g} | {1e3 * s / len(X_q):9.1f} | {med:11.4f} {p90:7.4f} "
             f"({100 * med / spread:5.1f}%, {med / nn_dist:4.2f} NN) | {excess:10.1%} | {acc:9.3f}{tag}")
         rows.append(("quality", steps, genes, lr, len(X_q), s, med, p90, excess, acc))
-    with open(out_path(args, "inference.csv"), "w") as f:
+    stem = "inference" if args.training == "fast" else f"inference_{args.training}"
+    with open(out_path(args, f"{stem}.csv"), "w") as f:
         header = "kind,infer_steps,infer_genes,infer_lr,n_new,seconds,dist_median,dist_p90,excess_mse,knn_acc"
         f.write(header + "\n")
         for r in rows:   # timing rows have no quality columns: left empty
             f.write(",".join(str(v) for v in r + ("",) * (header.count(",") + 1 - len(r))) + "\n")
-    out.save(out_path(args, "inference.txt"))
+    out.save(out_path(args, f"{stem}.txt"))
 
 
 if __name__ == "__main__":
