@@ -132,7 +132,9 @@ def plot(results: dict, path) -> None:
     for col, name in enumerate(names):
         for run_ in results[name]["runs"]:
             c = run_["curve"]
-            style = dict(marker="o", ms=3, label=run_["training"], color="C0" if run_["training"] == "fast" else "C3")
+            label = run_["training"] + (f" (first {run_['measured_steps']:,} of {run_['n_steps']:,} steps)"
+                                        if "measured_steps" in run_ else "")
+            style = dict(marker="o", ms=3, label=label, color="C0" if run_["training"] == "fast" else "C3")
             axes[0, col].plot([p["seconds"] for p in c], [p["mse"] for p in c], **style)
             axes[1, col].plot([p["seconds"] for p in c], [p["knn"] for p in c], **style)
         ref = results[name]["reference_final_mse"]

@@ -128,7 +128,7 @@ def test_demo_is_seeded_and_fit_prints_the_seed_it_drew(table, capsys):
 
 
 def test_unconverged_fit_is_said_so():
-    from factembed.estimator import training_summary
+    from factembed.runner import training_summary
     from factembed.workflow import convergence_note
     rng = np.random.default_rng(0)
     steps = np.arange(1, 3001)

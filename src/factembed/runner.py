@@ -17,6 +17,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
 from .checkpoint import Checkpointer
@@ -125,3 +126,48 @@ def run_training(net: FactorizedEmbeddingNet, source: Any, *, n_steps: int, lr: 
         sampler.close()
     return TrainingOutcome(history=history, lr=lr, resumed_from=resumed_from,
                            checkpoint_dir=None if checkpointer is None else str(checkpointer.dir))
+
+
+def _trend(values: np.ndarray) -> tuple[float, float]:
+    """Least-squares slope of ``values`` against the step, as a relative change per
+    ``len(values) / 2`` steps, and its t statistic."""
+    y = values[np.isfinite(values)]
+    if y.size < 3 or not np.mean(np.abs(y)) > 0:
+        return 0.0, 0.0
+    x = np.arange(y.size, dtype=float)
+    x -= x.mean()
+    slope = float((x @ (y - y.mean())) / (x @ x))
+    resid = y - y.mean() - slope * x
+    se = float(np.sqrt(resid.var() / (x @ x)))
+    t = slope / se if se > 0 else (np.inf if slope else 0.0)
+    return slope * (values.size / 2) / float(np.mean(np.abs(y))), float(t)
+
+
+def training_summary(history: dict) -> dict:
+    """How a fit ended: ``n_steps``, ``final_loss`` and ``final_pearson_r`` (means of the
+    last 1% of steps), ``seconds``, and whether the fit was still improving at its end.
+
+    Batch losses are noisy, so the trend is a least-squares line through the last 20% of
+    steps, of the loss and of the batch Pearson r (the steadier of the two):
+    ``loss_change_per_10pct`` / ``r_change_per_10pct`` are their relative changes per
+    10% of the steps along that line, and ``still_improving`` is true when the loss
+    falls or r rises by more than 0.25% per 10% of the steps with a t statistic above 2
+    (``None`` for fits of fewer than 200 steps: too short to tell)."""
+    loss = np.asarray(history.get("loss", []), dtype=float)
+    r = np.asarray(history.get("pearson_r", []), dtype=float)
+    seconds = history.get("seconds") or [None]
+    out: dict[str, Any] = {"n_steps": int(loss.size), "final_loss": None, "final_pearson_r": None,
+                           "seconds": None if seconds[-1] is None else float(seconds[-1]),
+                           "still_improving": None, "loss_change_per_10pct": None, "r_change_per_10pct": None}
+    if loss.size == 0:
+        return out
+    k = max(1, loss.size // 100)
+    out["final_loss"] = float(np.nanmean(loss[-k:]))
+    out["final_pearson_r"] = float(np.nanmean(r[-k:])) if r.size else None
+    if loss.size >= 200:
+        w = loss.size // 5
+        dl, tl = _trend(loss[-w:])
+        dr, tr = _trend(r[-w:]) if r.size == loss.size else (0.0, 0.0)
+        out["loss_change_per_10pct"], out["r_change_per_10pct"] = dl, dr
+        out["still_improving"] = bool((dl < -0.0025 and tl < -2) or (dr > 0.0025 and tr > 2))
+    return out

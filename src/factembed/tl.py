@@ -26,7 +26,8 @@ import numpy as np
 
 from ._inputs import CsrRows, as_matrix, is_anndata
 from .errors import FEInputError
-from .estimator import FactorizedEmbeddings, training_summary
+from .estimator import FactorizedEmbeddings
+from .runner import training_summary
 
 __all__ = ["fe", "fe_transform"]
 

@@ -27,8 +27,8 @@ def summary_line(history: dict) -> str:
 
 def convergence_note(history: dict) -> str | None:
     """A sentence when the fit was still improving at its end (see
-    :func:`~factembed.estimator.training_summary`), else ``None``."""
-    from ..estimator import training_summary
+    :func:`~factembed.runner.training_summary`), else ``None``."""
+    from ..runner import training_summary
 
     s = training_summary(history)
     if not s["still_improving"]:
