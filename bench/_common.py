@@ -103,6 +103,53 @@ def planted_expression(n: int = 2000, m: int = TCGA_GENES, *, n_groups: int = 33
     return X, np.array([f"group_{k}" for k in labels])
 
 
+class RecipeTraining:
+    """One training recipe run through the library's own pieces (``plan_training``, the
+    batch plan, ``make_optimizer``, ``train``), seeded as ``FactorizedEmbeddings.fit``
+    seeds them, so that a bench can advance it in timed segments.  ``cfg`` is an
+    :class:`factembed.FEConfig`; ``advance(step)`` trains up to ``step`` and returns the
+    seconds it took (CUDA synchronised)."""
+
+    def __init__(self, X: np.ndarray, cfg) -> None:
+        import torch
+
+        from factembed.model import FactorizedEmbeddingNet
+        from factembed.recipes import plan_training
+        from factembed.runner import batch_plan
+        from factembed.train import BatchSampler, make_optimizer, resolve_device, resolve_precision
+
+        n, m = X.shape
+        seed = int(cfg.random_state or 0)
+        self.cfg, self.plan = cfg, plan_training(cfg, n, m)
+        self.gen = torch.Generator().manual_seed(seed * 1_000_003)          # as FactorizedEmbeddings.fit
+        torch.manual_seed(seed)
+        self.net = FactorizedEmbeddingNet(n, m, cfg.sample_dim, cfg.gene_dim, cfg.hidden, generator=self.gen)
+        self.device = resolve_device(cfg.device)
+        self.dtype = resolve_precision(cfg.precision, self.device)
+        self.net.to(self.device)
+        gene_seed = int(torch.randint(0, 2**62, (1,), generator=torch.Generator().manual_seed(seed * 1_000_003 + 2)))
+        self.sampler = batch_plan(BatchSampler(n, self.plan.batch_samples, self.gen), m, self.plan, gene_seed)
+        self.optimizer = make_optimizer(self.net, self.plan.lr, cfg.l2, self.device, sample_lr=self.plan.sample_lr)
+        self.X = torch.from_numpy(X).to(self.device)
+        self.done = 0
+        self.pairs_per_step = self.plan.batch_samples * (self.plan.batch_genes or m)
+
+    def advance(self, step: int) -> float:
+        import torch
+
+        from factembed.train import train
+
+        t0 = time.perf_counter()
+        train(self.net, self.X, n_steps=step, lr=self.plan.lr, l2=self.cfg.l2,
+              batch_samples=self.plan.batch_samples, generator=self.gen, device=self.device,
+              compute_dtype=self.dtype, progress=False, sampler=self.sampler, optimizer=self.optimizer,
+              start_step=self.done)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        self.done = step
+        return time.perf_counter() - t0
+
+
 # -- machine / contention ---------------------------------------------------------------
 def machine() -> dict:
     import torch

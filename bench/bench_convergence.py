@@ -28,12 +28,11 @@ becomes the reference's MSE at its last measured step (printed as such):
 from __future__ import annotations
 
 import json
-import math
 import time
 
 import numpy as np
 
-from _common import Tee, machine_line, out_path, parser, planted_expression, write_text
+from _common import RecipeTraining, Tee, machine_line, out_path, parser, planted_expression, write_text
 
 
 def load(name: str, args):
@@ -65,36 +64,17 @@ def run(X, labels, training: str, seed: int, evals: int, quick: bool, device: st
     import torch
 
     from factembed import FEConfig
-    from factembed.model import FactorizedEmbeddingNet
-    from factembed.recipes import plan_training
-    from factembed.runner import batch_plan
-    from factembed.train import BatchSampler, make_optimizer, resolve_device, resolve_precision, train
 
     n, m = X.shape
     cfg = FEConfig(training=training, gene_dim=8 if quick else 100, hidden=(16, 8) if quick else (100, 50, 50),
                    random_state=seed, device=device, precision=precision, n_steps=(40 if quick else None))
-    plan = plan_training(cfg, n, m)
-    gen = torch.Generator().manual_seed(seed * 1_000_003)          # as FactorizedEmbeddings.fit
-    torch.manual_seed(seed)
-    net = FactorizedEmbeddingNet(n, m, cfg.sample_dim, cfg.gene_dim, cfg.hidden, generator=gen)
-    dev = resolve_device(device)
-    dtype = resolve_precision(precision, dev)
-    net.to(dev)
-    gene_seed = int(torch.randint(0, 2**62, (1,), generator=torch.Generator().manual_seed(seed * 1_000_003 + 2)))
-    sampler = batch_plan(BatchSampler(n, plan.batch_samples, gen), m, plan, gene_seed)
-    opt = make_optimizer(net, plan.lr, cfg.l2, dev, sample_lr=plan.sample_lr)
-    Xt = torch.from_numpy(X).to(dev)
+    fit = RecipeTraining(X, cfg)
+    plan, net, Xt = fit.plan, fit.net, fit.X
     steps = plan.n_steps if max_steps is None else min(plan.n_steps, int(max_steps))
     marks = sorted({max(1, round(steps * k / evals)) for k in range(1, evals + 1)})
-    curve, seconds, done, eval_seconds = [], 0.0, 0, 0.0
+    curve, seconds, eval_seconds = [], 0.0, 0.0
     for step in marks:
-        t0 = time.perf_counter()
-        train(net, Xt, n_steps=step, lr=plan.lr, l2=cfg.l2, batch_samples=plan.batch_samples, generator=gen,
-              device=dev, compute_dtype=dtype, progress=False, sampler=sampler, optimizer=opt, start_step=done)
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        seconds += time.perf_counter() - t0
-        done = step
+        seconds += fit.advance(step)
         t1 = time.perf_counter()
         with torch.no_grad():
             mse = 0.0
@@ -108,7 +88,7 @@ def run(X, labels, training: str, seed: int, evals: int, quick: bool, device: st
         say(f"  {training}: step {step:,}/{steps:,}  {seconds:8.1f} s  MSE {mse:.4f}  "
             f"kNN {curve[-1]['knn']:.3f}  (evaluation {time.perf_counter() - t1:.0f} s, not timed)")
     out = {"training": training, "plan": plan.describe(), "n_steps": plan.n_steps,
-           "pairs_per_step": plan.batch_samples * (plan.batch_genes or m), "curve": curve,
+           "pairs_per_step": fit.pairs_per_step, "curve": curve,
            "evaluation_seconds": round(eval_seconds, 1)}
     if steps < plan.n_steps:
         out["measured_steps"] = steps

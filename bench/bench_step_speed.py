@@ -8,45 +8,24 @@ bench_throughput.py; this one exists so that a GPU machine can be measured in on
 from __future__ import annotations
 
 import json
-import time
 
-from _common import TCGA_GENES, TCGA_SAMPLES, Tee, machine_line, out_path, parser, tcga_like, write_text
+from _common import (TCGA_GENES, TCGA_SAMPLES, RecipeTraining, Tee, machine_line, out_path, parser, tcga_like,
+                     write_text)
 
 
 def steps_per_second(X, training: str, device: str, precision: str, steps: int, windows: int) -> dict:
-    import torch
-
     from factembed import FEConfig
-    from factembed.model import FactorizedEmbeddingNet
-    from factembed.recipes import plan_training
-    from factembed.runner import batch_plan
-    from factembed.train import BatchSampler, make_optimizer, resolve_device, resolve_precision, train
 
-    n, m = X.shape
-    cfg = FEConfig(training=training, device=device, precision=precision, random_state=0)
-    plan = plan_training(cfg, n, m)
-    dev = resolve_device(device)
-    dtype = resolve_precision(precision, dev)
-    gen = torch.Generator().manual_seed(0)
-    net = FactorizedEmbeddingNet(n, m, cfg.sample_dim, cfg.gene_dim, cfg.hidden, generator=gen).to(dev)
-    Xt = torch.from_numpy(X).to(dev)
-    sampler = batch_plan(BatchSampler(n, plan.batch_samples, gen), m, plan, 1)
-    opt = make_optimizer(net, plan.lr, cfg.l2, dev, sample_lr=plan.sample_lr)
-    rates, done = [], 0
+    fit = RecipeTraining(X, FEConfig(training=training, device=device, precision=precision, random_state=0))
+    plan = fit.plan
+    rates = []
     for w in range(windows + 1):          # the first window warms up (allocation, compilation)
-        t0 = time.perf_counter()
-        train(net, Xt, n_steps=done + steps, lr=plan.lr, l2=cfg.l2, batch_samples=plan.batch_samples,
-              generator=gen, device=dev, compute_dtype=dtype, progress=False, sampler=sampler, optimizer=opt,
-              start_step=done)
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        done += steps
+        seconds = fit.advance(fit.done + steps)
         if w:
-            rates.append(steps / (time.perf_counter() - t0))
+            rates.append(steps / seconds)
     rates.sort()
-    pairs = plan.batch_samples * (plan.batch_genes or m)
     return {"training": training, "precision": precision, "plan": plan.describe(),
-            "it_s_median": rates[len(rates) // 2], "it_s": rates, "pairs_per_step": pairs,
+            "it_s_median": rates[len(rates) // 2], "it_s": rates, "pairs_per_step": fit.pairs_per_step,
             "hours_for_plan": plan.n_steps / rates[len(rates) // 2] / 3600}
 
 
