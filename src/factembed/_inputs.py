@@ -55,6 +55,18 @@ class CsrRows:
         return CsrRows(self.X[:, cols], self.samples, None if self.genes is None else self.genes[cols])
 
 
+def take_genes(matrix: Any, columns: np.ndarray) -> Any:
+    """``matrix`` restricted to ``columns`` (in that order): a contiguous copy of a
+    numpy array, ``select_genes`` of a row-block reader, ``matrix`` itself when
+    ``columns`` are all its columns in order."""
+    columns = np.asarray(columns, dtype=np.int64)
+    if len(columns) == matrix.shape[1] and np.array_equal(columns, np.arange(matrix.shape[1])):
+        return matrix
+    if isinstance(matrix, np.ndarray):
+        return np.ascontiguousarray(matrix[:, columns])
+    return matrix.select_genes(columns)
+
+
 def _names(index: Any) -> np.ndarray:
     return np.asarray([str(v) for v in index], dtype=object)
 

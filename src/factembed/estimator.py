@@ -28,7 +28,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from .config import FEConfig
 from .errors import FEInputError
 from ._files import write_bytes_atomic
-from ._inputs import as_matrix, is_anndata, row_blocks
+from ._inputs import as_matrix, is_anndata, row_blocks, take_genes
 from .infer import ROW_BLOCK, embed_new_samples, reconstruct
 from .model import FactorizedEmbeddingNet
 from .recipes import plan_training
@@ -208,7 +208,7 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
                 raise FEInputError(f"{what} lacks {len(missing)} of the model's {len(names)} genes "
                                    f"(first: {', '.join(map(str, missing[:5]))})")
             cols = np.array([pos[g] for g in names], dtype=np.int64)
-            mat = np.ascontiguousarray(mat[:, cols]) if isinstance(mat, np.ndarray) else mat.select_genes(cols)
+            mat = take_genes(mat, cols)
         if mat.shape[1] != self.n_features_in_:
             raise FEInputError(f"{what} has {mat.shape[1]} genes but the model was fitted on "
                                f"{self.n_features_in_} ({what} has {mat.shape[1]} features, but "

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ._inputs import CsrRows, as_matrix, is_anndata
+from ._inputs import CsrRows, as_matrix, is_anndata, take_genes
 from .errors import FEInputError
 from .estimator import FactorizedEmbeddings
 from .runner import training_summary
@@ -78,12 +78,6 @@ def _constant_columns(mat: Any) -> np.ndarray:
         return ~(dense(mat.X.max(axis=0)) > dense(mat.X.min(axis=0)))
     stats = mat.gene_stats()           # a backed source: one pass over row blocks
     return ~(stats.max > stats.min)
-
-
-def _take_columns(mat: Any, cols: np.ndarray) -> Any:
-    if len(cols) == mat.shape[1] and np.array_equal(cols, np.arange(mat.shape[1])):
-        return mat
-    return np.ascontiguousarray(mat[:, cols]) if isinstance(mat, np.ndarray) else mat.select_genes(cols)
 
 
 def _uns_value(v: Any) -> Any:
@@ -158,7 +152,7 @@ def fe(adata: Any, layer: str | None = None, key_added: str = "X_fe", *, mask_va
         if not mask.any():
             raise FEInputError("no genes left to fit on (all masked out by mask_var, or constant)")
         cols = np.flatnonzero(mask)
-        est.fit(_take_columns(mat, cols), sample_names=samples, gene_names=genes[cols])
+        est.fit(take_genes(mat, cols), sample_names=samples, gene_names=genes[cols])
     finally:
         if mat is not adata and hasattr(mat, "close"):
             mat.close()

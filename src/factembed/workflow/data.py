@@ -214,10 +214,6 @@ def warn_constant_rows(source, stats) -> None:
                       "leave them out when writing the file", stacklevel=2)
 
 
-def _restrict(source, columns: np.ndarray):
-    return source if len(columns) == source.shape[1] and np.array_equal(columns, np.arange(len(columns))) \
-        else source.select_genes(columns)
-
 def _check_some_genes(data, pre) -> None:
     """An error when ``data`` has none of the model's genes (by name): every value would
     be missing (e.g. a file without gene names, such as ``.npy``)."""

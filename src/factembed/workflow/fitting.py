@@ -11,9 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .._inputs import take_genes
 from ..errors import FEInputError
 from .requests import Echo, FitRequest, FitResult, PREPARED_DIR, UNDER_TORCHRUN, _quiet, _stderr
-from .data import (_kept_columns, _restrict, load_model, open_backed, prepare_backed, prepare_in_memory,
+from .data import (_kept_columns, load_model, open_backed, prepare_backed, prepare_in_memory,
                    select_from_stats, warn_constant_rows)
 from .outputs import _extra, _title, write_fit_outputs
 
@@ -137,7 +138,7 @@ def _fit_backed(request: FitRequest, echo: Echo) -> FitResult:
 
     full, fitted, columns, _ = prepare_backed(request, echo, progress=request.config.verbose)
     try:
-        source = _restrict(full, columns)
+        source = take_genes(full, columns)
         n, m = source.shape
         samples = full.samples if full.samples is not None else np.array([f"sample_{i}" for i in range(n)])
         if m != full.shape[1]:
@@ -243,7 +244,7 @@ def _rank_data(request: FitRequest, rank: int, world: int, echo: Echo):
         n = data.n_samples
         lo, hi = shard_bounds(n, world, rank)
         return (np.ascontiguousarray(data.X[lo:hi]), lo, n, data.samples, data.labels, fitted, [])
-    source = _restrict(full, columns)
+    source = take_genes(full, columns)
     n = source.shape[0]
     lo, hi = shard_bounds(n, world, rank)
     samples = full.samples if full.samples is not None else np.array([f"sample_{i}" for i in range(n)])
