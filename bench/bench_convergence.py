@@ -58,16 +58,18 @@ def knn_accuracy(Z, labels) -> float:
 
 
 def run(X, labels, training: str, seed: int, evals: int, quick: bool, device: str = "cpu",
-        precision: str = "fp32", max_steps: int | None = None, say=print) -> dict:
+        precision: str = "fp32", max_steps: int | None = None, say=print, options: dict | None = None) -> dict:
     """Train one recipe in ``evals`` segments; the curve of (step, seconds, MSE, kNN).
-    ``max_steps``: stop after that many of the plan's steps (the plan is unchanged)."""
+    ``max_steps``: stop after that many of the plan's steps (the plan is unchanged);
+    ``options``: more :class:`FEConfig` fields (e.g. ``batch_samples``, ``n_steps``)."""
     import torch
 
     from factembed import FEConfig
 
     n, m = X.shape
-    cfg = FEConfig(training=training, gene_dim=8 if quick else 100, hidden=(16, 8) if quick else (100, 50, 50),
-                   random_state=seed, device=device, precision=precision, n_steps=(40 if quick else None))
+    fields = dict(training=training, gene_dim=8 if quick else 100, hidden=(16, 8) if quick else (100, 50, 50),
+                  random_state=seed, device=device, precision=precision, n_steps=(40 if quick else None))
+    cfg = FEConfig(**{**fields, **(options or {})})
     fit = RecipeTraining(X, cfg)
     plan, net, Xt = fit.plan, fit.net, fit.X
     steps = plan.n_steps if max_steps is None else min(plan.n_steps, int(max_steps))
@@ -149,6 +151,9 @@ def main() -> None:
                    help="train the reference for only its first N steps and extrapolate its time")
     p.add_argument("--reference-evals", type=int, default=None, help="evaluation points of the reference run")
     p.add_argument("--key", default=None, help="name of the (single) data set in the results (e.g. planted_full)")
+    p.add_argument("--fast-options", type=json.loads, default=None,
+                   help='JSON of FEConfig fields for the defaults\' run, to try a variant, '
+                        'e.g. \'{"batch_samples": 16, "batch_genes": 312, "n_steps": 5429}\'')
     args = p.parse_args()
     if args.quick:
         args.datasets, args.planted_n, args.planted_m, args.evals = "planted", 60, 50, 2
@@ -167,7 +172,8 @@ def main() -> None:
             runs.append(run(X, labels, t, args.seed,
                             (args.reference_evals or args.evals) if t == "reference" else args.evals,
                             args.quick, args.device, args.precision,
-                            max_steps=args.reference_steps if t == "reference" else None, say=say))
+                            max_steps=args.reference_steps if t == "reference" else None, say=say,
+                            options=None if t == "reference" else args.fast_options))
             # nothing lost if a long run dies: the finished runs are on disk
             write_text(stem.with_suffix(".json"), json.dumps({**previous, **results, key: {
                 "shape": list(X.shape), "runs": runs, "partial": True}}, indent=1))
