@@ -150,6 +150,9 @@ def main() -> None:
     p.add_argument("--reference-steps", type=int, default=None,
                    help="train the reference for only its first N steps and extrapolate its time")
     p.add_argument("--reference-evals", type=int, default=None, help="evaluation points of the reference run")
+    p.add_argument("--recipes", default="reference,fast",
+                   help="which trainings to run: reference,fast (both, compared) or one of them alone "
+                        "(e.g. fast with --precision bf16, for a precision check)")
     p.add_argument("--key", default=None, help="name of the (single) data set in the results (e.g. planted_full)")
     p.add_argument("--fast-options", type=json.loads, default=None,
                    help='JSON of FEConfig fields for the defaults\' run, to try a variant, '
@@ -157,6 +160,10 @@ def main() -> None:
     args = p.parse_args()
     if args.quick:
         args.datasets, args.planted_n, args.planted_m, args.evals = "planted", 60, 50, 2
+    recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
+    if not recipes or set(recipes) - {"reference", "fast"} or len(set(recipes)) < len(recipes):
+        raise SystemExit(f"--recipes: reference, fast or reference,fast, got {args.recipes!r}")
+    recipes = [r for r in ("reference", "fast") if r in recipes]
     say = Tee()
     say(machine_line() + f"; device {args.device}, {args.precision}")
     stem = out_path(args, "convergence")
@@ -168,7 +175,7 @@ def main() -> None:
         X, labels = load(name, args)
         say(f"{key}: {X.shape[0]:,} x {X.shape[1]:,}")
         runs = []
-        for t in ("reference", "fast"):
+        for t in recipes:
             runs.append(run(X, labels, t, args.seed,
                             (args.reference_evals or args.evals) if t == "reference" else args.evals,
                             args.quick, args.device, args.precision,
@@ -177,11 +184,18 @@ def main() -> None:
             # nothing lost if a long run dies: the finished runs are on disk
             write_text(stem.with_suffix(".json"), json.dumps({**previous, **results, key: {
                 "shape": list(X.shape), "runs": runs, "partial": True}}, indent=1))
+        if len(runs) == 1:                  # one recipe alone: its figures, no comparison
+            r, last = runs[0], runs[0]["curve"][-1]
+            results[key] = {"shape": list(X.shape), "runs": runs, "precision": args.precision}
+            say(f"{key}: {r['plan']}: MSE at step {last['step']:,} {last['mse']:.4f}, kNN {last['knn']:.3f}, "
+                f"{last['seconds']:.1f} s ({args.precision})")
+            continue
         ref, fast = runs
         target = ref["curve"][-1]["mse"]
         reach = time_to(fast["curve"], target)
         total_ref = ref.get("extrapolated_seconds", ref["curve"][-1]["seconds"])
-        results[key] = {"shape": list(X.shape), "runs": runs, "reference_final_mse": target,
+        results[key] = {"shape": list(X.shape), "runs": runs, "precision": args.precision,
+                        "reference_final_mse": target,
                         "fast_seconds_to_reference_mse": reach,
                         "ratio_to_reference_time": None if reach is None else reach / total_ref}
         for r in runs:
