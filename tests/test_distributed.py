@@ -162,3 +162,20 @@ def test_fit_request_round_trip():
         == (3, True, 7, (8, 4), 2)
     assert (again.preprocessing.log10p1, again.preprocessing.top_variable) == (False, 5)
     assert (again.checkpoints.every, again.checkpoints.resume) == (4, True)
+
+
+@pytest.mark.parametrize("device,local_world,n_gpus,backend,warns", [
+    ("cpu", 2, 1, "gloo", False),
+    ("auto", 2, 0, "gloo", False),         # no GPU: the CPU
+    ("auto", 2, 2, "nccl", False),         # one GPU per process
+    ("cuda", 1, 1, "nccl", False),
+    ("auto", 2, 1, "gloo", True),          # two processes, one GPU: NCCL would refuse ("Duplicate GPU")
+    ("cuda:0", 4, 2, "gloo", True),
+])
+def test_backend_needs_a_gpu_per_process_for_nccl(device, local_world, n_gpus, backend, warns):
+    from factembed.distributed.group import choose_backend
+    chosen, warning = choose_backend(device, local_world, n_gpus)
+    assert chosen == backend
+    assert (warning is not None) == warns
+    if warns:
+        assert f"{local_world} processes" in warning and "--nproc-per-node" in warning

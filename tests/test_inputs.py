@@ -175,6 +175,26 @@ def test_tl_fe_writes_obsm_varm_uns_and_embeds_new_cells(tmp_path):
     np.testing.assert_allclose(new.obsm["X_fe"], new.obsm["X_fe_new"], rtol=1e-6)
 
 
+def test_tl_fe_leaves_the_callers_gene_mask_as_it_was():
+    """The constant genes are dropped from a copy of the mask, never from the caller's
+    array (nor from a read-only one, as pandas 3 hands out)."""
+    import factembed
+    X = _counts(50, 30)
+    X[:, 4] = 1.0
+    mask = np.ones(30, dtype=bool)
+    mask[7] = False
+    before = mask.copy()
+    fe = factembed.tl.fe(_adata(X, sparse=False), mask_var=mask, n_steps=10, gene_dim=4, hidden=(8,),
+                         infer_steps=5, verbose=False)
+    assert np.array_equal(mask, before)
+    assert fe.n_features_in_ == 28
+    frozen = before.copy()
+    frozen.flags.writeable = False
+    a = _adata(X, sparse=False)
+    factembed.tl.fe(a, mask_var=frozen, n_steps=10, gene_dim=4, hidden=(8,), infer_steps=5, verbose=False)
+    assert a.uns["fe"]["n_genes_used"] == 28
+
+
 def test_scanpy_plots_the_fe_basis(tmp_path):
     sc = pytest.importorskip("scanpy")
     import factembed

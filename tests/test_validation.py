@@ -76,3 +76,26 @@ def test_every_caller_names_the_same_first_bad_value(tmp_path):
             src.to_numpy()
     with pytest.raises(FEInputError, match=r"first at row 240, column 3 \(inf\)"):
         check_matrix(X)
+
+
+def test_nullable_and_string_columns_of_a_dataframe():
+    """pandas extension dtypes (nullable Float64/Int64, the string dtype that pandas 3 makes
+    the default) are checked with pandas' own dtype tests: numeric ones are read as floats
+    (pd.NA -> NaN), others are named as non-numeric, never a TypeError."""
+    import pandas as pd
+    plain = pd.DataFrame({"g1": [1.0, 2.0, 3.0], "g2": [0.0, 5.0, 1.5]}, index=["s1", "s2", "s3"])
+    want, samples, genes = check_matrix(plain)
+    nullable = plain.astype({"g1": "Float64", "g2": "Float64"})
+    got, s2, g2 = check_matrix(nullable)
+    assert got.dtype == np.float32 and np.array_equal(got, want)
+    assert list(s2) == list(samples) and list(g2) == list(genes)
+    ints = pd.DataFrame({"g1": [1, 2, 3], "g2": [0, 5, 1]}).astype("Int64")
+    assert np.array_equal(check_matrix(ints)[0], np.array([[1, 0], [2, 5], [3, 1]], dtype=np.float32))
+    holes = nullable.copy()
+    holes.iloc[1, 0] = pd.NA
+    with pytest.raises(FEInputError, match="NaN"):
+        check_matrix(holes)
+    assert np.isnan(check_matrix(holes, allow_nan=True)[0][1, 0])
+    for bad in (plain.assign(g2=pd.array(["a", "b", "c"], dtype="string")), plain.assign(g2=[True, False, True])):
+        with pytest.raises(FEInputError, match="column 'g2' is not numeric"):
+            check_matrix(bad)

@@ -178,11 +178,14 @@ def check_matrix(X: Any, *, what: str = "X", min_samples: int = 1, n_genes: int 
         if isinstance(X, pd.DataFrame):
             samples = np.asarray(X.index.astype(str))
             genes = np.asarray(X.columns.astype(str))
-            non_numeric = [c for c, dt in zip(X.columns, X.dtypes) if not np.issubdtype(dt, np.number)]
+            # pandas' own dtype tests: extension dtypes (nullable Float64/Int64, string) are no numpy dtypes
+            non_numeric = [c for c, dt in zip(X.columns, X.dtypes)
+                           if pd.api.types.is_bool_dtype(dt) or not pd.api.types.is_numeric_dtype(dt)]
             if non_numeric:
                 raise FEInputError(f"{what}: column {non_numeric[0]!r} is not numeric "
                                    f"({len(non_numeric)} non-numeric column(s))")
-            X = X.to_numpy()
+            nullable = any(isinstance(dt, pd.api.extensions.ExtensionDtype) for dt in X.dtypes)
+            X = X.to_numpy(dtype=np.float64, na_value=np.nan) if nullable else X.to_numpy()
     except ImportError:  # pragma: no cover
         pass
     torch = sys.modules.get("torch")  # a tensor can only exist once torch is imported

@@ -44,11 +44,11 @@ def _check_adata(adata: Any) -> None:
 
 
 def _var_mask(adata: Any, mask_var: Any) -> tuple[np.ndarray, str]:
-    """Boolean mask of the genes to consider and how it was chosen (for ``uns``)."""
+    """Boolean mask of the genes to consider (a writable copy) and how it was chosen (for ``uns``)."""
     n = adata.n_vars
     if isinstance(mask_var, str) and mask_var == _AUTO:
         if "highly_variable" in adata.var:
-            return np.asarray(adata.var["highly_variable"], dtype=bool), "highly_variable"
+            return np.array(adata.var["highly_variable"], dtype=bool), "highly_variable"
         return np.ones(n, dtype=bool), "all genes"
     if mask_var is None:
         return np.ones(n, dtype=bool), "all genes"
@@ -56,8 +56,8 @@ def _var_mask(adata: Any, mask_var: Any) -> tuple[np.ndarray, str]:
         if mask_var not in adata.var:
             raise FEInputError(f"adata.var has no column {mask_var!r} for mask_var; columns are "
                                f"{', '.join(map(repr, adata.var.columns[:10])) or 'none'}")
-        return np.asarray(adata.var[mask_var], dtype=bool), mask_var
-    mask = np.asarray(mask_var, dtype=bool).reshape(-1)
+        return np.array(adata.var[mask_var], dtype=bool), mask_var
+    mask = np.array(mask_var, dtype=bool).reshape(-1)      # a copy: the caller's mask is not changed
     if mask.shape != (n,):
         raise FEInputError(f"mask_var has {mask.size} entries for {n} genes")
     return mask, "boolean mask"

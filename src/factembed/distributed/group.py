@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from typing import Any
 
 import torch
@@ -27,20 +28,44 @@ def shard_bounds(n: int, world: int, rank: int) -> tuple[int, int]:
     return (n * rank) // world, (n * (rank + 1)) // world
 
 
+def choose_backend(device: str, local_world: int, n_gpus: int) -> tuple[str, str | None]:
+    """The collective backend for ``device`` ("auto", "cpu", "cuda", "cuda:N") when
+    ``local_world`` processes of this node share ``n_gpus`` GPUs: ``(backend, warning)``.
+    NCCL needs a GPU of its own per process; with fewer GPUs than processes the ranks
+    train on the shared GPUs and reduce through gloo (host memory), with a warning."""
+    want_cuda = device.startswith("cuda") or (device == "auto" and n_gpus > 0)
+    if not want_cuda:
+        return "gloo", None
+    if local_world > n_gpus:
+        return "gloo", (f"{local_world} processes on this node share {n_gpus} GPU(s): NCCL needs one GPU per "
+                        "process, so gradients are reduced through gloo in host memory (slower); start at most "
+                        f"{n_gpus} process(es) per node (torchrun --nproc-per-node) to use NCCL")
+    return "nccl", None
+
+
 def init_process_group(backend: str | None = None, device: str = "auto") -> tuple[int, int, torch.device]:
     """Join the process group described by torchrun's environment (``RANK``,
-    ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``, ``LOCAL_RANK``) unless one is
-    already initialised.  NCCL and ``cuda:LOCAL_RANK`` when CUDA is asked for (or
-    ``device="auto"`` finds it), gloo and the CPU otherwise.  Returns (rank, world, device)."""
+    ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``)
+    unless one is already initialised.  With CUDA asked for (or ``device="auto"`` finding
+    it): ``cuda:LOCAL_RANK`` (modulo the node's GPUs) and NCCL, or gloo where the node
+    has fewer GPUs than processes (see :func:`choose_backend`); gloo and the CPU otherwise.
+    Returns (rank, world, device)."""
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    want_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    want_cuda = device.startswith("cuda") or (device == "auto" and n_gpus > 0)
     if not dist.is_initialized():
-        dist.init_process_group(backend or ("nccl" if want_cuda else "gloo"))
-    if dist.get_backend() == "nccl":
-        dev = torch.device("cuda", local_rank % max(1, torch.cuda.device_count()))
+        chosen, warning = choose_backend(device, local_world, n_gpus)
+        if warning and backend is None and local_rank == 0:
+            warnings.warn(warning, stacklevel=2)
+        dist.init_process_group(backend or chosen)
+    if want_cuda:
+        dev = resolve_device(device)             # raises a clear error where CUDA is missing
+        if dev.index is None:
+            dev = torch.device("cuda", local_rank % max(1, n_gpus))
         torch.cuda.set_device(dev)
     else:
-        dev = torch.device("cpu") if not want_cuda else resolve_device(device)
+        dev = torch.device("cpu")
     return dist.get_rank(), dist.get_world_size(), dev
 
 
