@@ -7,6 +7,10 @@ full-gene loss (Levenberg-Marquardt, ``_gn_reference.py``): median distance (als
 share of the training embedding's spread), the full-gene MSE in excess of the optimum's
 (as a share of the start point's excess), and the accuracy of a 5-NN classifier of the
 time point trained on the training embedding.  Repeated over all 5 folds.
+
+    python bench/bench_inference_demo.py [--training fast|reference] [--settings 100:512:0.01,50:512:0.02]
+
+``--settings`` adds inference settings (steps:genes:lr) to the three always measured.
 """
 
 from __future__ import annotations
@@ -31,9 +35,17 @@ NAMES = {SETTINGS[0]: "start point only", SETTINGS[1]: "200 x 2048, lr 0.02 (old
 
 def main() -> None:
     p = parser(__doc__)
+    p.add_argument("--training", default="fast", help="recipe of the fitted models: fast (default) or reference")
+    p.add_argument("--settings", default="", help="more inference settings, steps:genes:lr,...")
     args = p.parse_args()
+    settings = list(SETTINGS)
+    for item in filter(None, (t.strip() for t in args.settings.split(","))):
+        steps, genes, lr = item.split(":")
+        st = (int(steps), int(genes), float(lr))
+        settings.append(st)
+        NAMES[st] = f"{st[0]} x {st[1]}, lr {st[2]:g}"
     out = Tee()
-    out(machine_line())
+    out(machine_line() + f"; models: training={args.training}")
     data = load_demo()
     X, y = data.X.astype(np.float32), np.asarray(data.labels)
     n_folds = 2 if args.quick else 5
@@ -41,7 +53,7 @@ def main() -> None:
         X = X[:, :300]
     rows = []
     for fold, (tr, te) in enumerate(StratifiedKFold(n_folds, shuffle=True, random_state=0).split(X, y)):
-        fe = FactorizedEmbeddings(random_state=0, verbose=False, device="cpu",
+        fe = FactorizedEmbeddings(random_state=0, verbose=False, device="cpu", training=args.training,
                                   n_steps=20 if args.quick else None)
         t = time.perf_counter()
         fe.fit(X[tr])
@@ -51,14 +63,14 @@ def main() -> None:
         out(f"fold {fold}: trained on {len(tr)} cells, {fe.n_steps_} steps, {time.perf_counter() - t:.0f} s; "
             f"embedding spread {spread:.4f}")
         Z = {}
-        for steps, genes, lr in SETTINGS:
+        for steps, genes, lr in settings:
             fe.set_params(infer_steps=steps, infer_genes=genes, infer_lr=lr)
             t = time.perf_counter()
             Z[(steps, genes, lr)] = (fe.transform(X[te]), time.perf_counter() - t)
         Z_ref, f_ref = full_gene_optimum(fe.net_, torch.from_numpy(Z[SETTINGS[1]][0]), torch.from_numpy(X[te]))
         Z_ref, f_ref = Z_ref.numpy(), f_ref.numpy()
         f0 = per_sample_mse(fe, Z[SETTINGS[0]][0], X[te])
-        for st in SETTINGS:
+        for st in settings:
             Zs, s = Z[st]
             d = float(np.median(np.linalg.norm(Zs - Z_ref, axis=1)))
             excess = excess_mse(per_sample_mse(fe, Zs, X[te]), f_ref, f0)
@@ -67,8 +79,8 @@ def main() -> None:
             out(f"  {NAMES[st]:36s}: {s:6.2f} s, median distance to the optimum {d:.4f} ({d / spread:5.1%} of "
                 f"spread), excess MSE {excess:6.1%}, 5-NN accuracy {acc:.3f}")
     out("mean over folds:")
-    arr = np.array([r[4:] for r in rows], dtype=float).reshape(n_folds, len(SETTINGS), -1)
-    for i, st in enumerate(SETTINGS):
+    arr = np.array([r[4:] for r in rows], dtype=float).reshape(n_folds, len(settings), -1)
+    for i, st in enumerate(settings):
         m = arr[:, i].mean(0)
         out(f"  {NAMES[st]:36s}: {m[0]:6.2f} s, distance {m[1]:.4f} ({m[2]:5.1%} of spread), "
             f"excess MSE {m[3]:6.1%}, 5-NN accuracy {m[4]:.3f} (sd {arr[:, i, 4].std():.3f})")

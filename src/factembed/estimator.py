@@ -14,8 +14,6 @@ weights).  Nothing is ever unpickled, so loading an untrusted model cannot run c
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import sys
 from pathlib import Path
@@ -27,31 +25,24 @@ from sklearn.base import BaseEstimator, TransformerMixin
 
 from .config import FEConfig
 from .errors import FEInputError
-from ._files import write_bytes_atomic
+from ._impute import empty_gene_mask, fill_missing, frame_output
 from ._inputs import as_matrix, is_anndata, row_blocks, take_genes
 from .infer import ROW_BLOCK, embed_new_samples, reconstruct
 from .model import FactorizedEmbeddingNet
+from .model_files import META_FILE, WEIGHTS_FILE, read_model_files, write_model_files
 from .recipes import plan_training
 from .runner import batch_plan, make_checkpointer, run_training
 from .sources import BackedSource as BackedSourceBase
 from .train import BatchSampler, as_float32_tensor, resolve_device, resolve_precision
 from ._validation import _is_sparse, check_matrix, check_observed, observed_counts
 
-FORMAT_VERSION = 1
 #: parameters that do not change the trained model (may differ on resume)
 _RUNTIME_PARAMS = ("verbose", "device", "infer_steps", "infer_lr", "infer_genes", "init_genes")
-WEIGHTS_FILE = "weights.safetensors"
-META_FILE = "model.json"
 #: ``transform`` / ``score`` draw a progress bar (when ``verbose``) only for at least this
 #: many samples: short calls stay quiet, as scanpy and umap-learn users expect
 PROGRESS_MIN_SAMPLES = 1000
 #: values of the dense row blocks that sparse / backed input is embedded in (~64 MiB)
 _BLOCK_ELEMENTS = 1 << 24
-#: samples embedded per call of the inference by :meth:`FactorizedEmbeddings.impute`
-#: (bounds the copy of the rows that have missing values)
-IMPUTE_CHUNK = 4096
-#: decoder values made at once when filling (rows x genes; bounds the fill's buffers, ~4 MB)
-IMPUTE_FILL_ELEMENTS = 1 << 20
 
 
 def checkpoint_meta(cfg: FEConfig, n_samples: int, n_genes: int, **more: Any) -> dict:
@@ -440,14 +431,7 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
         names = getattr(self, "feature_names_in_", None)
         out_names = names if names is not None else genes
         rows, cols = observed_counts(arr)
-        empty_ok = np.zeros(m, dtype=bool) if absent is None else absent.copy()
-        if isinstance(empty_genes, str):
-            if empty_genes not in ("error", "impute"):
-                raise ValueError(f"empty_genes must be 'error', 'impute' or a list of genes, got {empty_genes!r}")
-            if empty_genes == "impute":
-                empty_ok[:] = True
-        elif empty_genes is not None:
-            empty_ok |= self._gene_mask(empty_genes, out_names, m)
+        empty_ok = empty_gene_mask(empty_genes, out_names, m, absent)
         check_observed(rows, cols, samples=samples, genes=out_names, empty_ok=empty_ok, what="X",
                        gene_hint="pass empty_genes='impute' to fill it from the decoder alone (genes a "
                                  "DataFrame lacks are imputed without asking)")
@@ -458,61 +442,13 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
                 import warnings
                 warnings.warn(f"X has {len(extra)} gene(s) the model does not know; they are left out of the "
                               f"imputed result (first: {', '.join(map(str, extra[:5]))})", stacklevel=2)
-            out = self._impute_output_frame(X, arr, absent)
+            out = frame_output(X, arr, absent, names)
         else:
             out = _output_array(X, arr, copy)
-        todo = np.flatnonzero(rows < m)
-        fill_rows = int(min(ROW_BLOCK, max(1, IMPUTE_FILL_ELEMENTS // m)))   # decoded rows per fill block
-        for c in range(0, len(todo), IMPUTE_CHUNK):
-            idx = todo[c:c + IMPUTE_CHUNK]
-            block = arr if len(idx) == n else np.ascontiguousarray(arr[idx])
-            Z = torch.from_numpy(self._embed(block, missing=True))
-            for b in range(0, len(idx), fill_rows):
-                r = idx[b:b + fill_rows]
-                R = reconstruct(self.net_, Z[b:b + fill_rows]).numpy()
-                sub = out[r]
-                hole = np.isnan(sub)
-                sub[hole] = R[hole]
-                out[r] = sub
+        fill_missing(out, arr, rows, self.net_, lambda block: self._embed(block, missing=True))
         if is_df:
             import pandas as pd
             return pd.DataFrame(out, index=X.index.copy(), columns=list(out_names))
-        return out
-
-    @staticmethod
-    def _gene_mask(chosen: Any, names: np.ndarray | None, m: int) -> np.ndarray:
-        """Boolean mask over the model's ``m`` genes of ``chosen`` (names or positions)."""
-        mask = np.zeros(m, dtype=bool)
-        items = list(np.atleast_1d(np.asarray(chosen, dtype=object)))
-        pos = {str(g): k for k, g in enumerate(names)} if names is not None else {}
-        for g in items:
-            if isinstance(g, (int, np.integer)) and not isinstance(g, bool):
-                if not 0 <= int(g) < m:
-                    raise FEInputError(f"empty_genes: column {int(g)} is outside 0..{m - 1}")
-                mask[int(g)] = True
-            elif str(g) in pos:
-                mask[pos[str(g)]] = True
-            else:
-                raise FEInputError(f"empty_genes: {str(g)!r} is not one of the model's genes")
-        return mask
-
-    def _impute_output_frame(self, X: Any, arr: np.ndarray, absent: np.ndarray | None) -> np.ndarray:
-        """The result matrix of a DataFrame: the observed values in the frame's own (float)
-        dtype, on the model's genes (``arr`` holds them in float32)."""
-        dtypes = list(X.dtypes)
-        dtype = np.result_type(*dtypes, np.float32) if dtypes else np.float32
-        if dtype == np.float32:
-            return arr.copy()       # arr may be a view of the frame's own data
-        names = getattr(self, "feature_names_in_", None)
-        out = np.full(arr.shape, np.nan, dtype=dtype)
-        if names is None:
-            out[:] = X.to_numpy(dtype=dtype)
-        else:
-            present = np.ones(len(names), dtype=bool) if absent is None else ~absent
-            cols = [str(g) for g in np.asarray(names)[present]]
-            frame = X.copy(deep=False)
-            frame.columns = frame.columns.astype(str)
-            out[:, present] = frame[cols].to_numpy(dtype=dtype)
         return out
 
     def inverse_transform(self, Z: Any) -> np.ndarray:
@@ -575,57 +511,28 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
 
     # -- persistence ----------------------------------------------------------------
     def save(self, path: str | os.PathLike, *, extra: dict | None = None) -> Path:
-        """Write the fitted model to directory ``path`` (created if needed).
+        """Write the fitted model to directory ``path`` (created if needed; the format:
+        :mod:`factembed.model_files`).
 
         ``extra`` is stored in the JSON as-is (e.g. the preprocessing of the data)."""
-        from safetensors.torch import save as st_save
         self._check_fitted()
-        out = Path(path)
-        out.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self.net_.state_dict().items()}
-        blob = st_save(tensors)
-        write_bytes_atomic(out / WEIGHTS_FILE, blob)
-        meta = {
-            "format": "factembed", "format_version": FORMAT_VERSION,
+        return write_model_files(path, self.net_.state_dict(), {
             "config": self.config.to_dict(),
             "n_samples": self.net_.n_samples, "n_genes": self.net_.n_genes, "n_steps": self.n_steps_,
             "gene_names": None if getattr(self, "feature_names_in_", None) is None
             else [str(g) for g in self.feature_names_in_],
             "sample_names": None if self.sample_names_ is None else [str(s) for s in self.sample_names_],
-            "weights_sha256": hashlib.sha256(blob).hexdigest(),
             "history": self.history_,
             "extra": extra if extra is not None else getattr(self, "extra_", None),
-        }
-        write_bytes_atomic(out / META_FILE, json.dumps(meta, allow_nan=True).encode())
-        return out
+        })
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | None = None) -> "FactorizedEmbeddings":
         """Load a model written by :meth:`save`.  Never unpickles.  Raises
         :class:`FEInputError` for a missing, truncated or tampered model."""
-        from safetensors.torch import load as st_load
+        meta, tensors = read_model_files(path)
         root = Path(path)
         meta_path, w_path = root / META_FILE, root / WEIGHTS_FILE
-        for p in (meta_path, w_path):
-            if not p.is_file():
-                raise FEInputError("not a factembed model directory (missing " + p.name + ")", path=root)
-        try:
-            meta = json.loads(meta_path.read_text())
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise FEInputError(f"model metadata is not valid JSON ({exc})", path=meta_path) from None
-        if not isinstance(meta, dict) or meta.get("format") != "factembed":
-            raise FEInputError("not a factembed model file", path=meta_path)
-        if int(meta.get("format_version", -1)) > FORMAT_VERSION:
-            raise FEInputError(f"model format version {meta.get('format_version')} is newer than this "
-                               f"factembed supports ({FORMAT_VERSION})", path=meta_path)
-        blob = w_path.read_bytes()
-        if hashlib.sha256(blob).hexdigest() != meta.get("weights_sha256"):
-            raise FEInputError("weights do not match the checksum recorded in model.json "
-                               "(truncated or modified file)", path=w_path)
-        try:
-            tensors = st_load(blob)
-        except Exception as exc:
-            raise FEInputError(f"weights file is not valid safetensors ({exc})", path=w_path) from None
         cfg = FEConfig.from_dict(meta["config"])
         if device is not None:
             cfg.device = device
