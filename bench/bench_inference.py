@@ -33,7 +33,7 @@ from factembed import FactorizedEmbeddings
 
 PRECISE = (200, 2048, 2e-2)           # (infer_steps, infer_genes, infer_lr): the old defaults
 SETTINGS = [  # quality table: (infer_steps, infer_genes, infer_lr)
-    (0, 2048, 2e-2), PRECISE, (100, 1024, 2e-2), (50, 2048, 2e-2), (50, 512, 2e-2), (50, 512, 1e-2),
+    (0, 2048, 2e-2), PRECISE, (100, 1024, 2e-2), (50, 2048, 2e-2), (50, 512, 2e-2), (50, 512, "auto"), (50, 512, 1e-2),
     (40, 512, 1e-2), (25, 512, 1e-2), (50, 256, 1e-2)]
 
 
@@ -76,7 +76,7 @@ def speed(args, out, q, n, m, n_new, rows) -> None:
     defaults = (fe.infer_steps, fe.infer_genes, fe.infer_lr)
     rows = []
     out(f"default settings (infer_steps={fe.infer_steps}, infer_genes={fe.infer_genes}, "
-        f"infer_lr={fe.infer_lr:g}, init_genes={fe.init_genes}):")
+        f"infer_lr={fe.infer_lr}, init_genes={fe.init_genes}):")
     for k in (1, 100, n_new):
         s, _ = timed_transform(fe, X_new[:k])
         rows.append(("default",) + defaults + (k, s))
@@ -135,7 +135,8 @@ def quality(args, out, q, rows) -> None:
         acc = knn.score(Z, y_q)
         med, p90 = float(np.median(d)), float(np.percentile(d, 90))
         tag = " (default)" if (steps, genes, lr) == defaults else (" (start point only)" if steps == 0 else "")
-        out(f"{steps:11d} {genes:5d} {lr:6.3g} | {1e3 * s / len(X_q):9.1f} | {med:11.4f} {p90:7.4f} "
+        lr_text = lr if isinstance(lr, str) else format(lr, ".3g")
+        out(f"{steps:11d} {genes:5d} {lr_text:>6s} | {1e3 * s / len(X_q):9.1f} | {med:11.4f} {p90:7.4f} "
             f"({100 * med / spread:5.1f}%, {med / nn_dist:4.2f} NN) | {excess:10.1%} | {acc:9.3f}{tag}")
         rows.append(("quality", steps, genes, lr, len(X_q), s, med, p90, excess, acc))
     stem = "inference" if args.training == "fast" else f"inference_{args.training}"

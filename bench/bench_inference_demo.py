@@ -28,9 +28,9 @@ from _gn_reference import excess_mse, full_gene_optimum, per_sample_mse
 from factembed import FactorizedEmbeddings
 from factembed.datasets import load_demo
 
-SETTINGS = [(0, 2048, 2e-2), (200, 2048, 2e-2), (50, 512, 1e-2)]   # start only, old defaults, new defaults
-NAMES = {SETTINGS[0]: "start point only", SETTINGS[1]: "200 x 2048, lr 0.02 (old defaults)",
-         SETTINGS[2]: "50 x 512, lr 0.01 (defaults)"}
+SETTINGS = [(0, 2048, 2e-2), (200, 2048, 2e-2), (50, 512, "auto"), (50, 512, 1e-2)]
+NAMES = {SETTINGS[0]: "start point only", SETTINGS[1]: "200 x 2048, lr 0.02 (precise)",
+         SETTINGS[2]: "50 x 512, lr auto (defaults)", SETTINGS[3]: "50 x 512, lr 0.01 (defaults before)"}
 
 
 def main() -> None:
@@ -41,9 +41,9 @@ def main() -> None:
     settings = list(SETTINGS)
     for item in filter(None, (t.strip() for t in args.settings.split(","))):
         steps, genes, lr = item.split(":")
-        st = (int(steps), int(genes), float(lr))
+        st = (int(steps), int(genes), lr if lr == "auto" else float(lr))
         settings.append(st)
-        NAMES[st] = f"{st[0]} x {st[1]}, lr {st[2]:g}"
+        NAMES[st] = f"{st[0]} x {st[1]}, lr {st[2]}"
     out = Tee()
     out(machine_line() + f"; models: training={args.training}")
     data = load_demo()

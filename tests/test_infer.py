@@ -137,3 +137,60 @@ def test_start_points_come_from_a_capped_candidate_set(fitted_small, monkeypatch
     d = ((X[:40, None, :] - R[None, :, :]) ** 2).sum(-1)
     np.testing.assert_array_equal(Z0.numpy(), E[subset[d.argmin(1)]])
     assert len({tuple(z) for z in Z0.numpy()}) <= 25
+
+
+# -- the automatic step (infer_lr="auto") ---------------------------------------------
+
+def test_neighbour_scale_against_brute_force():
+    """Each chosen start point's distance to its nearest other candidate (numpy brute
+    force), duplicates floored at a tenth of the median, None for one candidate."""
+    from factembed.infer import neighbour_scale
+    rng = np.random.default_rng(0)
+    C = rng.normal(size=(300, 2)).astype(np.float32)
+    C[5] = C[6]                                       # a duplicate pair: distance 0
+    arg = np.array([0, 5, 6, 299, 17, 17])
+    d = np.sqrt(((C[:, None, :].astype(np.float64) - C[None]) ** 2).sum(-1))
+    np.fill_diagonal(d, np.inf)
+    nn = d.min(1)
+    want = np.maximum(nn, 0.1 * np.median(nn))[arg]
+    got = neighbour_scale(torch.from_numpy(C), torch.from_numpy(arg), block=64).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    assert got[1] == got[2] and np.isclose(got[1], 0.1 * np.median(nn), rtol=1e-5)
+    assert neighbour_scale(torch.zeros(1, 2), torch.zeros(3, dtype=torch.long)) is None
+
+
+def test_auto_step_is_adam_in_units_of_the_local_scale(fitted_small, monkeypatch):
+    """With the same local scale c for every sample, lr="auto" is Adam at the absolute step
+    AUTO_STEP * c (Adam does not see the gradient's scale: z = z0 + c u moves by c times
+    u's steps); with each sample's own scale, a sample alone equals it among others."""
+    import factembed.infer as infer
+    fe, X, _ = fitted_small
+    Xt = torch.from_numpy(X[:12])
+    kw = dict(steps=30, infer_genes=64, init_genes=300)
+    c = 0.037
+    monkeypatch.setattr(infer, "neighbour_scale", lambda cand, arg, block=1024: torch.full((len(arg),), c))
+    auto = infer.embed_new_samples(fe.net_, Xt, lr="auto", generator=torch.Generator().manual_seed(1), **kw)
+    plain = infer.embed_new_samples(fe.net_, Xt, lr=infer.AUTO_STEP * c, generator=torch.Generator().manual_seed(1),
+                                    **kw)
+    np.testing.assert_allclose(auto.numpy(), plain.numpy(), rtol=1e-4, atol=1e-6)
+    monkeypatch.undo()
+    together = infer.embed_new_samples(fe.net_, Xt, lr="auto", generator=torch.Generator().manual_seed(1), **kw)
+    alone = infer.embed_new_samples(fe.net_, Xt[3:4], lr="auto", generator=torch.Generator().manual_seed(1), **kw)
+    np.testing.assert_allclose(alone[0].numpy(), together[3].numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_infer_lr_accepts_auto_or_a_positive_number():
+    import argparse
+
+    import pytest
+
+    from factembed import FEConfig
+    from factembed.cli import _auto_or_float
+    assert FEConfig().infer_lr == "auto"
+    FEConfig(infer_lr=0.02)
+    for bad in ("fast", 0, -1.0, float("nan")):
+        with pytest.raises(ValueError):
+            FEConfig(infer_lr=bad)
+    assert _auto_or_float("auto") == "auto" and _auto_or_float("0.02") == 0.02
+    with pytest.raises(argparse.ArgumentTypeError, match="'auto' or a number"):
+        _auto_or_float("quick")

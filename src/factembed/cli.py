@@ -35,7 +35,9 @@ CONFIG_HELP = {
     "n_steps": "training steps (default: the recipe's; reference: 40 passes over the samples, clipped to "
                "2,000..100,000)",
     "infer_steps": "Adam steps when embedding new samples (default %(default)s)",
-    "infer_lr": "Adam learning rate when embedding new samples (default %(default)s)",
+    "infer_lr": "Adam step when embedding new samples: 'auto' (a quarter of the distance from each sample's "
+                "start point to its nearest training neighbour) or a number, the same for every sample "
+                "(default %(default)s)",
     "infer_genes": "genes per inference step, walked through a random permutation (default %(default)s; all when fewer)",
     "init_genes": "genes used to pick the start point of new samples (default %(default)s)",
     "device": "auto, cpu, cuda or cuda:N (default %(default)s)",
@@ -82,6 +84,8 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
         default = getattr(defaults, f.name)
         if f.name == "hidden":
             kind = _int_tuple
+        elif f.name == "infer_lr":
+            kind = _auto_or_float
         elif isinstance(default, float) or f.name in ("lr", "sample_lr_scale"):
             kind = float
         elif isinstance(default, int) or f.name in ("n_steps", "gene_chunk", "random_state", "batch_samples",
@@ -92,6 +96,15 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
         extra = {"choices": TRAININGS} if f.name == "training" else {}
         group.add_argument(opt, dest=f.name, type=kind, default=default, help=CONFIG_HELP[f.name], **extra)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _auto_or_float(text: str) -> float | str:
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a number, got {text!r}") from None
 
 
 def config_from_args(args: argparse.Namespace) -> FEConfig:

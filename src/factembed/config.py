@@ -36,12 +36,14 @@ class FEConfig:
     ``n_steps``; each ``None`` means the recipe's choice.
 
     Inference of new samples: ``infer_steps`` Adam steps at ``infer_lr`` (cosine decay
-    to 0), each over ``infer_genes`` genes taken in turn from a random permutation of
+    to 0; ``"auto"``, the default: each sample's step is a quarter of the distance from its
+    start point to the nearest other training sample, so that it follows the embedding's
+    local scale; a number: that absolute step for every sample), each over ``infer_genes`` genes taken in turn from a random permutation of
     the genes (all genes when the model has fewer); the start point is the training
     sample whose reconstruction is nearest to the new profile, measured on
     ``init_genes`` fixed random genes (among at most 4,096 training samples).  The
     defaults (50 steps x 512 genes) trade precision for speed; ``infer_steps=200,
-    infer_genes=2048, infer_lr=2e-2`` lands much closer to the full-gene optimum at many
+    infer_genes=2048`` lands much closer to the full-gene optimum at many
     times the cost (time and distance of each setting: ``bench/README.md``, measured by
     ``bench/bench_inference.py``).
 
@@ -62,7 +64,7 @@ class FEConfig:
     batch_genes: int | None = None
     sample_lr_scale: float | None = None
     infer_steps: int = 50
-    infer_lr: float = 1e-2
+    infer_lr: float | str = "auto"
     infer_genes: int = 512
     init_genes: int = 2048
     device: str = "auto"
@@ -99,7 +101,7 @@ class FEConfig:
             positive_int("hidden", h)
         for name in ("l2", "lr", "infer_lr", "sample_lr_scale"):
             v = getattr(self, name)
-            if v is None and name in ("lr", "sample_lr_scale"):
+            if (v is None and name in ("lr", "sample_lr_scale")) or (name == "infer_lr" and v == "auto"):
                 continue
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
                 raise ValueError(f"{name} must be a finite non-negative number, got {v!r}")

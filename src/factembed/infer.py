@@ -31,6 +31,13 @@ ROW_BLOCK = 256
 #: the model has more): the start-point search decodes every candidate, so its cost must
 #: not grow with the training set (1,000,000 cells would otherwise cost minutes per call)
 INIT_CANDIDATES = 4096
+#: the automatic inference step (``lr="auto"``): a new sample moves in Adam steps of this
+#: many nearest-neighbour distances of its start point (among the start candidates), so
+#: that the step follows the embedding's local scale, which differs by model and place
+#: (figures: ``bench/README.md``, "Automatic inference step")
+AUTO_STEP = 0.25
+#: ``lr="auto"`` for a model of one training sample (no neighbour to measure): the absolute step
+AUTO_FALLBACK_LR = 1e-2
 
 
 def _random_subset(m: int, k: int, generator: torch.Generator) -> torch.Tensor | None:
@@ -75,8 +82,38 @@ def reconstruct(net: FactorizedEmbeddingNet, Z: torch.Tensor, gene_index: torch.
 def nearest_reconstruction_init(net: FactorizedEmbeddingNet, X_new: torch.Tensor, *, init_genes: int,
                                 generator: torch.Generator, row_block: int = ROW_BLOCK,
                                 workers: int | None = None, missing: bool = False) -> torch.Tensor:
-    """Embedding of the training sample whose reconstruction is nearest to each new
-    profile (squared Euclidean distance over ``init_genes`` fixed random genes, or over
+    """Start points of ``X_new``'s rows (see :func:`start_points`)."""
+    candidates, arg = start_points(net, X_new, init_genes=init_genes, generator=generator,
+                                   row_block=row_block, workers=workers, missing=missing)
+    return candidates[arg].clone()
+
+
+@torch.no_grad()
+def neighbour_scale(candidates: torch.Tensor, arg: torch.Tensor, block: int = 1024) -> torch.Tensor | None:
+    """For each chosen start point ``candidates[arg]``: its distance to the nearest other
+    candidate, floored at a tenth of the candidates' median (duplicates would otherwise
+    pin a sample); ``None`` with fewer than 2 candidates."""
+    c = candidates.float()
+    if c.shape[0] < 2:
+        return None
+    nn = torch.empty(c.shape[0], device=c.device)
+    for a in range(0, c.shape[0], block):
+        d = torch.cdist(c[a:a + block], c)
+        d[torch.arange(d.shape[0], device=c.device), torch.arange(a, a + d.shape[0], device=c.device)] = float("inf")
+        nn[a:a + block] = d.min(1).values
+    floor = 0.1 * float(nn.median())
+    if not floor > 0:                    # (nearly) all candidates coincide
+        floor = 1e-6 * (1.0 + float(c.abs().max()))
+    return nn.clamp_min(floor)[arg]
+
+
+@torch.no_grad()
+def start_points(net: FactorizedEmbeddingNet, X_new: torch.Tensor, *, init_genes: int,
+                 generator: torch.Generator, row_block: int = ROW_BLOCK,
+                 workers: int | None = None, missing: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(candidates, arg)``: the training embeddings offered as start points and, for each
+    new profile, the position of the one whose reconstruction is nearest to it (squared
+    Euclidean distance over ``init_genes`` fixed random genes, or over
     all genes when the model has no more than that).  Models with more than
     :data:`INIT_CANDIDATES` training samples offer a fixed random subset of that many.
 
@@ -107,7 +144,7 @@ def nearest_reconstruction_init(net: FactorizedEmbeddingNet, X_new: torch.Tensor
             served = (n2 > 0).cpu()
             arg[left[served].to(dev)] = a2[served.to(dev)]
             left = left[~served]
-        return train_Z[arg].clone()
+        return train_Z, arg
     x_sq = (Xj * Xj).sum(1, keepdim=True)
     best = torch.full((Xj.shape[0],), float("inf"), device=dev)
     arg = torch.zeros(Xj.shape[0], dtype=torch.long, device=dev)
@@ -118,7 +155,7 @@ def nearest_reconstruction_init(net: FactorizedEmbeddingNet, X_new: torch.Tensor
         better = val < best
         best = torch.where(better, val, best)
         arg = torch.where(better, pos + i, arg)
-    return train_Z[arg].clone()
+    return train_Z, arg
 
 
 def _nearest_observed(net: FactorizedEmbeddingNet, Xj: torch.Tensor, J_dev: torch.Tensor | None,
@@ -151,7 +188,7 @@ def _nearest_observed(net: FactorizedEmbeddingNet, Xj: torch.Tensor, J_dev: torc
     return arg, n_obs
 
 
-def embed_new_samples(net: FactorizedEmbeddingNet, X_new: torch.Tensor, *, steps: int, lr: float,
+def embed_new_samples(net: FactorizedEmbeddingNet, X_new: torch.Tensor, *, steps: int, lr: float | str,
                       infer_genes: int, init_genes: int, generator: torch.Generator,
                       compute_dtype: torch.dtype = torch.float32, gene_chunk: int | None = None,
                       progress: bool = False, row_block: int = ROW_BLOCK,
@@ -159,7 +196,10 @@ def embed_new_samples(net: FactorizedEmbeddingNet, X_new: torch.Tensor, *, steps
     """Embeddings of the rows of ``X_new`` (float32, samples x genes) in ``net``'s space.
 
     ``net`` is not modified (its parameters are only read).  Adam with cosine decay of
-    the learning rate from ``lr`` to 0 over ``steps`` steps; each step uses all genes
+    the learning rate from ``lr`` to 0 over ``steps`` steps.  ``lr="auto"``: each sample's
+    steps are :data:`AUTO_STEP` times the nearest-neighbour distance of its start point
+    among the candidates (:func:`neighbour_scale`; Adam on ``u`` with ``z = z0 + scale * u``);
+    a number: the same absolute step for every sample.  Each step uses all genes
     when ``infer_genes >= n_genes``, otherwise ``infer_genes`` genes drawn at random.
     ``workers``: the kernel's CPU worker threads (default: automatic, see
     :func:`factembed._cpu_pool.cpu_workers`).
@@ -172,12 +212,23 @@ def embed_new_samples(net: FactorizedEmbeddingNet, X_new: torch.Tensor, *, steps
     floating-point sums.
     """
     dev = net.gene_embedding.device
-    Z = torch.nn.Parameter(nearest_reconstruction_init(net, X_new, init_genes=init_genes,
-                                                       generator=generator, row_block=row_block,
-                                                       workers=workers, missing=missing))
+    candidates, arg = start_points(net, X_new, init_genes=init_genes, generator=generator,
+                                   row_block=row_block, workers=workers, missing=missing)
+    Z0 = candidates[arg].clone()
     if steps <= 0:
-        return Z.detach().cpu()
-    opt = torch.optim.Adam([Z], lr=lr)
+        return Z0.cpu()
+    scale = None
+    if isinstance(lr, str):
+        if lr != "auto":
+            raise ValueError(f"lr must be a positive number or 'auto', got {lr!r}")
+        scale = neighbour_scale(candidates, arg)
+        lr = AUTO_STEP if scale is not None else AUTO_FALLBACK_LR
+    if scale is None:
+        Z = U = torch.nn.Parameter(Z0)
+    else:
+        scale = scale[:, None].to(Z0.dtype)
+        U = torch.nn.Parameter(torch.zeros_like(Z0))
+    opt = torch.optim.Adam([U], lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.5 * (1.0 + math.cos(math.pi * t / steps)))
     fused = FusedProfileLoss(gene_chunk=gene_chunk, compute_dtype=compute_dtype, workers=workers,
                              nan_targets=missing)
@@ -197,7 +248,8 @@ def embed_new_samples(net: FactorizedEmbeddingNet, X_new: torch.Tensor, *, steps
             for i in range(0, n_new, row_block):
                 xb = X_new[i:i + row_block]
                 xb = (xb if J is None else xb[:, J]).to(dev, torch.float32)
-                S = Z[i:i + row_block] @ W1s.t()
+                z = Z[i:i + row_block] if scale is None else Z0[i:i + row_block] + scale[i:i + row_block] * U[i:i + row_block]
+                S = z @ W1s.t()
                 if missing:
                     # each row's squared errors averaged over its observed genes of this step
                     # (the kernel divides by the step's gene count); the mask is this block's
@@ -215,4 +267,4 @@ def embed_new_samples(net: FactorizedEmbeddingNet, X_new: torch.Tensor, *, steps
             bar.update(step, total / max(1, n_new), float("nan"))
     finally:
         bar.close()
-    return Z.detach().cpu()
+    return (Z if scale is None else Z0 + scale * U).detach().cpu()
