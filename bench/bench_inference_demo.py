@@ -10,7 +10,7 @@ time point trained on the training embedding.  Repeated over all 5 folds.
 
     python bench/bench_inference_demo.py [--training fast|reference] [--settings 100:512:0.01,50:512:0.02]
 
-``--settings`` adds inference settings (steps:genes:lr) to the three always measured.
+``--settings`` adds inference settings (steps:genes:lr) to the four always measured.
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ NAMES = {SETTINGS[0]: "start point only", SETTINGS[1]: "200 x 2048, lr 0.02 (pre
 
 def main() -> None:
     p = parser(__doc__)
-    p.add_argument("--training", default="fast", help="recipe of the fitted models: fast (default) or reference")
+    p.add_argument("--training", default="fast", choices=("fast", "reference"),
+                   help="recipe of the fitted models: fast (default) or reference")
     p.add_argument("--settings", default="", help="more inference settings, steps:genes:lr,...")
     args = p.parse_args()
     settings = list(SETTINGS)

@@ -38,8 +38,8 @@ class FEConfig:
     Inference of new samples: ``infer_steps`` Adam steps at ``infer_lr`` (cosine decay
     to 0; ``"auto"``, the default: each sample's step is a quarter of the distance from its
     start point to the nearest other training sample, so that it follows the embedding's
-    local scale; a number: that absolute step for every sample), each over ``infer_genes`` genes taken in turn from a random permutation of
-    the genes (all genes when the model has fewer); the start point is the training
+    local scale; a number: that absolute step for every sample), each over ``infer_genes``
+    genes taken in turn from a random permutation of the genes (all genes when the model has fewer); the start point is the training
     sample whose reconstruction is nearest to the new profile, measured on
     ``init_genes`` fixed random genes (among at most 4,096 training samples).  The
     defaults (50 steps x 512 genes) trade precision for speed; ``infer_steps=200,

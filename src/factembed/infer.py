@@ -248,7 +248,8 @@ def embed_new_samples(net: FactorizedEmbeddingNet, X_new: torch.Tensor, *, steps
             for i in range(0, n_new, row_block):
                 xb = X_new[i:i + row_block]
                 xb = (xb if J is None else xb[:, J]).to(dev, torch.float32)
-                z = Z[i:i + row_block] if scale is None else Z0[i:i + row_block] + scale[i:i + row_block] * U[i:i + row_block]
+                part = slice(i, i + row_block)
+                z = Z[part] if scale is None else Z0[part] + scale[part] * U[part]
                 S = z @ W1s.t()
                 if missing:
                     # each row's squared errors averaged over its observed genes of this step

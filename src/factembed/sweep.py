@@ -30,6 +30,7 @@ import numpy as np
 
 from ._files import atomic_output, write_bytes_atomic, write_text_atomic
 from .config import FEConfig
+from .model_files import META_FILE, WEIGHTS_FILE
 
 RESULT_FILE = "result.json"
 EMBEDDING_FILE = "embedding.npy"
@@ -112,7 +113,7 @@ def fit_cell(X: np.ndarray, gene_dim: int, l2: float, config: FEConfig, cell_dir
               "final_loss": float(np.nanmean(hist["loss"][-k:])) if hist.get("loss") else float("nan"),
               "final_pearson_r": float(np.nanmean(hist["pearson_r"][-k:])) if hist.get("pearson_r") else float("nan"),
               "embedding_sd": float(np.asarray(Z).std()),
-              "config": cfg.to_dict(), "files": ["model.json", "weights.safetensors", EMBEDDING_FILE]}
+              "config": cfg.to_dict(), "files": [META_FILE, WEIGHTS_FILE, EMBEDDING_FILE]}
     if labels is not None and Z.shape[0] >= 2 * cv_folds:
         acc, sd = cv_accuracy(Z, labels, cv_folds, seed=cfg.random_state or 0)
         result.update(accuracy=acc, accuracy_sd=sd, cv_folds=cv_folds)

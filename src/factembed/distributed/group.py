@@ -28,13 +28,16 @@ def shard_bounds(n: int, world: int, rank: int) -> tuple[int, int]:
     return (n * rank) // world, (n * (rank + 1)) // world
 
 
+def _wants_cuda(device: str, n_gpus: int) -> bool:
+    return device.startswith("cuda") or (device == "auto" and n_gpus > 0)
+
+
 def choose_backend(device: str, local_world: int, n_gpus: int) -> tuple[str, str | None]:
     """The collective backend for ``device`` ("auto", "cpu", "cuda", "cuda:N") when
     ``local_world`` processes of this node share ``n_gpus`` GPUs: ``(backend, warning)``.
     NCCL needs a GPU of its own per process; with fewer GPUs than processes the ranks
     train on the shared GPUs and reduce through gloo (host memory), with a warning."""
-    want_cuda = device.startswith("cuda") or (device == "auto" and n_gpus > 0)
-    if not want_cuda:
+    if not _wants_cuda(device, n_gpus):
         return "gloo", None
     if local_world > n_gpus:
         return "gloo", (f"{local_world} processes on this node share {n_gpus} GPU(s): NCCL needs one GPU per "
@@ -53,7 +56,7 @@ def init_process_group(backend: str | None = None, device: str = "auto") -> tupl
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    want_cuda = device.startswith("cuda") or (device == "auto" and n_gpus > 0)
+    want_cuda = _wants_cuda(device, n_gpus)
     if not dist.is_initialized():
         chosen, warning = choose_backend(device, local_world, n_gpus)
         if warning and backend is None and local_rank == 0:

@@ -13,6 +13,7 @@ import numpy as np
 
 from .._inputs import take_genes
 from ..errors import FEInputError
+from ..model_files import META_FILE, WEIGHTS_FILE
 from .requests import Echo, FitRequest, FitResult, PREPARED_DIR, UNDER_TORCHRUN, _quiet, _stderr
 from .data import (_kept_columns, load_model, open_backed, prepare_backed, prepare_in_memory,
                    select_from_stats, warn_constant_rows)
@@ -62,7 +63,7 @@ def check_output(request: FitRequest) -> None:
 
     out = Path(request.output)
     ck = request.checkpoints.location(out)
-    has_model = (out / "model.json").is_file()
+    has_model = (out / META_FILE).is_file()
     has_checkpoints = bool(checkpoint_steps(ck))
     if request.checkpoints.resume:
         if has_model and not has_checkpoints:
@@ -86,7 +87,7 @@ def check_output(request: FitRequest) -> None:
 
 def _demo_model(out: Path) -> bool:
     try:
-        return (json.loads((out / "model.json").read_text()).get("extra") or {}).get("source") == "demo"
+        return (json.loads((out / META_FILE).read_text()).get("extra") or {}).get("source") == "demo"
     except (OSError, ValueError, AttributeError):
         return False
 
@@ -202,7 +203,7 @@ def _launch_distributed(request: FitRequest, echo: Echo) -> FitResult:
     fe, _, extra = load_model(out)
     d = extra.get("distributed", {})
     return FitResult(fe, np.asarray(fe.sample_names_), None, time.perf_counter() - t0,
-                     [out / name for name in ("model.json", "weights.safetensors", "embedding.csv", "history.csv",
+                     [out / name for name in (META_FILE, WEIGHTS_FILE, "embedding.csv", "history.csv",
                                               "embedding.png", "training.png") if (out / name).exists()],
                      "distributed", d.get("resumed_from"), fe.net_.n_samples, fe.net_.n_genes, d)
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from ..model_files import META_FILE, WEIGHTS_FILE
 from .requests import FitRequest
 
 
@@ -80,7 +81,7 @@ def write_fit_outputs(fe, samples, labels, out: Path, extra: dict, title: str) -
         note = f"5-fold kNN accuracy of the {label_name}: {knn[0]:.3f} (chance {knn[1]:.3f})"
     fe.save(out, extra=extra)
     fe.extra_ = extra
-    written = [out / "model.json", out / "weights.safetensors"]
+    written = [out / META_FILE, out / WEIGHTS_FILE]
     write_embedding_table(out / "embedding.csv", fe.embedding_, samples, labels)
     written.append(out / "embedding.csv")
     with atomic_output(out / "history.csv") as tmp:
