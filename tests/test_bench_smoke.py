@@ -9,7 +9,7 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 SCRIPTS = ["throughput", "roofline", "gene_dim", "memory", "inference", "quality", "ab_gene_term", "inference_demo", "kernel_profile",
-           "convergence", "step_speed"]
+           "convergence", "step_speed", "inference_seeds"]
 
 
 def test_bench_scripts_run_quick(tmp_path, monkeypatch, capsys):
