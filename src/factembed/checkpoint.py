@@ -86,6 +86,9 @@ class Checkpointer:
         tensors["history/step"] = torch.tensor(h["step"], dtype=torch.int64)
         for k in ("loss", "pearson_r", "seconds"):
             tensors[f"history/{k}"] = torch.tensor(h[k], dtype=torch.float64)
+        if h.get("val_step"):     # the validation curve: the stop rule's whole state
+            tensors["history/val_step"] = torch.tensor(h["val_step"], dtype=torch.int64)
+            tensors["history/val_loss"] = torch.tensor(h["val_loss"], dtype=torch.float64)
         blob = st_save(tensors)
         stem = f"step-{step:09d}"
         write_bytes_atomic(self.dir / f"{stem}.safetensors", blob)
@@ -151,6 +154,9 @@ class Checkpointer:
         history = {"step": tensors["history/step"].tolist()}
         for k in ("loss", "pearson_r", "seconds"):
             history[k] = tensors[f"history/{k}"].tolist()
+        for k in ("val_step", "val_loss"):
+            if f"history/{k}" in tensors:
+                history[k] = tensors[f"history/{k}"].tolist()
         return TrainingState(step=int(meta["step"]), net_state=net_state, optimizer_state=optimizer_state,
                              sampler_state=sampler_state, history=history, meta=meta.get("meta", {}))
 

@@ -59,7 +59,7 @@ class FEConfig:
     l2: float = 1e-7
     lr: float | None = None
     batch_samples: int | None = None
-    n_steps: int | None = None
+    n_steps: int | str | None = None
     training: str = "fast"
     batch_genes: int | None = None
     sample_lr_scale: float | None = None
@@ -87,7 +87,9 @@ class FEConfig:
 
         for name in ("sample_dim", "gene_dim", "infer_genes", "init_genes"):
             positive_int(name, getattr(self, name))
-        for name in ("n_steps", "batch_samples", "batch_genes"):
+        if self.n_steps != "auto":
+            positive_int("n_steps", self.n_steps, allow_none=True)
+        for name in ("batch_samples", "batch_genes"):
             positive_int(name, getattr(self, name), allow_none=True)
         if self.training not in TRAININGS:
             raise ValueError(f"training must be 'fast' or 'reference', got {self.training!r}")

@@ -291,17 +291,29 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
         checkpointer = make_checkpointer(checkpoint_dir, checkpoint_every, checkpoint_meta(cfg, n, m),
                                          resume=resume)
         self.training_plan_ = plan
+        validation = stop_rule = None
+        if plan.auto_stop:
+            from .train import TensorRows
+            from .validation import StopRule, ValidationSet, default_fraction
+            val_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=self._generator(salt=3)))
+            validation = ValidationSet(TensorRows(source) if isinstance(source, torch.Tensor) else source,
+                                       seed=val_seed, fraction=default_fraction(n, m))
+            stop_rule = StopRule()
         try:
             outcome = run_training(net, source, n_steps=n_steps, lr=plan.lr, sample_lr=plan.sample_lr, l2=cfg.l2,
                                    batch_samples=plan.batch_samples, generator=gen, new_sampler=new_sampler,
                                    device=device, compute_dtype=dtype, gene_chunk=cfg.gene_chunk,
                                    progress=cfg.verbose, checkpointer=checkpointer, resume=resume,
-                                   divergence_retries=divergence_retries, kernel=kernel, workers=workers)
+                                   divergence_retries=divergence_retries, kernel=kernel, workers=workers,
+                                   validation=validation, stop_rule=stop_rule)
         finally:
             _close_opened(opened)     # a backed AnnData's file, opened here
         history, lr = outcome.history, outcome.lr
         self.resumed_from_ = outcome.resumed_from
         self.lr_ = lr
+        self.stop_reason_ = history.stop_reason
+        if plan.auto_stop and history.step:
+            n_steps = history.step[-1]
         self._set_fitted(net, n_steps=n_steps, history=history.as_dict(), samples=samples, genes=genes)
         return self
 

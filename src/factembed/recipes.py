@@ -24,6 +24,9 @@ pairs (figures and how they were measured: ``bench/README.md``, "Time to quality
   1,900 on 2,000), so large data sets are capped at ``FAST_MAX_STEPS`` rather than given
   20 passes (a TCGA-sized 10,344 x 19,962 matrix would otherwise get 51,765 steps).
 
+``n_steps="auto"``: train until the validation MSE on held-out entries stops improving
+(:mod:`factembed.validation`; ``AUTO_MAX_STEPS`` at most).
+
 Explicit ``batch_samples``, ``batch_genes``, ``lr``, ``sample_lr_scale`` and ``n_steps``
 override either recipe.
 """
@@ -42,6 +45,8 @@ FAST_MIN_STEPS = 500
 FAST_MAX_STEPS = 25_000
 #: the fast recipe's sample-table learning rate, as a multiple of ``lr``
 FAST_SAMPLE_LR_SCALE = 10.0
+#: the most steps ``n_steps="auto"`` trains (it stops earlier when the validation MSE is flat)
+AUTO_MAX_STEPS = 25_000
 REFERENCE_BATCH_SAMPLES = 4
 REFERENCE_LR = 5e-3
 
@@ -54,11 +59,13 @@ class TrainingPlan:
     batch_genes: int | None       # genes per step; None: all genes
     lr: float                     # decoder and gene table
     sample_lr: float              # sample table
-    n_steps: int
+    n_steps: int                  # exactly these steps, or at most these with auto_stop
+    auto_stop: bool = False       # n_steps="auto": stop when the validation MSE is flat
 
     def describe(self) -> str:
         genes = "all genes" if self.batch_genes is None else f"{self.batch_genes:,} genes"
-        return (f"{self.training} training: {self.n_steps:,} steps of {self.batch_samples} profiles x {genes}, "
+        steps = f"until the validation MSE is flat, at most {self.n_steps:,}" if self.auto_stop else f"{self.n_steps:,}"
+        return (f"{self.training} training: {steps} steps of {self.batch_samples} profiles x {genes}, "
                 f"lr {self.lr:g} (sample table {self.sample_lr:g})")
 
 
@@ -66,6 +73,8 @@ def plan_training(cfg: FEConfig, n_samples: int, n_genes: int, world: int = 1) -
     """The :class:`TrainingPlan` of ``cfg`` for ``n_samples x n_genes`` data
     (``world`` ranks, each drawing ``batch_samples`` of its own shard per step)."""
     n, m, world = int(n_samples), int(n_genes), max(1, int(world))
+    auto = cfg.n_steps == "auto"
+    explicit_steps = None if auto else cfg.n_steps
     lr = cfg.lr if cfg.lr is not None else REFERENCE_LR
     if cfg.training == "reference":
         b = cfg.batch_samples or REFERENCE_BATCH_SAMPLES
@@ -73,12 +82,14 @@ def plan_training(cfg: FEConfig, n_samples: int, n_genes: int, world: int = 1) -
         scale = cfg.sample_lr_scale if cfg.sample_lr_scale is not None else 1.0
         b = min(b, max(1, n // world))
         bg = None if bg is None or bg >= m else int(bg)
-        n_steps = cfg.n_steps or auto_n_steps(n, b * world)
+        n_steps = explicit_steps or auto_n_steps(n, b * world)
     else:
         b, bg = fast_batch_shape(n // world, m, cfg.batch_samples, cfg.batch_genes)
         scale = cfg.sample_lr_scale if cfg.sample_lr_scale is not None else FAST_SAMPLE_LR_SCALE
-        n_steps = cfg.n_steps or fast_n_steps(n, m, b * world, bg or m)
-    return TrainingPlan(cfg.training, int(b), bg, float(lr), float(lr * scale), int(n_steps))
+        n_steps = explicit_steps or fast_n_steps(n, m, b * world, bg or m)
+    if auto:
+        n_steps = AUTO_MAX_STEPS
+    return TrainingPlan(cfg.training, int(b), bg, float(lr), float(lr * scale), int(n_steps), auto)
 
 
 def fast_batch_shape(n: int, m: int, batch_samples: int | None = None,

@@ -61,7 +61,8 @@ def run_training(net: FactorizedEmbeddingNet, source: Any, *, n_steps: int, lr: 
                  device: torch.device, compute_dtype: torch.dtype, gene_chunk: int | None,
                  progress: bool, checkpointer: Checkpointer | None = None, resume: bool = False,
                  divergence_retries: int = 0, before_step: Callable[[], None] | None = None,
-                 resume_state: Any = None, kernel: Any = None, workers: int | None = None) -> TrainingOutcome:
+                 resume_state: Any = None, kernel: Any = None, workers: int | None = None,
+                 validation: Any = None, stop_rule: Any = None, missing: bool = False) -> TrainingOutcome:
     """Train ``net`` in place on ``source`` for ``n_steps`` steps (see :func:`train`).
 
     ``new_sampler()`` makes a fresh batch sampler drawing from ``generator`` (called
@@ -71,7 +72,10 @@ def run_training(net: FactorizedEmbeddingNet, source: Any, *, n_steps: int, lr: 
     caller picked one (a data-parallel run picks the newest step every rank holds).
     A checkpoint written for other data or hyper-parameters (its ``meta`` differs) is
     refused.  On CPU with the same seed, a resumed run is bitwise the uninterrupted one.
-    ``kernel`` and ``workers`` go to :func:`train` (the loss kernel, the CPU worker threads).
+    ``kernel``, ``workers``, ``validation``, ``stop_rule`` and ``missing`` go to :func:`train`
+    (the loss kernel, the CPU worker threads, the held-out entries and the stop of
+    ``n_steps="auto"``, NaN entries left out of the loss).  The stop rule needs no state of
+    its own in a checkpoint: it is a function of the validation curve in the history.
     """
     init_state = {k: v.clone() for k, v in net.state_dict().items()}
     gen_start = generator.get_state()
@@ -96,7 +100,8 @@ def run_training(net: FactorizedEmbeddingNet, source: Any, *, n_steps: int, lr: 
                                   gene_chunk=gene_chunk, progress=progress, sampler=sampler,
                                   optimizer=optimizer, history=history, start_step=start,
                                   checkpointer=checkpointer, before_step=before_step, kernel=kernel,
-                                  workers=workers)
+                                  workers=workers, validation=validation, stop_rule=stop_rule,
+                                  missing=missing)
             break
         except FloatingPointError as exc:
             if divergence_retries <= 0:

@@ -36,10 +36,18 @@ class History:
     loss: list[float] = field(default_factory=list)
     pearson_r: list[float] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
+    #: the validation curve (held-out entries' MSE every ``validation.every`` steps)
+    val_step: list[int] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    #: why training stopped (``n_steps="auto"``), else None
+    stop_reason: str | None = None
 
     def as_dict(self) -> dict[str, list]:
-        return {"step": self.step, "loss": self.loss, "pearson_r": self.pearson_r,
-                "seconds": self.seconds}
+        out = {"step": self.step, "loss": self.loss, "pearson_r": self.pearson_r,
+               "seconds": self.seconds}
+        if self.val_step:
+            out.update(val_step=self.val_step, val_loss=self.val_loss)
+        return out
 
     def __len__(self) -> int:
         return len(self.step)
@@ -270,7 +278,8 @@ def train(net: FactorizedEmbeddingNet, X: torch.Tensor | RowSource, *, n_steps: 
           before_step: Callable[[], None] | None = None,
           checkpointer: "Checkpointer | None" = None,
           kernel: Callable[..., FusedProfileLoss] | None = None,
-          workers: int | None = None) -> tuple[History, torch.optim.Optimizer, BatchSampler]:
+          workers: int | None = None, validation=None, stop_rule=None,
+          missing: bool = False) -> tuple[History, torch.optim.Optimizer, BatchSampler]:
     """Train ``net`` in place on the (samples x genes) float32 matrix ``X`` (a tensor or
     any :class:`RowSource`).
 
@@ -290,6 +299,12 @@ def train(net: FactorizedEmbeddingNet, X: torch.Tensor | RowSource, *, n_steps: 
     :func:`~factembed._cpu_pool.cpu_workers`, i.e. ``FACTEMBED_CPU_WORKERS`` if set, else
     the calling thread's torch threads up to ``MAX_AUTO_WORKERS``, read before this
     thread drops to one intra-op thread); ignored on other devices.
+    ``validation`` (a :class:`~factembed.validation.ValidationSet`): its entries are left
+    out of every step's loss (their targets set to NaN), and its MSE is recorded in
+    ``history.val_step`` / ``history.val_loss`` every ``validation.every`` steps; with
+    ``stop_rule`` (a :class:`~factembed.validation.StopRule`) training ends early when the
+    rule says so (``history.stop_reason`` says why).  ``missing=True``: NaN entries of
+    ``X`` are missing values, left out of the loss the same way.
     Returns the history, the optimizer and the batch sampler (the last two so that a
     caller can checkpoint and resume).
     """
@@ -308,7 +323,12 @@ def train(net: FactorizedEmbeddingNet, X: torch.Tensor | RowSource, *, n_steps: 
     caller_threads = torch.get_num_threads()
     on_cpu = device.type == "cpu"
     workers = cpu_workers(1 << 30, workers) if on_cpu else None   # fixed before this thread drops to 1
-    fused = (kernel or FusedProfileLoss)(gene_chunk=gene_chunk, compute_dtype=compute_dtype, workers=workers)
+    masked = validation is not None or missing
+    if masked:
+        fused = (kernel or FusedProfileLoss)(gene_chunk=gene_chunk, compute_dtype=compute_dtype,
+                                             workers=workers, nan_targets=True)
+    else:
+        fused = (kernel or FusedProfileLoss)(gene_chunk=gene_chunk, compute_dtype=compute_dtype, workers=workers)
     bar = _Progress(n_steps, "factembed fit", progress)
     bar.done = start_step
     t0 = time.perf_counter() - (history.seconds[-1] if history.seconds else 0.0)
@@ -337,6 +357,16 @@ def train(net: FactorizedEmbeddingNet, X: torch.Tensor | RowSource, *, n_steps: 
         pending.clear()
 
     flush_every = 16 if device.type == "cpu" else 256
+    stopped = False
+
+    def validate(step: int) -> bool:
+        value = validation.mse(net)
+        if not history.val_loss or value < min(history.val_loss):
+            validation.keep_best(net, step)
+        history.val_step.append(step)
+        history.val_loss.append(value)
+        return stop_rule is not None and stop_rule.should_stop(history.val_step, history.val_loss)
+
     try:
         if on_cpu:
             torch.set_num_threads(1)
@@ -345,26 +375,49 @@ def train(net: FactorizedEmbeddingNet, X: torch.Tensor | RowSource, *, n_steps: 
             xb = source.rows(idx).to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
             S = net.sample_term(net.sample_embedding[idx.to(device)])
+            genes = None
             if walk is None:
                 layer = net.gene_layer()
             else:   # this step's genes only: their columns and embedding rows (gradients flow to those rows)
                 genes = sampler.next_genes().to(device)
                 xb = xb.index_select(1, genes)
                 layer = net.gene_layer(genes)
-            loss = fused(S, layer, xb, net.decoder_weights())
+            weights = None
+            if masked:
+                if validation is not None:    # held-out entries: a NaN target adds nothing to loss or gradient
+                    xb = xb.masked_fill(validation.mask(idx, None if genes is None else genes.cpu()).to(device),
+                                        float("nan"))
+                observed = (~torch.isnan(xb)).sum().clamp_min(1)
+                weights = torch.full((xb.shape[0],), 1.0, device=device) * (xb.shape[1] / observed)
+                loss = fused(S, layer, xb, net.decoder_weights(), row_weights=weights)
+            else:
+                loss = fused(S, layer, xb, net.decoder_weights())
             loss.backward()
             if before_step is not None:
                 before_step()
             optimizer.step()
-            record = torch.cat([loss.detach().reshape(1), xb.sum().reshape(1),
-                                (xb * xb).sum().reshape(1), fused.last_stats])
+            xs = xb.nan_to_num(0.0) if masked else xb   # r pools the observed targets (missing: the prediction)
+            record = torch.cat([loss.detach().reshape(1), xs.sum().reshape(1),
+                                (xs * xs).sum().reshape(1), fused.last_stats])
             pending.append((step, time.perf_counter() - t0, record))
+            if validation is not None and step % validation.every == 0:
+                flush()
+                stopped = validate(step)
             if checkpointer is not None and step % checkpointer.every == 0:
                 flush()
                 checkpointer.save(step, net, optimizer, sampler, history)
             elif len(pending) >= flush_every:
                 flush()
+            if stopped:
+                break
         flush()
+        if validation is not None and history.step and (not history.val_step
+                                                        or history.val_step[-1] != history.step[-1]):
+            validate(history.step[-1])
+        if stop_rule is not None:
+            history.stop_reason = stop_rule.reason(history.val_step, history.val_loss, stopped)
+            if validation.restore_best(net, history):
+                history.stop_reason += f"; kept the best state (step {validation.best_step:,})"
     finally:
         if on_cpu:
             torch.set_num_threads(caller_threads)

@@ -85,7 +85,12 @@ def write_fit_outputs(fe, samples, labels, out: Path, extra: dict, title: str) -
     write_embedding_table(out / "embedding.csv", fe.embedding_, samples, labels)
     written.append(out / "embedding.csv")
     with atomic_output(out / "history.csv") as tmp:
-        pd.DataFrame(fe.history_).to_csv(tmp, index=False)
+        hist = {k: v for k, v in fe.history_.items() if not k.startswith("val_")}
+        frame = pd.DataFrame(hist)
+        if fe.history_.get("val_step"):   # the validation MSE at the steps where it was measured
+            val = pd.Series(fe.history_["val_loss"], index=fe.history_["val_step"], dtype=float)
+            frame["val_loss"] = frame["step"].map(val)
+        frame.to_csv(tmp, index=False)
     written.append(out / "history.csv")
     written += plot_embedding(fe.embedding_, labels, out / "embedding.png", title=title,
                               label_name=label_name, note=note)

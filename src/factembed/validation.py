@@ -1,0 +1,150 @@
+"""Held-out validation entries and the stopping rule of ``n_steps="auto"``.
+
+* :func:`held_out` decides, from a hash of (sample index, gene index, seed) alone, whether
+  an entry of the matrix is a validation entry: nothing of size ``n x m`` is stored, and
+  the same entries are held out whatever the batch, the gene subset or the data source.
+  Training steps set those targets to NaN, which the fused kernel leaves out of the loss
+  and of every gradient (see ``FusedProfileLoss(nan_targets=True)``).
+* :class:`ValidationSet` keeps the held-out entries of a fixed, seeded subset of samples
+  (at most ``max_entries`` of them) with their targets, and measures the model's MSE on
+  them at the samples' current embeddings.
+* :class:`StopRule`: stop when the validation MSE has not improved by a relative ``tol``
+  over ``patience`` steps (never before ``min_steps``).  Its state is a pure function of
+  the validation curve kept in the history, so a resumed run replays it from the
+  checkpoint's history and stops at the same step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+_M32 = (1 << 32) - 1
+_MIX = 0x45D9F3B
+_BINS = 1_000_000
+
+
+def _hash_int64(h: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer mix (every product stays below 2**63: no overflow in int64)."""
+    for _ in range(2):
+        h = ((h ^ (h >> 16)) * _MIX) & _M32
+    return h ^ (h >> 16)
+
+
+def held_out(samples: torch.Tensor, genes: torch.Tensor | None, n_genes: int, seed: int,
+             fraction: float) -> torch.Tensor:
+    """Boolean ``(len(samples), len(genes))`` mask of the validation entries among rows
+    ``samples`` and columns ``genes`` (``None``: all ``n_genes`` genes)."""
+    s = samples.to(torch.int64).reshape(-1, 1)
+    g = (torch.arange(n_genes, dtype=torch.int64) if genes is None else genes.to(torch.int64)).reshape(1, -1)
+    key = ((s * 73856093) ^ (g * 19349663) ^ (int(seed) % (1 << 31)) * 83492791) & _M32
+    return (_hash_int64(key) % _BINS) < int(round(float(fraction) * _BINS))
+
+
+def default_fraction(n_samples: int, n_genes: int) -> float:
+    """1.5% of the entries, more on a small matrix so that at least ~4,000 are held out
+    (at most 5%)."""
+    return float(min(0.05, max(0.015, 4000.0 / max(1, n_samples * n_genes))))
+
+
+class ValidationSet:
+    """The validation entries of the first samples of a seeded permutation, up to
+    ``max_entries`` entries, with their observed targets (NaN targets are dropped)."""
+
+    def __init__(self, source, seed: int, fraction: float, max_entries: int = 50_000,
+                 every: int = 100) -> None:
+        n, m = (int(v) for v in source.shape)
+        self.n_genes, self.seed, self.fraction, self.every = m, int(seed), float(fraction), int(every)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))
+        rows, genes, targets, count = [], [], [], 0
+        for start in range(0, n, 64):
+            idx = order[start:start + 64]
+            mask = held_out(idx, None, m, self.seed, self.fraction)
+            X = source.rows(idx).to("cpu", torch.float32)
+            mask &= ~torch.isnan(X)
+            r, c = mask.nonzero(as_tuple=True)
+            rows.append(idx[r])
+            genes.append(c)
+            targets.append(X[r, c])
+            count += int(r.numel())
+            if count >= max_entries:
+                break
+        self.rows = torch.cat(rows)[:max_entries]
+        self.genes = torch.cat(genes)[:max_entries]
+        self.targets = torch.cat(targets)[:max_entries]
+        if self.rows.numel() == 0:
+            raise ValueError("no validation entries could be drawn (too few observed values): "
+                             "pass a larger fraction or turn validation off")
+
+        self.best_state: dict | None = None
+        self.best_step: int | None = None
+
+    def __len__(self) -> int:
+        return int(self.rows.numel())
+
+    def keep_best(self, net, step: int) -> None:
+        """Remember ``net``'s parameters as the best so far (a copy; small next to the data)."""
+        self.best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        self.best_step = int(step)
+
+    def restore_best(self, net, history) -> bool:
+        """Load the best state into ``net`` if it is not the last one; True if loaded.
+        A run resumed from a checkpoint written after its best point has no copy of it
+        and keeps its last state."""
+        if self.best_state is None or not history.val_step:
+            return False
+        best = int(np.argmin(history.val_loss))
+        if history.val_step[best] != self.best_step or self.best_step == history.val_step[-1]:
+            return False
+        net.load_state_dict(self.best_state)
+        return True
+
+    def mask(self, samples: torch.Tensor, genes: torch.Tensor | None) -> torch.Tensor:
+        return held_out(samples, genes, self.n_genes, self.seed, self.fraction)
+
+    @torch.no_grad()
+    def mse(self, net, chunk: int = 8192) -> float:
+        """MSE of the model's reconstruction on the validation entries (float64 sum)."""
+        dev = net.sample_embedding.device
+        total = 0.0
+        for i in range(0, len(self), chunk):
+            r = self.rows[i:i + chunk].to(dev)
+            g = self.genes[i:i + chunk].to(dev)
+            a = torch.relu(net.sample_term(net.sample_embedding[r]) + net.gene_term(g))
+            for k, layer in enumerate(net.layers):
+                a = layer(a)
+                if k < len(net.layers) - 1:
+                    a = torch.relu(a)
+            diff = a[:, 0].double() - self.targets[i:i + chunk].to(dev).double()
+            total += float((diff * diff).sum())
+        return total / len(self)
+
+
+@dataclass
+class StopRule:
+    """Stop when the best validation MSE of the last ``patience`` steps is not a relative
+    ``tol`` below the best before them; never before ``min_steps``."""
+    patience: int = 1000
+    tol: float = 0.002
+    min_steps: int = 500
+
+    def should_stop(self, steps: list[int], values: list[float]) -> bool:
+        if not steps or steps[-1] < max(self.min_steps, self.patience):
+            return False
+        cut = steps[-1] - self.patience
+        before = [v for s, v in zip(steps, values) if s <= cut]
+        recent = [v for s, v in zip(steps, values) if s > cut]
+        if not before or not recent:
+            return False
+        return min(recent) > (1.0 - self.tol) * min(before)
+
+    def reason(self, steps: list[int], values: list[float], stopped: bool) -> str:
+        if not steps:
+            return "no validation"
+        best = int(np.argmin(values))
+        if stopped:
+            return (f"validation MSE improved less than {self.tol:.1%} over the last {self.patience:,} steps "
+                    f"(best {values[best]:.4g} at step {steps[best]:,}); stopped at step {steps[-1]:,}")
+        return f"reached the maximum of {steps[-1]:,} steps, validation MSE {values[-1]:.4g} (best {values[best]:.4g})"
