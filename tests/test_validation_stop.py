@@ -1,0 +1,104 @@
+"""Held-out validation entries and the stop of n_steps="auto"."""
+
+import numpy as np
+import torch
+
+from factembed import FactorizedEmbeddings
+from factembed.train import BatchSampler, History, TensorRows, train
+from factembed.model import FactorizedEmbeddingNet
+from factembed.validation import StopRule, ValidationSet, held_out
+
+
+def _numpy_hash(s, g, seed, fraction):
+    """An independent NumPy (uint64) copy of the hash, to check the torch one."""
+    m32 = np.uint64((1 << 32) - 1)
+    s = np.asarray(s, dtype=np.uint64)[:, None]
+    g = np.asarray(g, dtype=np.uint64)[None, :]
+    h = ((s * np.uint64(73856093)) ^ (g * np.uint64(19349663)) ^ np.uint64((seed % (1 << 31)) * 83492791)) & m32
+    for _ in range(2):
+        h = ((h ^ (h >> np.uint64(16))) * np.uint64(0x45D9F3B)) & m32
+    h = h ^ (h >> np.uint64(16))
+    return (h % np.uint64(1_000_000)) < np.uint64(round(fraction * 1_000_000))
+
+
+def test_held_out_is_deterministic_matches_numpy_and_has_the_fraction():
+    s, g = torch.arange(300), torch.arange(500)
+    mask = held_out(s, None, 500, seed=7, fraction=0.02)
+    assert torch.equal(mask, held_out(s, g, 500, seed=7, fraction=0.02))
+    assert np.array_equal(mask.numpy(), _numpy_hash(s.numpy(), g.numpy(), 7, 0.02))
+    assert 0.017 < mask.float().mean().item() < 0.023
+    assert not torch.equal(mask, held_out(s, None, 500, seed=8, fraction=0.02))
+    # a subset of rows and columns sees the same entries
+    sub = held_out(torch.tensor([5, 17]), torch.tensor([3, 400, 9]), 500, 7, 0.02)
+    assert torch.equal(sub, mask[[5, 17]][:, [3, 400, 9]])
+
+
+def test_stop_rule_on_a_synthetic_curve():
+    rule = StopRule(patience=300, tol=0.01, min_steps=200)
+    steps = list(range(100, 2100, 100))
+    falling = [1.0 / s for s in steps]                  # still improving a lot: never stops
+    assert not any(rule.should_stop(steps[:k], falling[:k]) for k in range(1, len(steps) + 1))
+    flat = [1.0 / s if s <= 800 else 0.999 / 800 for s in steps]   # falls, then flat: stops 300 steps later
+    first = next(k for k in range(1, len(steps) + 1) if rule.should_stop(steps[:k], flat[:k]))
+    assert steps[first - 1] == 1100
+    assert "stopped at step 1,100" in rule.reason(steps[:first], flat[:first], True)
+
+
+class _SpyRows(TensorRows):
+    pass
+
+
+def test_validation_entries_never_reach_a_training_step_and_training_stops():
+    rng = np.random.default_rng(0)
+    X = torch.from_numpy(rng.normal(size=(40, 60)).astype(np.float32))
+    net = FactorizedEmbeddingNet(40, 60, 2, 8, (16,), generator=torch.Generator().manual_seed(0))
+    val = ValidationSet(TensorRows(X), seed=3, fraction=0.05, every=10)
+    assert len(val) > 0 and torch.all(val.mask(val.rows, None)[torch.arange(len(val)), val.genes])
+    seen = []
+
+    def kernel(**kw):
+        from factembed.kernel import FusedProfileLoss
+        inner = FusedProfileLoss(**kw)
+
+        class Spy:
+            def __call__(self, S, G, xb, layers, **k):
+                seen.append(xb.clone())
+                return inner(S, G, xb, layers, **k)
+
+            @property
+            def last_stats(self):
+                return inner.last_stats
+        return Spy()
+
+    sampler = BatchSampler(40, 8, torch.Generator().manual_seed(1))
+    order = []
+    orig = sampler.next
+
+    def next_():
+        idx = orig()
+        order.append(idx.clone())
+        return idx
+    sampler.next = next_
+    hist, _, _ = train(net, X, n_steps=400, lr=1e-2, l2=0.0, batch_samples=8, generator=torch.Generator(),
+                       device=torch.device("cpu"), progress=False, sampler=sampler, kernel=kernel,
+                       validation=val, stop_rule=StopRule(patience=50, tol=0.5, min_steps=20))
+    assert hist.stop_reason and "stopped at step" in hist.stop_reason
+    assert len(hist.step) < 400 and hist.val_step[-1] == hist.step[-1]
+    for idx, xb in zip(order, seen):
+        mask = val.mask(idx, None)
+        assert torch.isnan(xb[mask]).all() and not torch.isnan(xb[~mask]).any()
+
+
+def test_estimator_auto_steps_stops_and_reports(tmp_path):
+    rng = np.random.default_rng(1)
+    Z = rng.normal(size=(60, 2))
+    W = rng.normal(size=(2, 80))
+    X = (np.tanh(Z @ W) + 0.05 * rng.normal(size=(60, 80))).astype(np.float32)
+    fe = FactorizedEmbeddings(n_steps="auto", gene_dim=8, hidden=(16,), random_state=0, verbose=False).fit(X)
+    assert fe.training_plan_.auto_stop
+    assert fe.stop_reason_ is not None and fe.history_["val_step"]
+    assert fe.n_steps_ == fe.history_["step"][-1] <= 25_000
+    fe2 = FactorizedEmbeddings(n_steps="auto", gene_dim=8, hidden=(16,), random_state=0, verbose=False).fit(X)
+    assert np.array_equal(fe.embedding_, fe2.embedding_)      # deterministic with a seed
+    fe.save(tmp_path / "m")
+    assert FactorizedEmbeddings.load(tmp_path / "m").history_["val_loss"] == fe.history_["val_loss"]
