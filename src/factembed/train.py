@@ -324,11 +324,8 @@ def train(net: FactorizedEmbeddingNet, X: torch.Tensor | RowSource, *, n_steps: 
     on_cpu = device.type == "cpu"
     workers = cpu_workers(1 << 30, workers) if on_cpu else None   # fixed before this thread drops to 1
     masked = validation is not None or missing
-    if masked:
-        fused = (kernel or FusedProfileLoss)(gene_chunk=gene_chunk, compute_dtype=compute_dtype,
-                                             workers=workers, nan_targets=True)
-    else:
-        fused = (kernel or FusedProfileLoss)(gene_chunk=gene_chunk, compute_dtype=compute_dtype, workers=workers)
+    extra = {"nan_targets": True} if masked else {}   # a custom kernel need not know the option
+    fused = (kernel or FusedProfileLoss)(gene_chunk=gene_chunk, compute_dtype=compute_dtype, workers=workers, **extra)
     bar = _Progress(n_steps, "factembed fit", progress)
     bar.done = start_step
     t0 = time.perf_counter() - (history.seconds[-1] if history.seconds else 0.0)
