@@ -82,10 +82,13 @@ def _anndata_matrix(adata: Any, layer: str | None = None) -> Any:
     return adata.X
 
 
-def as_matrix(X: Any, *, what: str = "X", min_samples: int = 1, layer: str | None = None
+def as_matrix(X: Any, *, what: str = "X", min_samples: int = 1, layer: str | None = None,
+              allow_nan: bool = False, nan_hint: str | None = None
               ) -> tuple[Any, np.ndarray | None, np.ndarray | None]:
     """``(float32 array or row-block reader, sample names, gene names)`` of ``X``
-    (see the module docstring); :class:`FEInputError` for bad input."""
+    (see the module docstring); :class:`FEInputError` for bad input.  ``allow_nan``:
+    NaN values of a dense matrix pass (missing values); sparse and backed input never
+    hold them."""
     if is_anndata(X):
         samples, genes = _names(X.obs_names), _names(X.var_names)
         if getattr(X, "isbacked", False) and layer is None:
@@ -101,11 +104,13 @@ def as_matrix(X: Any, *, what: str = "X", min_samples: int = 1, layer: str | Non
         if _is_sparse(M):
             return CsrRows(check_sparse(M, what=what, min_samples=min_samples, samples=samples, genes=genes),
                            samples, genes), samples, genes
-        arr, _, _ = check_matrix(np.asarray(M), what=what, min_samples=min_samples)
+        arr, _, _ = check_matrix(np.asarray(M), what=what, min_samples=min_samples, allow_nan=allow_nan,
+                                 nan_hint=nan_hint)
         return arr, samples, genes
     if _is_sparse(X):
         return CsrRows(check_sparse(X, what=what, min_samples=min_samples)), None, None
-    return check_matrix(X, what=what, min_samples=min_samples)
+    return check_matrix(X, what=what, min_samples=min_samples, allow_nan=allow_nan,
+                                 nan_hint=nan_hint)
 
 
 def row_blocks(matrix: Any, rows: int):

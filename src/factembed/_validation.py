@@ -163,14 +163,15 @@ def check_observed(rows: np.ndarray, cols: np.ndarray | None = None, *, samples:
 
 
 def check_matrix(X: Any, *, what: str = "X", min_samples: int = 1, n_genes: int | None = None,
-                 allow_nan: bool = False) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+                 allow_nan: bool = False, nan_hint: str | None = None
+                 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """Validate an expression matrix; return (float32 array, sample names, gene names).
 
     Accepts numpy arrays, torch tensors, nested lists and pandas DataFrames (index =
     samples, columns = genes).  Raises :class:`FEInputError` (a ``ValueError``) naming
     the problem and, for bad values, the first offending row and column.  With
     ``allow_nan`` NaN values pass (missing values, for the imputation paths);
-    infinities never do.
+    infinities never do.  ``nan_hint``: the remedy a NaN's error names.
     """
     samples = genes = None
     try:
@@ -228,7 +229,8 @@ def check_matrix(X: Any, *, what: str = "X", min_samples: int = 1, n_genes: int 
             raise FEInputError(f"{what}: value at {row}, {col} ({original:g}) overflows float32")
         n_bad = count_nonfinite(arr32[i:], nan=not allow_nan)  # nothing is bad before row i
         kind = "inf" if allow_nan else "NaN/inf"
-        raise FEInputError(f"{what} contains {n_bad} {kind} value(s); first at {row}, {col} ({original})")
+        raise FEInputError(f"{what} contains {n_bad} {kind} value(s); first at {row}, {col} ({original})",
+                           hint=nan_hint if np.isnan(original) else None)
     return arr32, samples, genes
 
 

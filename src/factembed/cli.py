@@ -86,6 +86,8 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
             kind = _int_tuple
         elif f.name == "infer_lr":
             kind = _auto_or_float
+        elif f.name == "n_steps":
+            kind = _auto_or_int
         elif isinstance(default, float) or f.name in ("lr", "sample_lr_scale"):
             kind = float
         elif isinstance(default, int) or f.name in ("n_steps", "gene_chunk", "random_state", "batch_samples",
@@ -105,6 +107,15 @@ def _auto_or_float(text: str) -> float | str:
         return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected 'auto' or a number, got {text!r}") from None
+
+
+def _auto_or_int(text: str) -> int | str:
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return int(text.replace(",", "").replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a whole number of steps, got {text!r}") from None
 
 
 def config_from_args(args: argparse.Namespace) -> FEConfig:
@@ -162,11 +173,11 @@ def fit_request(args: argparse.Namespace, data: str | None = None):
                       read=_read_options(args), preprocessing=pre, checkpoints=ck,
                       backed=getattr(args, "backed", False), processes=getattr(args, "distributed", None),
                       title="FE of HSMM myoblasts (bundled demo)" if data == "demo" else None,
-                      overwrite=getattr(args, "overwrite", False))
+                      overwrite=getattr(args, "overwrite", False), missing=getattr(args, "missing", "error"))
 
 
 def _print_fit(res, extra_line: str = "") -> None:
-    from .workflow import convergence_note, summary_line
+    from .workflow import convergence_note, summary_line, validation_line
 
     fe = res.estimator
     if res.resumed_from is not None:
@@ -177,7 +188,10 @@ def _print_fit(res, extra_line: str = "") -> None:
     trained = fe.n_steps_ - (res.resumed_from or 0)
     print(f"fitted {fe.n_steps_:,} steps{where} ({trained:,} in this run, {res.seconds:.1f} s); "
           f"{summary_line(fe.history_)}{extra_line}")
-    note = convergence_note(fe.history_)
+    held_out = validation_line(fe)
+    if held_out:
+        print(f"stopped: {held_out}")
+    note = None if getattr(fe, "stop_reason_", None) else convergence_note(fe.history_)
     if note:
         print(f"note: {note}: try --steps {2 * fe.n_steps_:,}")
     for p in res.written:
@@ -299,7 +313,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     res = evaluate(data, methods=methods, dims=args.dims, n_folds=args.folds, fe_config=cfg,
                    preprocessing=pre, output=args.output, jobs=args.jobs,
                    seed=args.cv_seed, n_pairs=args.pairs, progress=cfg.verbose, figures=not args.no_figures,
-                   title=args.title or ("HSMM demo" if args.data == "demo" else Path(args.data).name))
+                   title=args.title or ("HSMM demo" if args.data == "demo" else Path(args.data).name),
+                   missing=args.missing)
     df = res["results"]
     print(f"{data.n_samples} samples x {data.n_genes} genes, {args.folds}-fold CV in {res['seconds']:.0f} s; "
           f"chance {res['chance']:.3f}; mean ± sd over folds")
@@ -389,6 +404,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                                "(when biotypes are known)")
     g.add_argument("--keep-constant", action="store_true", help="keep genes that are constant across samples")
     g.add_argument("--top-genes", type=int, default=None, help="keep only the K most variable genes")
+    g.add_argument("--missing", choices=("error", "ignore"), default="error",
+                   help="NA values of the data: 'error' (default) names the first; 'ignore' leaves them out of "
+                        "training (fill them afterwards with 'factembed impute')")
     c = f.add_argument_group("checkpoints")
     c.add_argument("--checkpoint-dir", default=None,
                    help="where to write training checkpoints (default OUTPUT/checkpoints)")
@@ -479,6 +497,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-log", action="store_true", help="do not apply log10(x + 1) (values already on log scale)")
     e.add_argument("--top-genes", type=int, default=None,
                    help="keep the K most variable genes (chosen on each training fold)")
+    e.add_argument("--missing", choices=("error", "ignore"), default="error",
+                   help="NA values: 'ignore' leaves them out of FE's training and inference; PCA, UMAP and the "
+                        "profile distances see them filled with the training fold's gene means (default error)")
     _add_read_options(e)
     add_config_options(e)
     e.set_defaults(func=cmd_evaluate)

@@ -124,7 +124,12 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
     -----------------
     embedding_ : (n_samples, sample_dim) ndarray — training sample embeddings.
     gene_embedding_ : (n_genes, gene_dim) ndarray.
-    history_ : dict of lists ``step, loss, pearson_r, seconds``, one entry per step.
+    history_ : dict of lists ``step, loss, pearson_r, seconds``, one entry per step;
+        with validation (``n_steps="auto"``) also ``val_step, val_loss``, the held-out
+        entries' MSE every 100 steps.
+    stop_reason_ : why training stopped (``n_steps="auto"``; None otherwise).
+    validation_ : ``{"mse", "pearson_r", "entries", "fraction"}`` of the kept state on
+        the held-out validation entries (``n_steps="auto"``; None otherwise).
     n_features_in_, n_steps_, feature_names_in_ (gene names, when known),
     sample_names_ (when known), net_ (the torch module).
     """
@@ -235,7 +240,7 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
     def fit(self, X: Any, y: Any = None, *, sample_names: Any = None, gene_names: Any = None,
             checkpoint_dir: str | os.PathLike | None = None, checkpoint_every: int = 1000,
             resume: bool = False, divergence_retries: int = 0, kernel: Any = None,
-            workers: int | None = None) -> "FactorizedEmbeddings":
+            workers: int | None = None, missing: str = "error") -> "FactorizedEmbeddings":
         """Learn sample embeddings, gene embeddings and the decoder from ``X``
         (samples x genes, already on the scale to model, e.g. log10(x + 1)).
 
@@ -254,16 +259,34 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
         the last good checkpoint (or from the start), up to ``k`` times.  The learning
         rate finally used is ``lr_``.  ``kernel`` and ``workers`` choose the loss kernel and
         the number of CPU worker threads (see :func:`factembed.train.train`; the defaults
-        are the tuned ones; benchmarks compare others)."""
+        are the tuned ones; benchmarks compare others).
+
+        ``missing="error"`` (default): a NaN in ``X`` is an error naming its sample and
+        gene.  ``missing="ignore"``: NaN entries of a dense ``X`` are missing values, left
+        out of every training step's loss and gradients (as the validation entries of
+        ``n_steps="auto"`` are); a sample with no observed value is an error.  Without
+        any NaN both train the same model.  ``impute`` fills the missing values afterwards."""
         cfg = self.config
+        if missing not in ("error", "ignore"):
+            raise ValueError(f"missing must be 'error' or 'ignore', got {missing!r}")
         opened = None
+        has_missing = False
+        if missing == "ignore" and (_is_row_source(X) or _is_sparse(X)
+                                    or (is_anndata(X) and (getattr(X, "isbacked", False) or _is_sparse(X.X)))):
+            raise FEInputError("missing='ignore' needs a dense matrix (an array, a DataFrame or an in-memory "
+                               "AnnData with a dense X): sparse and backed input cannot hold missing values")
         if _is_row_source(X):
             # a backed (on-disk) source: validated block by block as it is read
             source, samples, genes = X, getattr(X, "samples", None), getattr(X, "genes", None)
             if source.shape[0] < 2 or source.shape[1] < 1:
                 raise FEInputError(f"X has shape {tuple(source.shape)}; at least 2 samples and 1 gene are needed")
         else:
-            mat, samples, genes = as_matrix(X, min_samples=2)
+            mat, samples, genes = as_matrix(X, min_samples=2, allow_nan=missing == "ignore",
+                                            nan_hint="fit(X, missing='ignore') leaves missing values out of training")
+            if missing == "ignore":
+                rows, _ = observed_counts(mat)
+                check_observed(rows, samples=samples, what="X")
+                has_missing = bool((rows < mat.shape[1]).any())
             source = as_float32_tensor(mat) if isinstance(mat, np.ndarray) else mat
             opened = mat
         n, m = source.shape
@@ -305,16 +328,17 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
                                    device=device, compute_dtype=dtype, gene_chunk=cfg.gene_chunk,
                                    progress=cfg.verbose, checkpointer=checkpointer, resume=resume,
                                    divergence_retries=divergence_retries, kernel=kernel, workers=workers,
-                                   validation=validation, stop_rule=stop_rule)
+                                   validation=validation, stop_rule=stop_rule, missing=has_missing)
         finally:
             _close_opened(opened)     # a backed AnnData's file, opened here
         history, lr = outcome.history, outcome.lr
         self.resumed_from_ = outcome.resumed_from
         self.lr_ = lr
-        self.stop_reason_ = history.stop_reason
         if plan.auto_stop and history.step:
             n_steps = history.step[-1]
         self._set_fitted(net, n_steps=n_steps, history=history.as_dict(), samples=samples, genes=genes)
+        self.stop_reason_ = history.stop_reason
+        self.validation_ = None if validation is None else validation.scores(net)
         return self
 
     def _set_fitted(self, net: FactorizedEmbeddingNet, *, n_steps: int, history: dict,
@@ -535,6 +559,8 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
             else [str(g) for g in self.feature_names_in_],
             "sample_names": None if self.sample_names_ is None else [str(s) for s in self.sample_names_],
             "history": self.history_,
+            "stop_reason": getattr(self, "stop_reason_", None),
+            "validation": getattr(self, "validation_", None),
             "extra": extra if extra is not None else getattr(self, "extra_", None),
         })
 
@@ -568,6 +594,8 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
                         samples=None if samples is None else np.asarray(samples, dtype=object),
                         genes=None if genes is None else np.asarray(genes, dtype=object))
         est.extra_ = meta.get("extra")
+        est.stop_reason_ = meta.get("stop_reason")
+        est.validation_ = meta.get("validation")
         return est
 
 

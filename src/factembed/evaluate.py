@@ -66,6 +66,9 @@ class Embedder:
 
     name = "base"
     deterministic_dim = True
+    #: takes NaN entries (missing values) itself; the others get them filled with the
+    #: training fold's gene means
+    handles_missing = False
 
     def __init__(self, dim: int, seed: int, fe_config: FEConfig | None = None):
         self.dim = int(dim)
@@ -122,6 +125,7 @@ class FEEmbedder(Embedder):
     learned one, test rows are embedded by inference (``transform``)."""
 
     name = "fe"
+    handles_missing = True
 
     def fit_transform(self, X):
         from .estimator import FactorizedEmbeddings
@@ -129,16 +133,18 @@ class FEEmbedder(Embedder):
         if cfg.random_state is None:
             cfg = replace(cfg, random_state=self.seed)
         self.model = FactorizedEmbeddings.from_config(cfg)
-        self.model.fit(X)
+        self.missing = "ignore" if np.isnan(X).any() else "error"
+        self.model.fit(X, missing=self.missing)
         self.train_X_ = X
         return self.model.embedding_
 
     def transform(self, X):
-        return self.model.transform(X)
+        return self.model.transform(X, missing="ignore" if np.isnan(X).any() else "error")
 
     def extra_metrics(self, X_test, Z_test):
         rec = self.model.inverse_transform(Z_test)
-        return {"recon_r": pearson_r(X_test.ravel(), rec.ravel())}
+        seen = ~np.isnan(X_test)              # the observed entries only
+        return {"recon_r": pearson_r(X_test[seen], rec[seen])}
 
 
 class FullProfile(Embedder):
@@ -257,6 +263,7 @@ class EvalContext:
     n_pairs: int = 2000
     keep_fold: int = 0
     extra_embedders: dict = field(default_factory=dict)
+    missing: str = "error"          # "ignore": NaN entries are missing values
 
 
 def build_tasks(methods: Sequence[str], dims: Sequence[int], n_folds: int, n_genes: int) -> list[Task]:
@@ -279,8 +286,22 @@ def _fold_data(ctx: EvalContext, fold: int):
     tr, te = ctx.folds[fold]
     train = ExpressionData(ctx.X[tr], ctx.samples[tr], ctx.genes)
     test = ExpressionData(ctx.X[te], ctx.samples[te], ctx.genes)
-    fitted = ctx.preprocessing.fit(train)
-    return fitted.apply(train).X, fitted.apply(test).X, ctx.labels[tr], ctx.labels[te]
+    if ctx.missing != "ignore":
+        fitted = ctx.preprocessing.fit(train)
+        return fitted.apply(train).X, fitted.apply(test).X, ctx.labels[tr], ctx.labels[te]
+    fitted = ctx.preprocessing.fit(train, allow_nan=True)
+    return (fitted.apply(train, allow_nan=True).X, fitted.apply(test, allow_nan=True).X,
+            ctx.labels[tr], ctx.labels[te])
+
+
+def fill_with_train_means(X_tr: np.ndarray, X_te: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both folds with their NaN entries replaced by the training fold's gene means
+    (0 for a gene observed nowhere in it): what methods that cannot take missing values
+    get, and what distances between expression profiles are measured on."""
+    seen = ~np.isnan(X_tr)
+    means = np.where(seen, X_tr, 0.0).sum(axis=0) / np.maximum(seen.sum(axis=0), 1)
+    means = means.astype(X_tr.dtype)
+    return (np.where(np.isnan(X_tr), means, X_tr), np.where(np.isnan(X_te), means, X_te))
 
 
 def run_task(task: Task, ctx: EvalContext) -> tuple[list[dict], dict]:
@@ -292,17 +313,20 @@ def run_task(task: Task, ctx: EvalContext) -> tuple[list[dict], dict]:
         raise ValueError(f"unknown method {task.method!r} (known: {', '.join(EMBEDDERS)})")
     seed = ctx.seed * 1000 + task.fold
     emb = cls(task.dim, seed, ctx.fe_config)
+    F_tr, F_te = fill_with_train_means(X_tr, X_te) if np.isnan(X_tr).any() or np.isnan(X_te).any() \
+        else (X_tr, X_te)
+    own = emb.handles_missing
     t0 = time.perf_counter()
-    Z_tr = np.asarray(emb.fit_transform(X_tr))
+    Z_tr = np.asarray(emb.fit_transform(X_tr if own else F_tr))
     t1 = time.perf_counter()
-    Z_te = np.asarray(emb.transform(X_te))
+    Z_te = np.asarray(emb.transform(X_te if own else F_te))
     t2 = time.perf_counter()
     metrics = classifier_accuracies(Z_tr, y_tr, Z_te, y_te, seed)
     pairs = sample_pairs(len(X_te), ctx.n_pairs, seed=ctx.seed * 7919 + task.fold)
-    d_expr = pair_distances(X_te, pairs)
+    d_expr = pair_distances(F_te, pairs)
     d_emb = pair_distances(Z_te, pairs)
     metrics["distance_r"] = pearson_r(d_expr, d_emb)
-    metrics.update(emb.extra_metrics(X_te, Z_te))
+    metrics.update(emb.extra_metrics(X_te if own else F_te, Z_te))
     metrics["fit_seconds"] = t1 - t0
     metrics["embed_seconds"] = t2 - t1
     rows = [{"fold": task.fold, "method": task.method, "dim": task.dim, "metric": k, "value": float(v)}
@@ -450,9 +474,14 @@ def evaluate(
     figures: bool = True,
     extra_embedders: dict | None = None,
     title: str | None = None,
+    missing: str = "error",
 ) -> dict:
     """Cross-validated comparison of embedding methods on ``data`` (an
     :class:`~factembed.io.ExpressionData` with labels).
+
+    ``missing="ignore"``: NaN entries are missing values; FE leaves them out of training
+    and inference, the other methods (and the distances between expression profiles)
+    see them filled with the training fold's gene means.
 
     Returns ``{"results": tidy DataFrame, "summary": wide table, "folds": folds,
     "extras": per (method, dim) arrays of fold ``0``, "written": paths}``.  With
@@ -465,6 +494,8 @@ def evaluate(
 
     if data.labels is None:
         raise ValueError("evaluate needs sample labels (give --label-column)")
+    if missing not in ("error", "ignore"):
+        raise ValueError(f"missing must be 'error' or 'ignore', got {missing!r}")
     methods = list(dict.fromkeys(methods))
     for m in methods:
         if m not in EMBEDDERS and m not in (extra_embedders or {}):
@@ -488,7 +519,7 @@ def evaluate(
                       f"training samples / genes", stacklevel=2)
         tasks = [t for t in tasks if t not in dropped]
     ctx = EvalContext(X=data.X, labels=labels, samples=np.asarray(data.samples), genes=np.asarray(data.genes),
-                      folds=folds, preprocessing=preprocessing, fe_config=fe_config, seed=seed,
+                      folds=folds, preprocessing=preprocessing, fe_config=fe_config, seed=seed, missing=missing,
                       n_pairs=n_pairs, extra_embedders=dict(extra_embedders or {}))
     t0 = time.perf_counter()
     rows, extras = run_grid(ctx, tasks, jobs=jobs, progress=progress)

@@ -127,6 +127,17 @@ class FactorizedEmbeddingNet(nn.Module):
             outs.append(A[..., 0])
         return torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
 
+    def decode_pairs(self, sample_index: torch.Tensor, gene_index: torch.Tensor) -> torch.Tensor:
+        """The predicted values of the (sample, gene) pairs ``zip(sample_index,
+        gene_index)`` of training samples: a vector, one value per pair."""
+        A = torch.relu(self.sample_term(self.sample_embedding[sample_index]) + self.first_gene(
+            self.gene_embedding[gene_index]))
+        for k, layer in enumerate(self.layers):
+            A = layer(A)
+            if k < len(self.layers) - 1:
+                A = torch.relu(A)
+        return A[:, 0]
+
     def forward(self, sample_index: torch.Tensor) -> torch.Tensor:
         """Reconstructed profiles of training samples ``sample_index`` (all genes)."""
         return self.decode(self.sample_embedding[sample_index])

@@ -127,10 +127,11 @@ def align_genes(
 
 
 def _locate_bad(block: np.ndarray, a: int, data: ExpressionData, genes: np.ndarray, log10p1: bool,
-                col_ok: np.ndarray | None = None, allow_nan: bool = False) -> None:
+                col_ok: np.ndarray | None = None, allow_nan: bool = False,
+                nan_hint: tuple[str, str] | None = None) -> None:
     """Raise FEInputError naming the first NaN/inf (or negative, with log10p1) cell of ``block``
     (rows ``a:`` of ``data``; columns named by ``genes``; columns where ``col_ok`` is true skipped;
-    NaN allowed with ``allow_nan``)."""
+    NaN allowed with ``allow_nan``; ``nan_hint``: the remedy of a NaN, for Python and the CLI)."""
     hit = first_bad_value(block, nonneg=log10p1, skip_cols=col_ok, allow_nan=allow_nan)
     if hit is None:
         return
@@ -139,8 +140,9 @@ def _locate_bad(block: np.ndarray, a: int, data: ExpressionData, genes: np.ndarr
     if not math.isfinite(v):
         what = _nonfinite_name(v)
         hint = " (infinite, or beyond float32's range of +-3.4e38)" if what != "NaN" else ""
+        remedy = dict(hint=nan_hint[0], cli_hint=nan_hint[1]) if what == "NaN" and nan_hint else {}
         raise FEInputError(f"sample {sample!r}, gene {gene!r}: value is {what}{hint}; impute or drop it first",
-                           data.source)
+                           data.source, **remedy)
     raise FEInputError(f"sample {sample!r}, gene {gene!r}: negative value {v:g} cannot be log10(x+1)-transformed",
                        data.source, **_NO_LOG)
 
@@ -148,6 +150,17 @@ def _locate_bad(block: np.ndarray, a: int, data: ExpressionData, genes: np.ndarr
 # --------------------------------------------------------------------------
 # gene selection from per-gene statistics
 # --------------------------------------------------------------------------
+
+
+#: the remedy a NaN in training data names (Python, command line)
+TRAINING_NAN_HINT = ("or leave missing values out of training: fit(X, missing='ignore')",
+                     "or leave missing values out of training: --missing ignore")
+
+
+def _nan_reduce(fn, x: np.ndarray, nan: np.ndarray, fill: float) -> np.ndarray:
+    """Column-wise ``fn.reduce`` (np.fmin / np.fmax) of ``x`` over its observed values;
+    ``fill`` for a column without any."""
+    return fn.reduce(np.where(nan, fill, x), axis=0)
 
 
 class GeneStats:
@@ -159,10 +172,16 @@ class GeneStats:
     exactly as :meth:`Preprocessing.fit` does.  The float64 results depend on the
     block boundaries only through rounding (~1e-15 relative); with the same row
     blocks they are the same bits, whatever the other columns of the blocks.
+
+    NaN values are missing values: each gene's statistics are over its observed values
+    (``count``: how many); a gene with none has mean 0, variance 0 and ``min > max``
+    (it counts as constant).  Without NaN, ``count`` is ``n`` for every gene.
     """
 
     def __init__(self, n_genes: int) -> None:
         self.n = 0
+        #: observed (non-NaN) values of each gene
+        self.count = np.zeros(int(n_genes), dtype=np.int64)
         self.mean = np.zeros(int(n_genes), dtype=np.float64)
         self._m2 = np.zeros(int(n_genes), dtype=np.float64)
         self.min = np.full(int(n_genes), np.inf)
@@ -180,33 +199,52 @@ class GeneStats:
         # C order whatever the block's layout: numpy sums a C-ordered column row by row
         # but a Fortran-ordered one pairwise, and the last bits of the result differ
         x = np.asarray(block, dtype=np.float64, order="C")
-        nb = x.shape[0]
-        if nb == 0:
+        rows = x.shape[0]
+        if rows == 0:
             return
-        mb = x.mean(axis=0)
-        m2b = ((x - mb) ** 2).sum(axis=0)
-        tot = self.n + nb
+        nan = np.isnan(x)
+        if nan.any():
+            # the same pairwise update over each gene's observed values of the block
+            nb = rows - nan.sum(axis=0)
+            mb = np.where(nan, 0.0, x).sum(axis=0) / np.maximum(nb, 1)
+            m2b = np.where(nan, 0.0, (x - mb) ** 2).sum(axis=0)
+            np.fmin(self.min, _nan_reduce(np.fmin, x, nan, np.inf), out=self.min)
+            np.fmax(self.max, _nan_reduce(np.fmax, x, nan, -np.inf), out=self.max)
+        else:
+            nb = rows
+            mb = x.mean(axis=0)
+            m2b = ((x - mb) ** 2).sum(axis=0)
+            np.minimum(self.min, x.min(axis=0), out=self.min)
+            np.maximum(self.max, x.max(axis=0), out=self.max)
+        tot = self.count + nb
+        safe = np.maximum(tot, 1)
         delta = mb - self.mean
-        self.mean += delta * (nb / tot)
-        self._m2 += m2b + delta ** 2 * (self.n * nb / tot)
-        self.n = tot
-        np.minimum(self.min, x.min(axis=0), out=self.min)
-        np.maximum(self.max, x.max(axis=0), out=self.max)
+        self.mean += delta * (nb / safe)
+        self._m2 += m2b + delta ** 2 * (self.count * nb / safe)
+        self.count = tot
+        self.n += rows
 
     @property
     def var(self) -> np.ndarray:
-        """Population variance (``ddof=0``) of each gene."""
-        return self._m2 / max(1, self.n)
+        """Population variance (``ddof=0``) of each gene (over its observed values)."""
+        return self._m2 / np.maximum(self.count, 1)
+
+    @property
+    def n_missing(self) -> int:
+        """Number of missing (NaN) values seen."""
+        return int(self.n * len(self.count) - self.count.sum())
 
     def merge(self, other: "GeneStats") -> "GeneStats":
         """Add the statistics of another, disjoint set of rows (e.g. another rank's
         shard), with the same pairwise update; returns ``self``."""
         if other.n:
-            tot = self.n + other.n
+            tot = self.count + other.count
+            safe = np.maximum(tot, 1)
             delta = other.mean - self.mean
-            self.mean = self.mean + delta * (other.n / tot)
-            self._m2 = self._m2 + other._m2 + delta ** 2 * (self.n * other.n / tot)
-            self.n = tot
+            self.mean = self.mean + delta * (other.count / safe)
+            self._m2 = self._m2 + other._m2 + delta ** 2 * (self.count * other.count / safe)
+            self.count = tot
+            self.n += other.n
             self.min = np.minimum(self.min, other.min)
             self.max = np.maximum(self.max, other.max)
             self.constant_rows = np.concatenate([self.constant_rows, other.constant_rows])
@@ -274,10 +312,12 @@ class Preprocessing:
                 raise ValueError(f"top_variable must be a positive integer or None, got {self.top_variable!r}")
             self.top_variable = int(self.top_variable)
 
-    def fit(self, data: ExpressionData) -> "FittedPreprocessing":
+    def fit(self, data: ExpressionData, *, allow_nan: bool = False) -> "FittedPreprocessing":
         """Decide the kept genes from ``data`` and record their training means
         (on the transformed scale).  Reads ``data.X`` in row chunks; does not
-        copy the matrix."""
+        copy the matrix.  A NaN value is an error naming its sample and gene, unless
+        ``allow_nan``: then it is a missing value, and each gene's statistics are over
+        its observed values (a gene observed nowhere counts as constant)."""
         data = _check_data(data)
         if data.n_samples == 0 or data.n_genes == 0:
             raise FEInputError(f"cannot fit preprocessing on an empty matrix {data.shape}", data.source)
@@ -297,7 +337,7 @@ class Preprocessing:
             b = min(data.n_samples, a + step)
             block = data.X[a:b] if all_cols else data.X[a:b][:, cidx]
             block = np.array(block, dtype=np.float32, copy=True)
-            _locate_bad(block, a, data, cgenes, self.log10p1)
+            _locate_bad(block, a, data, cgenes, self.log10p1, allow_nan=allow_nan, nan_hint=TRAINING_NAN_HINT)
             if self.log10p1:
                 _log10p1_inplace(block)
             stats.update(block)
@@ -371,11 +411,13 @@ class Preprocessing:
             n_input_genes=n_input_genes,
         )
 
-    def fit_apply(self, data: ExpressionData, *, copy: bool = True) -> tuple["FittedPreprocessing", ExpressionData]:
+    def fit_apply(self, data: ExpressionData, *, copy: bool = True,
+                  allow_nan: bool = False) -> tuple["FittedPreprocessing", ExpressionData]:
         """``fit`` then ``apply`` on the same data (``copy=False``: reuse ``data.X``'s
-        memory, see :meth:`FittedPreprocessing.apply`)."""
-        fitted = self.fit(data)
-        return fitted, fitted.apply(data, copy=copy)
+        memory, see :meth:`FittedPreprocessing.apply`; ``allow_nan``: NaN values are
+        missing values, kept as NaN)."""
+        fitted = self.fit(data, allow_nan=allow_nan)
+        return fitted, fitted.apply(data, copy=copy, allow_nan=allow_nan)
 
     def describe(self) -> str:
         """The preprocessing in words, e.g. ``"log10(x+1), protein-coding genes, constant

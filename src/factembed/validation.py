@@ -105,21 +105,28 @@ class ValidationSet:
         return held_out(samples, genes, self.n_genes, self.seed, self.fraction)
 
     @torch.no_grad()
-    def mse(self, net, chunk: int = 8192) -> float:
-        """MSE of the model's reconstruction on the validation entries (float64 sum)."""
+    def predict(self, net, chunk: int = 8192) -> torch.Tensor:
+        """The model's values of the validation entries at the samples' current
+        embeddings (float32, on the CPU)."""
         dev = net.sample_embedding.device
-        total = 0.0
-        for i in range(0, len(self), chunk):
-            r = self.rows[i:i + chunk].to(dev)
-            g = self.genes[i:i + chunk].to(dev)
-            a = torch.relu(net.sample_term(net.sample_embedding[r]) + net.gene_term(g))
-            for k, layer in enumerate(net.layers):
-                a = layer(a)
-                if k < len(net.layers) - 1:
-                    a = torch.relu(a)
-            diff = a[:, 0].double() - self.targets[i:i + chunk].to(dev).double()
-            total += float((diff * diff).sum())
-        return total / len(self)
+        return torch.cat([net.decode_pairs(self.rows[i:i + chunk].to(dev), self.genes[i:i + chunk].to(dev))
+                          .float().cpu() for i in range(0, len(self), chunk)])
+
+    def mse(self, net) -> float:
+        """MSE of the model's reconstruction on the validation entries (float64 sum)."""
+        diff = self.predict(net).double() - self.targets.double()
+        return float((diff * diff).sum()) / len(self)
+
+    def scores(self, net) -> dict:
+        """``{"mse", "pearson_r", "entries", "fraction"}`` of the model on the validation
+        entries (what ``factembed info`` shows as the held-out figures)."""
+        pred, tgt = self.predict(net).double(), self.targets.double()
+        diff = pred - tgt
+        pc, tc = pred - pred.mean(), tgt - tgt.mean()
+        den = float(torch.sqrt((pc * pc).sum() * (tc * tc).sum()))
+        return {"mse": float((diff * diff).sum()) / len(self),
+                "pearson_r": float((pc * tc).sum()) / den if den > 0 else float("nan"),
+                "entries": len(self), "fraction": self.fraction}
 
 
 @dataclass

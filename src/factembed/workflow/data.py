@@ -138,7 +138,8 @@ def prepare_in_memory(request: FitRequest, echo: Echo = _quiet):
                                    top_variable=request.preprocessing.top_variable).resolve(True)
     else:
         pre = request.preprocessing.resolve(already_log)
-    fitted, data = pre.fit_apply(data, copy=False)     # one copy of the matrix in memory
+    fitted, data = pre.fit_apply(data, copy=False,     # one copy of the matrix in memory
+                                 allow_nan=request.missing == "ignore")
     data = drop_constant_samples(data)
     return fitted, data
 

@@ -37,6 +37,11 @@ def fit(request: FitRequest, echo: Echo = _stderr) -> FitResult | None:
     if request.processes is not None and request.checkpoints.divergence_retries > 0:
         raise ValueError("--divergence-retries is not available for distributed fits (the ranks would have to "
                          "agree on the retry); use checkpoints and --resume with a smaller --lr")
+    if request.missing not in ("error", "ignore"):
+        raise ValueError(f"missing must be 'error' or 'ignore', got {request.missing!r}")
+    if request.missing == "ignore" and (request.backed or request.processes is not None):
+        raise FEInputError("--missing ignore is available for in-memory fits only (not with --backed or "
+                           "--distributed yet); impute the file first, or fit it in memory", request.data)
     if request.processes == UNDER_TORCHRUN:
         if request.prepared is None:            # a launcher of the user's: every rank checks
             check_output(request)
@@ -126,7 +131,8 @@ def _fit_in_memory(request: FitRequest, echo: Echo) -> FitResult:
          f"{plan_training(request.config, data.n_samples, data.n_genes).describe()}")
     fe = FactorizedEmbeddings.from_config(request.config)
     t0 = time.perf_counter()
-    fe.fit(data.X, sample_names=data.samples, gene_names=data.genes, **_checkpoint_kwargs(request))
+    fe.fit(data.X, sample_names=data.samples, gene_names=data.genes, missing=request.missing,
+           **_checkpoint_kwargs(request))
     seconds = time.perf_counter() - t0
     written = write_fit_outputs(fe, data.samples, data.labels, Path(request.output),
                                 _extra(request, fitted, seconds), _title(request))

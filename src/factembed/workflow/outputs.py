@@ -26,6 +26,22 @@ def summary_line(history: dict) -> str:
             f"(mean of the last {k} step{'s' if k > 1 else ''})")
 
 
+def validation_line(fe) -> str | None:
+    """One line on the held-out validation entries of an ``n_steps="auto"`` fit (why it
+    stopped, the kept state's held-out MSE and Pearson r), else ``None``."""
+    val = getattr(fe, "validation_", None)
+    reason = getattr(fe, "stop_reason_", None)
+    if not val and not reason:
+        return None
+    parts = []
+    if reason:
+        parts.append(reason)
+    if val:
+        parts.append(f"held-out entries ({val['entries']:,}, {val['fraction']:.1%} of the matrix, never trained "
+                     f"on): MSE {val['mse']:.4g}, Pearson r {val['pearson_r']:.4f}")
+    return "; ".join(parts)
+
+
 def convergence_note(history: dict) -> str | None:
     """A sentence when the fit was still improving at its end (see
     :func:`~factembed.runner.training_summary`), else ``None``."""

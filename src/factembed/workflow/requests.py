@@ -98,6 +98,7 @@ class FitRequest:
     title: str | None = None
     prepared: dict | None = None              # set by fit() for the ranks it launches
     overwrite: bool = False                   # replace a model already in ``output``
+    missing: str = "error"                    # "ignore": NaN values are left out of training
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -111,7 +112,7 @@ class FitRequest:
                    read=ReadOptions(**d["read"]), preprocessing=PreprocessingOptions(**d["preprocessing"]),
                    checkpoints=CheckpointOptions(**d["checkpoints"]), backed=bool(d["backed"]),
                    processes=d.get("processes"), title=d.get("title"), prepared=d.get("prepared"),
-                   overwrite=bool(d.get("overwrite", False)))
+                   overwrite=bool(d.get("overwrite", False)), missing=d.get("missing", "error"))
 
     @property
     def data_name(self) -> str:

@@ -14,7 +14,7 @@ from ..config import FEConfig
 from ..errors import FEInputError
 from .requests import ReadOptions
 from .data import _check_some_genes, _fill_mode, load_model, prepare_for_model, read_for_model, read_new_data
-from .outputs import summary_line
+from .outputs import summary_line, validation_line
 
 
 # --------------------------------------------------------------------------------------
@@ -330,6 +330,9 @@ def describe(model: str) -> list[str]:
     lines.append(f"training: {fe.n_steps_:,} steps"
                  + (f" in {extra['fit_seconds']:.1f} s" if extra.get("fit_seconds") else "")
                  + f"; {summary_line(fe.history_)}")
+    held_out = validation_line(fe)
+    if held_out:
+        lines.append(f"validation: {held_out}")
     if pre is not None:
         lines.append(f"preprocessing: {pre.config.describe()}; {pre.n_genes:,} genes kept")
     return lines
