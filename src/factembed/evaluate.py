@@ -144,7 +144,7 @@ class FEEmbedder(Embedder):
     def extra_metrics(self, X_test, Z_test):
         rec = self.model.inverse_transform(Z_test)
         seen = ~np.isnan(X_test)              # the observed entries only
-        return {"recon_r": pearson_r(X_test[seen], rec[seen])}
+        return {"recon_r": pearson_r(X_test[seen], rec[seen]), "train_steps": float(self.model.n_steps_)}
 
 
 class FullProfile(Embedder):
