@@ -50,6 +50,10 @@ def _worker(rank, world, store, out, npy):
     rec["backed_local"] = res_b.local_net.sample_embedding.detach().clone()
     rec["backed_full"] = res_b.estimator.net_.state_dict()
     rec["backed_spread"] = res_b.replica_spread
+    # n_steps="auto": the held-out entries' sums pooled over the ranks, so both stop together
+    res_a = fit_distributed(X[lo:hi], config=dict(CFG, n_steps="auto"), n_total=N, lo=lo)
+    rec["auto"] = {"history": res_a.history, "n_steps": res_a.estimator.n_steps_,
+                   "stop_reason": res_a.estimator.stop_reason_, "validation": res_a.estimator.validation_}
     torch.save(rec, f"{out}/rank{rank}.pt")
     dist.destroy_process_group()
 
@@ -179,3 +183,27 @@ def test_backend_needs_a_gpu_per_process_for_nccl(device, local_world, n_gpus, b
     assert (warning is not None) == warns
     if warns:
         assert f"{local_world} processes" in warning and "--nproc-per-node" in warning
+
+
+def test_auto_steps_ranks_share_the_validation_curve_and_stop_together(two_ranks):
+    _, recs = two_ranks
+    a, b = recs[0]["auto"], recs[1]["auto"]
+    assert a["history"]["val_loss"] and a["history"]["val_loss"] == b["history"]["val_loss"]
+    assert a["n_steps"] == b["n_steps"] == a["history"]["step"][-1] < 25_000
+    assert "stopped at step" in a["stop_reason"] and a["validation"] == b["validation"]
+    # the pooled entries are those of the whole matrix
+    assert a["validation"]["entries"] > 100
+
+
+def test_validation_entries_of_shards_are_those_of_the_whole_matrix():
+    from factembed.train import TensorRows
+    from factembed.validation import ValidationSet
+
+    X = torch.from_numpy(planted(n=N, m=M)[0])
+    whole = ValidationSet(TensorRows(X), seed=11, fraction=0.05)
+    entries = set()
+    for lo, hi in ((0, 52), (52, N)):
+        part = ValidationSet(TensorRows(X[lo:hi]), seed=11, fraction=0.05, offset=lo)
+        entries |= set(zip((part.rows + lo).tolist(), part.genes.tolist()))
+        assert torch.equal(part.mask(torch.arange(hi - lo), None), whole.mask(torch.arange(lo, hi), None))
+    assert entries == set(zip(whole.rows.tolist(), whole.genes.tolist()))

@@ -188,9 +188,21 @@ def _plain_log_ticks(ax) -> None:
 def plot_training_curves(history: Mapping[str, Sequence[float]], path: str | os.PathLike, *,
                          title: str = "Training", pdf: bool = False, smooth: int | None = None) -> list[Path]:
     """Loss (log scale) and Pearson r of the batch reconstruction by step; raw values
-    faint, a moving average bold."""
+    faint, a moving average bold.  With a validation curve (``val_step`` and
+    ``val_loss``, or a ``val_loss`` column that is NaN where not measured, as in
+    ``history.csv``), the held-out entries' MSE is drawn on the loss panel."""
     plt = _plt()
     step = np.asarray(history["step"])
+    val_step = val_loss = None
+    if "val_loss" in history and len(history["val_loss"]):
+        val_loss = np.asarray(history["val_loss"], dtype=float)
+        if "val_step" in history:
+            val_step = np.asarray(history["val_step"])
+        elif len(val_loss) == len(step):
+            keep = np.isfinite(val_loss)
+            val_step, val_loss = step[keep], val_loss[keep]
+        else:
+            val_loss = None
     loss = np.asarray(history["loss"], dtype=float)
     r = np.asarray(history["pearson_r"], dtype=float)
     k = smooth or max(1, len(step) // 100)
@@ -204,6 +216,11 @@ def plot_training_curves(history: Mapping[str, Sequence[float]], path: str | os.
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
     a1.plot(step, loss, color="tab:blue", alpha=0.25, linewidth=0.6)
     a1.plot(step, avg(loss), color="tab:blue", linewidth=1.5, label=f"moving average ({k} steps)")
+    if val_loss is not None and len(val_loss):
+        a1.plot(val_step, val_loss, color="tab:orange", linewidth=1.5, marker="o", markersize=2.5,
+                label="held-out entries (validation)")
+        best = int(np.argmin(val_loss))
+        a1.axvline(val_step[best], color="tab:orange", linewidth=0.8, linestyle=":")
     a1.set_yscale("log")
     _plain_log_ticks(a1)
     a1.set_xlabel("step")

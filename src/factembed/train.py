@@ -358,8 +358,9 @@ def train(net: FactorizedEmbeddingNet, X: torch.Tensor | RowSource, *, n_steps: 
 
     def validate(step: int) -> bool:
         value = validation.mse(net)
-        if not history.val_loss or value < min(history.val_loss):
-            validation.keep_best(net, step)
+        if stop_rule is not None and stop_rule.keep == "best" and (not history.val_loss
+                                                                  or value < min(history.val_loss)):
+            validation.keep_best(net, step)      # a copy of the parameters: only when it is kept
         history.val_step.append(step)
         history.val_loss.append(value)
         return stop_rule is not None and stop_rule.should_stop(history.val_step, history.val_loss)
@@ -413,7 +414,7 @@ def train(net: FactorizedEmbeddingNet, X: torch.Tensor | RowSource, *, n_steps: 
             validate(history.step[-1])
         if stop_rule is not None:
             history.stop_reason = stop_rule.reason(history.val_step, history.val_loss, stopped)
-            if validation.restore_best(net, history):
+            if stop_rule.keep == "best" and validation.restore_best(net, history):
                 history.stop_reason += f"; kept the best state (step {validation.best_step:,})"
     finally:
         if on_cpu:

@@ -51,17 +51,24 @@ def default_fraction(n_samples: int, n_genes: int) -> float:
 
 class ValidationSet:
     """The validation entries of the first samples of a seeded permutation, up to
-    ``max_entries`` entries, with their observed targets (NaN targets are dropped)."""
+    ``max_entries`` entries, with their observed targets (NaN targets are dropped).
+
+    A data-parallel rank holds rows ``offset:offset + len(source)`` of the matrix: the
+    hash sees global sample indices (every rank holds out the entries a single process
+    would), and ``reduce`` (an in-place sum over the ranks of a float64 tensor, e.g.
+    ``torch.distributed.all_reduce``) pools the ranks' sums, so every rank sees the same
+    validation MSE and stops at the same step."""
 
     def __init__(self, source, seed: int, fraction: float, max_entries: int = 50_000,
-                 every: int = 100) -> None:
+                 every: int = 100, offset: int = 0, reduce=None) -> None:
         n, m = (int(v) for v in source.shape)
         self.n_genes, self.seed, self.fraction, self.every = m, int(seed), float(fraction), int(every)
+        self.offset, self.reduce = int(offset), reduce
         order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))
         rows, genes, targets, count = [], [], [], 0
         for start in range(0, n, 64):
             idx = order[start:start + 64]
-            mask = held_out(idx, None, m, self.seed, self.fraction)
+            mask = held_out(idx + self.offset, None, m, self.seed, self.fraction)
             X = source.rows(idx).to("cpu", torch.float32)
             mask &= ~torch.isnan(X)
             r, c = mask.nonzero(as_tuple=True)
@@ -74,7 +81,8 @@ class ValidationSet:
         self.rows = torch.cat(rows)[:max_entries]
         self.genes = torch.cat(genes)[:max_entries]
         self.targets = torch.cat(targets)[:max_entries]
-        if self.rows.numel() == 0:
+        self.total = int(self._sum(torch.tensor([float(self.rows.numel())], dtype=torch.float64))[0])
+        if self.total == 0:
             raise ValueError("no validation entries could be drawn (too few observed values): "
                              "pass a larger fraction or turn validation off")
 
@@ -102,7 +110,16 @@ class ValidationSet:
         return True
 
     def mask(self, samples: torch.Tensor, genes: torch.Tensor | None) -> torch.Tensor:
-        return held_out(samples, genes, self.n_genes, self.seed, self.fraction)
+        """The validation entries among this source's rows ``samples`` and ``genes``."""
+        return held_out(samples + self.offset, genes, self.n_genes, self.seed, self.fraction)
+
+    def _sum(self, values: torch.Tensor) -> torch.Tensor:
+        """``values`` summed over the ranks (itself in a single process)."""
+        if self.reduce is None:
+            return values
+        out = values.clone()
+        self.reduce(out)
+        return out
 
     @torch.no_grad()
     def predict(self, net, chunk: int = 8192) -> torch.Tensor:
@@ -113,29 +130,47 @@ class ValidationSet:
                           .float().cpu() for i in range(0, len(self), chunk)])
 
     def mse(self, net) -> float:
-        """MSE of the model's reconstruction on the validation entries (float64 sum)."""
+        """MSE of the model's reconstruction on the validation entries (float64 sums,
+        pooled over the ranks)."""
         diff = self.predict(net).double() - self.targets.double()
-        return float((diff * diff).sum()) / len(self)
+        total = self._sum(torch.stack([(diff * diff).sum(), torch.tensor(float(len(self)), dtype=torch.float64)]))
+        return float(total[0]) / float(total[1])
 
     def scores(self, net) -> dict:
         """``{"mse", "pearson_r", "entries", "fraction"}`` of the model on the validation
-        entries (what ``factembed info`` shows as the held-out figures)."""
-        pred, tgt = self.predict(net).double(), self.targets.double()
-        diff = pred - tgt
-        pc, tc = pred - pred.mean(), tgt - tgt.mean()
-        den = float(torch.sqrt((pc * pc).sum() * (tc * tc).sum()))
-        return {"mse": float((diff * diff).sum()) / len(self),
-                "pearson_r": float((pc * tc).sum()) / den if den > 0 else float("nan"),
-                "entries": len(self), "fraction": self.fraction}
+        entries, pooled over the ranks (what ``factembed info`` shows as the held-out
+        figures)."""
+        p, t = self.predict(net).double(), self.targets.double()
+        k, sp, st, spp, stt, spt, sdd = self._sum(torch.stack([
+            torch.tensor(float(len(self)), dtype=torch.float64), p.sum(), t.sum(), (p * p).sum(), (t * t).sum(),
+            (p * t).sum(), ((p - t) ** 2).sum()])).tolist()
+        cov, vp, vt = spt - sp * st / k, spp - sp * sp / k, stt - st * st / k
+        den = (vp * vt) ** 0.5
+        return {"mse": sdd / k, "pearson_r": cov / den if den > 0 else float("nan"),
+                "entries": int(k), "fraction": self.fraction}
 
 
 @dataclass
 class StopRule:
     """Stop when the best validation MSE of the last ``patience`` steps is not a relative
-    ``tol`` below the best before them; never before ``min_steps``."""
+    ``tol`` below the best before them; never before ``min_steps``.
+
+    ``keep``: which state the fit ends with, ``"last"`` (default) or ``"best"`` (the
+    parameters at the lowest validation MSE).  The held-out entries measure how well
+    the model predicts unseen values of training samples, which on a small cohort is
+    limited by the gene side: each gene's ``gene_dim`` numbers are fitted to only
+    ``n_samples`` values and start to memorise them, so the validation MSE turns up while
+    the sample embedding is still improving (held-out kNN accuracy and distance
+    correlation keep rising; figures in ``bench/README.md``).  The last state is the
+    better embedding; the flat validation curve says when more steps stop paying."""
     patience: int = 1000
     tol: float = 0.002
     min_steps: int = 500
+    keep: str = "last"
+
+    def __post_init__(self) -> None:
+        if self.keep not in ("last", "best"):
+            raise ValueError(f"keep must be 'last' or 'best', got {self.keep!r}")
 
     def should_stop(self, steps: list[int], values: list[float]) -> bool:
         if not steps or steps[-1] < max(self.min_steps, self.patience):

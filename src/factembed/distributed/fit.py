@@ -117,13 +117,30 @@ def fit_distributed(source: Any, *, config: FEConfig | dict, n_total: int, lo: i
                                      checkpoint_every, checkpoint_meta(cfg, n_total, m, world_size=world, rank=rank,
                                                                        lo=lo, hi=hi), resume=resume)
     state = _common_checkpoint(checkpointer) if (checkpointer is not None and resume) else None
+    validation = stop_rule = None
+    if plan.auto_stop:
+        # the held-out entries of the whole matrix (global sample indices), their sums
+        # pooled over the ranks: every rank sees the same curve and stops at the same step
+        from ..validation import StopRule, ValidationSet, default_fraction
+
+        def reduce(t: torch.Tensor) -> None:
+            buf = t.to(_comm_device())
+            dist.all_reduce(buf)
+            t.copy_(buf.cpu())
+        validation = ValidationSet(TensorRows(source) if isinstance(source, torch.Tensor) else source,
+                                   seed=validation_seed(seed), fraction=default_fraction(n_total, m),
+                                   max_entries=max(1000, 50_000 // world), offset=lo, reduce=reduce)
+        stop_rule = StopRule()
     t0 = time.perf_counter()
     outcome = run_training(net, source, n_steps=n_steps, lr=plan.lr, sample_lr=plan.sample_lr, l2=cfg.l2,
                            batch_samples=plan.batch_samples,
                            generator=gen, new_sampler=new_sampler, device=device, compute_dtype=dtype,
                            gene_chunk=cfg.gene_chunk, progress=cfg.verbose and rank == 0,
-                           checkpointer=checkpointer, before_step=hook, resume_state=state)
+                           checkpointer=checkpointer, before_step=hook, resume_state=state,
+                           validation=validation, stop_rule=stop_rule)
     history = outcome.history
+    if plan.auto_stop and history.step:
+        n_steps = history.step[-1]
     train_seconds = time.perf_counter() - t0
     spread = replica_spread(net)
     # history: mean over ranks of the per-step batch loss (= the global batch's MSE, the
@@ -136,6 +153,9 @@ def fit_distributed(source: Any, *, config: FEConfig | dict, n_total: int, lo: i
     dist.all_reduce(secs, op=dist.ReduceOp.MAX)
     hist = {"step": list(history.step), "loss": h[0].cpu().tolist(), "pearson_r": h[1].cpu().tolist(),
             "seconds": secs.cpu().tolist()}
+    if history.val_step:
+        hist.update(val_step=list(history.val_step), val_loss=list(history.val_loss))
+    scores = None if validation is None else validation.scores(net)    # collective: every rank
     table = gather_rows(net.sample_embedding.detach(), lo, n_total)
     full = FactorizedEmbeddingNet(n_total, m, cfg.sample_dim, cfg.gene_dim, cfg.hidden,
                                   generator=torch.Generator().manual_seed(0))
@@ -147,12 +167,19 @@ def fit_distributed(source: Any, *, config: FEConfig | dict, n_total: int, lo: i
                     samples=None if samples is None else np.asarray(samples, dtype=object),
                     genes=None if genes is None else np.asarray(genes, dtype=object))
     est.lr_ = outcome.lr
+    est.stop_reason_ = history.stop_reason
+    est.validation_ = scores
     est.training_plan_ = plan
     est.distributed_ = {"world_size": world, "batch_samples_per_rank": plan.batch_samples,
                         "global_batch": plan.batch_samples * world, "backend": dist.get_backend(),
                         "replica_spread": spread}
     return DistributedFit(est, net, lo, hi, hist, train_seconds, hook.seconds, hook.bytes, spread, world,
                           outcome.resumed_from)
+
+
+def validation_seed(seed: int) -> int:
+    """The seed of the held-out validation entries: the same on every rank."""
+    return (int(seed) * _SEED_MULT + 7_919) % (2**31 - 1)
 
 
 def gene_seed(seed: int) -> int:
