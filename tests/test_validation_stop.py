@@ -1,6 +1,7 @@
 """Held-out validation entries and the stop of n_steps="auto"."""
 
 import numpy as np
+import pytest
 import torch
 
 from factembed import FactorizedEmbeddings
@@ -102,3 +103,41 @@ def test_estimator_auto_steps_stops_and_reports(tmp_path):
     assert np.array_equal(fe.embedding_, fe2.embedding_)      # deterministic with a seed
     fe.save(tmp_path / "m")
     assert FactorizedEmbeddings.load(tmp_path / "m").history_["val_loss"] == fe.history_["val_loss"]
+
+
+def test_auto_steps_resume_after_a_crash_is_bitwise_and_stops_at_the_same_step(tmp_path):
+    """The stop rule's state is the validation curve in the checkpoint's history: a run
+    killed mid-way and resumed ends where the uninterrupted run ends, bit for bit."""
+    from factembed.kernel import FusedProfileLoss
+
+    rng = np.random.default_rng(2)
+    X = (np.tanh(rng.normal(size=(50, 2)) @ rng.normal(size=(2, 40))) + 0.05 * rng.normal(size=(50, 40)))
+    X = X.astype(np.float32)
+    kw = dict(n_steps="auto", gene_dim=8, hidden=(16,), random_state=0, verbose=False)
+    full = FactorizedEmbeddings(**kw).fit(X, checkpoint_dir=tmp_path / "a", checkpoint_every=300)
+    assert 700 < full.n_steps_ < 25_000
+
+    calls = []
+
+    def crashing(**k):
+        inner = FusedProfileLoss(**k)
+
+        class Crash:
+            last_stats = property(lambda self: inner.last_stats)
+
+            def __call__(self, *a, **kk):
+                calls.append(1)
+                if len(calls) > 650:
+                    raise KeyboardInterrupt
+                return inner(*a, **kk)
+        return Crash()
+
+    with pytest.raises(KeyboardInterrupt):
+        FactorizedEmbeddings(**kw).fit(X, checkpoint_dir=tmp_path / "b", checkpoint_every=300, kernel=crashing)
+    resumed = FactorizedEmbeddings(**kw).fit(X, checkpoint_dir=tmp_path / "b", checkpoint_every=300, resume=True)
+    assert resumed.resumed_from_ == 600
+    assert resumed.n_steps_ == full.n_steps_ and resumed.stop_reason_ == full.stop_reason_
+    assert resumed.history_["val_loss"] == full.history_["val_loss"]
+    assert np.array_equal(resumed.embedding_, full.embedding_)
+    for k, v in full.net_.state_dict().items():
+        assert torch.equal(v, resumed.net_.state_dict()[k]), k
