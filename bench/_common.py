@@ -131,6 +131,7 @@ class RecipeTraining:
         self.sampler = batch_plan(BatchSampler(n, self.plan.batch_samples, self.gen), m, self.plan, gene_seed)
         self.optimizer = make_optimizer(self.net, self.plan.lr, cfg.l2, self.device, sample_lr=self.plan.sample_lr)
         self.X = torch.from_numpy(X).to(self.device)
+        self.missing = bool(torch.isnan(self.X).any())      # NaN entries left out of the loss
         self.done = 0
         self.pairs_per_step = self.plan.batch_samples * (self.plan.batch_genes or m)
 
@@ -143,7 +144,7 @@ class RecipeTraining:
         train(self.net, self.X, n_steps=step, lr=self.plan.lr, l2=self.cfg.l2,
               batch_samples=self.plan.batch_samples, generator=self.gen, device=self.device,
               compute_dtype=self.dtype, progress=False, sampler=self.sampler, optimizer=self.optimizer,
-              start_step=self.done)
+              start_step=self.done, missing=self.missing)
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         self.done = step

@@ -9,11 +9,20 @@ report each recipe's final figures, its wall time (training only), and the time 
 defaults need to reach the reference's final MSE (the first evaluation point at or
 below it: an upper bound), with a PNG of the curves.
 
-Data sets: ``demo`` (bundled HSMM, 271 x 5,000), ``pbmc`` (scanpy's
-``10x_pbmc68k_reduced.h5ad``, 700 x 765; give its path with ``--pbmc``), ``planted``
-(:func:`_common.planted_expression`, ``--planted-n`` x ``--planted-m``, 33 groups).
+The defaults (``training="fast"``, ``n_steps="auto"``) are trained by
+``FactorizedEmbeddings.fit`` itself, held-out validation entries and stop rule included:
+they are measured once, at the step where the rule stopped them (steps, why, wall time
+from the fit's own clock, full-data MSE, held-out validation MSE, kNN), with their
+validation curve against wall time in the figure.  ``--fast-options '{"n_steps": N}'``
+trains the fast recipe for exactly N steps instead, in segments like the reference.
 
-    python bench/bench_convergence.py --datasets demo,pbmc --pbmc /tmp/sc/scanpy/datasets/10x_pbmc68k_reduced.h5ad
+Data sets: ``khan`` (``../shared/data/khan_*``, 63 x 2,308 SRBCT microarrays, 4 classes,
+1,282 NAs, left out of the loss and of the MSE), ``demo`` (bundled HSMM, 271 x 5,000),
+``pbmc`` (scanpy's ``10x_pbmc68k_reduced.h5ad``, 700 x 765; give its path with
+``--pbmc``), ``planted`` (:func:`_common.planted_expression`, ``--planted-n`` x
+``--planted-m``, 33 groups).
+
+    python bench/bench_convergence.py --datasets khan,demo,pbmc --pbmc /tmp/sc/scanpy/datasets/10x_pbmc68k_reduced.h5ad
     python bench/bench_convergence.py --datasets planted --planted-n 2000 --planted-m 19962
 
 The full-size run (10,344 x 19,962): the reference's 100,000 steps take ~1.5 h on 2 cores,
@@ -29,6 +38,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -36,6 +46,13 @@ from _common import RecipeTraining, Tee, machine_line, out_path, parser, planted
 
 
 def load(name: str, args):
+    if name == "khan":
+        import pandas as pd
+        from pathlib import Path
+        root = Path(args.khan)
+        X = pd.read_csv(root / "khan_expr.csv.gz", index_col=0)
+        pheno = pd.read_csv(root / "khan_pheno.csv", index_col=0)
+        return np.ascontiguousarray(X.to_numpy(np.float32)), pheno.loc[X.index, "class"].astype(str).to_numpy()
     if name == "demo":
         from factembed.datasets import load_demo
         from factembed.preprocessing import Preprocessing
@@ -78,12 +95,7 @@ def run(X, labels, training: str, seed: int, evals: int, quick: bool, device: st
     for step in marks:
         seconds += fit.advance(step)
         t1 = time.perf_counter()
-        with torch.no_grad():
-            mse = 0.0
-            for a in range(0, n, 256):                                    # evaluation: not timed
-                rec = net.decode(net.sample_embedding[a:a + 256])
-                mse += float(((rec.float() - Xt[a:a + 256]) ** 2).sum())
-            mse /= n * m
+        mse = full_mse(net, Xt)                                              # evaluation: not timed
         curve.append({"step": step, "seconds": round(seconds, 2), "mse": mse,
                       "knn": knn_accuracy(net.sample_embedding.detach().cpu().numpy(), labels)})
         eval_seconds += time.perf_counter() - t1
@@ -96,6 +108,49 @@ def run(X, labels, training: str, seed: int, evals: int, quick: bool, device: st
         out["measured_steps"] = steps
         out["extrapolated_seconds"] = round(seconds / steps * plan.n_steps, 1)
     return out
+
+
+def full_mse(net, Xt) -> float:
+    """MSE of the decoded training embedding over every observed (sample, gene) entry."""
+    import torch
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for a in range(0, Xt.shape[0], 256):
+            x = Xt[a:a + 256]
+            seen = ~torch.isnan(x)
+            rec = net.decode(net.sample_embedding[a:a + 256]).float()
+            total += float((((rec - x.nan_to_num()) ** 2) * seen).sum())
+            count += int(seen.sum())
+    return total / max(1, count)
+
+
+def run_auto(X, labels, seed: int, quick: bool, device: str = "cpu", precision: str = "fp32",
+             say=print, options: dict | None = None) -> dict:
+    """The defaults as a user gets them: ``FactorizedEmbeddings(...).fit`` with
+    ``n_steps="auto"`` (validation entries, stop rule), measured at its end."""
+    import torch
+
+    from factembed import FactorizedEmbeddings
+
+    fields = dict(gene_dim=8 if quick else 100, hidden=(16, 8) if quick else (100, 50, 50), random_state=seed,
+                  device=device, precision=precision, n_steps="auto", verbose=False)
+    fe = FactorizedEmbeddings(**{**fields, **(options or {})})
+    fe.fit(X, missing="ignore" if np.isnan(X).any() else "error")
+    h = fe.history_
+    seconds = h["seconds"][-1]
+    Xt = torch.from_numpy(X).to(fe.net_.sample_embedding.device)
+    point = {"step": fe.n_steps_, "seconds": round(seconds, 2), "mse": full_mse(fe.net_, Xt),
+             "knn": knn_accuracy(fe.embedding_, labels)}
+    # validation cost: the fit's own clock around the steps that validated vs the others
+    val = fe.validation_ or {}
+    say(f"  fast (auto): {fe.n_steps_:,} steps  {seconds:8.1f} s  MSE {point['mse']:.4f}  kNN {point['knn']:.3f}  "
+        f"validation MSE {val.get('mse', float('nan')):.4f}; {fe.stop_reason_}")
+    sec = dict(zip(h["step"], h["seconds"]))
+    return {"training": "fast", "plan": fe.training_plan_.describe(), "n_steps": fe.n_steps_,
+            "pairs_per_step": fe.training_plan_.batch_samples * (fe.training_plan_.batch_genes or X.shape[1]),
+            "curve": [point], "stop_reason": fe.stop_reason_, "validation": val,
+            "val_curve": [{"step": s, "seconds": round(sec.get(s, float("nan")), 2), "val_mse": v}
+                          for s, v in zip(h.get("val_step", []), h.get("val_loss", []))]}
 
 
 def time_to(curve: list[dict], target: float) -> float | None:
@@ -117,6 +172,11 @@ def plot(results: dict, path) -> None:
             label = run_["training"] + (f" (first {run_['measured_steps']:,} of {run_['n_steps']:,} steps)"
                                         if "measured_steps" in run_ else "")
             style = dict(marker="o", ms=3, label=label, color="C0" if run_["training"] == "fast" else "C3")
+            if "val_curve" in run_:        # the defaults: one end point, and their validation curve
+                style.update(marker="*", ms=11, label="fast, n_steps='auto' (end)")
+                vc = run_["val_curve"]
+                axes[0, col].plot([p["seconds"] for p in vc], [p["val_mse"] for p in vc], color="C1", lw=1,
+                                  label="fast: held-out validation MSE")
             axes[0, col].plot([p["seconds"] for p in c], [p["mse"] for p in c], **style)
             axes[1, col].plot([p["seconds"] for p in c], [p["knn"] for p in c], **style)
         ref = results[name]["reference_final_mse"]
@@ -139,6 +199,8 @@ def main() -> None:
     p.add_argument("--datasets", default="demo,pbmc,planted")
     p.add_argument("--pbmc", default="/tmp/sc/scanpy/datasets/10x_pbmc68k_reduced.h5ad",
                    help="path of scanpy's 10x_pbmc68k_reduced.h5ad")
+    p.add_argument("--khan", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"),
+                   help="folder holding khan_expr.csv.gz and khan_pheno.csv")
     p.add_argument("--planted-n", type=int, default=2000)
     p.add_argument("--planted-m", type=int, default=19_962)
     p.add_argument("--evals", type=int, default=16, help="evaluation points per run")
@@ -176,11 +238,15 @@ def main() -> None:
         say(f"{key}: {X.shape[0]:,} x {X.shape[1]:,}")
         runs = []
         for t in recipes:
-            runs.append(run(X, labels, t, args.seed,
-                            (args.reference_evals or args.evals) if t == "reference" else args.evals,
-                            args.quick, args.device, args.precision,
-                            max_steps=args.reference_steps if t == "reference" else None, say=say,
-                            options=None if t == "reference" else args.fast_options))
+            if t == "fast" and "n_steps" not in (args.fast_options or {}):
+                runs.append(run_auto(X, labels, args.seed, args.quick, args.device, args.precision, say=say,
+                                     options=args.fast_options))
+            else:
+                runs.append(run(X, labels, t, args.seed,
+                                (args.reference_evals or args.evals) if t == "reference" else args.evals,
+                                args.quick, args.device, args.precision,
+                                max_steps=args.reference_steps if t == "reference" else None, say=say,
+                                options=None if t == "reference" else args.fast_options))
             # nothing lost if a long run dies: the finished runs are on disk
             write_text(stem.with_suffix(".json"), json.dumps({**previous, **results, key: {
                 "shape": list(X.shape), "runs": runs, "partial": True}}, indent=1))
@@ -203,8 +269,13 @@ def main() -> None:
             extra = (f" (first {r['measured_steps']:,} steps of {r['n_steps']:,}; all of them: "
                      f"{r['extrapolated_seconds']:.0f} s extrapolated)" if "measured_steps" in r else "")
             at = f"MSE at step {last['step']:,}" if "measured_steps" in r else "final MSE"
+            why = (f"; stopped after {r['n_steps']:,} steps: {r['stop_reason']}; held-out validation MSE "
+                   f"{r['validation'].get('mse', float('nan')):.4f}" if r.get("stop_reason") else "")
             say(f"{key}: {r['plan']}: {at} {last['mse']:.4f}, kNN {last['knn']:.3f}, "
-                f"{last['seconds']:.1f} s{extra}")
+                f"{last['seconds']:.1f} s{extra}{why}")
+        say(f"{key}: time ratio defaults / reference: {fast['curve'][-1]['seconds'] / total_ref:.3f}; "
+            f"final MSE ratio {fast['curve'][-1]['mse'] / target:.3f}; kNN difference "
+            f"{fast['curve'][-1]['knn'] - ref['curve'][-1]['knn']:+.3f}")
         what = (f"MSE at its step {ref['measured_steps']:,}" if "measured_steps" in ref else "final MSE")
         say(f"{key}: defaults reach the reference's {what} {target:.4f} in "
             + (f"{reach:.1f} s = {reach / total_ref:.3f} of the reference's {total_ref:.1f} s"

@@ -4,6 +4,7 @@ The benchmarks print figures and are not pass/fail tests; this only checks that 
 run to the end and write their result files (to a temporary directory).  They run in
 this process (one torch import for all); bench_memory still starts its own child."""
 import runpy
+import numpy as np
 import sys
 from pathlib import Path
 
@@ -60,6 +61,26 @@ def test_bench_convergence_trains_like_the_estimator(monkeypatch):
         mse = float(((fe.inverse_transform(fe.embedding_) - X) ** 2).mean())
         assert [p["step"] for p in res["curve"]] == [13, 27, 40]
         assert abs(res["curve"][-1]["mse"] - mse) <= 1e-5 * mse, (training, res["curve"][-1]["mse"], mse)
+
+
+def test_bench_convergence_defaults_are_the_estimator_with_its_stop(monkeypatch):
+    """The defaults' run of bench_convergence is FactorizedEmbeddings.fit with
+    n_steps='auto': the same stop step, reason and full-data MSE (NaN entries left out)."""
+    from conftest import planted
+    from factembed import FactorizedEmbeddings
+    monkeypatch.syspath_prepend(str(BENCH))
+    from bench_convergence import run_auto
+    X, labels = planted(n=64, m=90)
+    X = X.copy()
+    X[3, 5] = X[10, 7] = np.nan
+    res = run_auto(X, labels, seed=3, quick=True, say=lambda *a: None)
+    fe = FactorizedEmbeddings(gene_dim=8, hidden=(16, 8), n_steps="auto", random_state=3, device="cpu",
+                              verbose=False).fit(X, missing="ignore")
+    assert res["n_steps"] == fe.n_steps_ and res["stop_reason"] == fe.stop_reason_
+    seen = ~np.isnan(X)
+    mse = float(((fe.inverse_transform(fe.embedding_) - X)[seen] ** 2).mean())
+    assert abs(res["curve"][-1]["mse"] - mse) <= 1e-5 * mse
+    assert res["val_curve"] and res["val_curve"][-1]["step"] == fe.n_steps_
 
 
 def test_gpu_check_script_runs_its_cpu_quick_mode(tmp_path):
