@@ -9,7 +9,7 @@ import torch
 from _plain_mlp import plain_concat_mlp
 from factembed import FactorizedEmbeddings, FEConfig, auto_n_steps
 from factembed.model import FactorizedEmbeddingNet
-from factembed.recipes import FAST_MAX_STEPS, FAST_PASSES, fast_batch_shape, plan_training
+from factembed.recipes import AUTO_MAX_STEPS, fast_batch_shape, plan_training
 from factembed.train import BatchPlan, BatchSampler, GeneWalk, make_optimizer, train
 
 
@@ -88,14 +88,17 @@ def test_fast_recipe_plan_and_overrides():
     assert abs(b * bg - 4 * 19_962) <= b and 0.8 < (b / bg) / (10_344 / 19_962) < 1.25
     plan = plan_training(FEConfig(), 700, 765)
     assert plan.training == "fast" and plan.sample_lr == pytest.approx(10 * plan.lr)
-    assert plan.n_steps == int(np.ceil(FAST_PASSES * 700 * 765 / (plan.batch_samples * plan.batch_genes)))
-    # a TCGA-sized matrix: 20 passes would be 51,765 steps; capped at FAST_MAX_STEPS
-    big = plan_training(FEConfig(), 10_344, 19_962)
-    assert FAST_PASSES * 10_344 * 19_962 / (big.batch_samples * big.batch_genes) > 2 * FAST_MAX_STEPS
-    assert big.n_steps == FAST_MAX_STEPS == 25_000
-    # just under the cap: still 20 passes
-    mid = plan_training(FEConfig(), 4_000, 19_962)
-    assert mid.n_steps == int(np.ceil(FAST_PASSES * 4_000 * 19_962 / (mid.batch_samples * mid.batch_genes))) < 25_000
+    # its length: until the validation MSE is flat, at most AUTO_MAX_STEPS, at every size
+    for n, m in ((63, 2_308), (700, 765), (10_344, 19_962)):
+        p = plan_training(FEConfig(), n, m)
+        assert p.auto_stop and p.n_steps == AUTO_MAX_STEPS == 25_000
+        assert plan_training(FEConfig(n_steps="auto"), n, m) == p
+    # an explicit length: exactly that, no validation; the reference keeps its 40 passes
+    exact = plan_training(FEConfig(n_steps=1234), 700, 765)
+    assert not exact.auto_stop and exact.n_steps == 1234
+    ref = plan_training(FEConfig(training="reference"), 700, 765)
+    assert not ref.auto_stop and ref.n_steps == 7_000
+    assert plan_training(FEConfig(training="reference", n_steps="auto"), 700, 765).auto_stop
     # explicit values override the recipe
     p = plan_training(FEConfig(batch_samples=16, batch_genes=100, lr=1e-3, sample_lr_scale=3, n_steps=77), 700, 765)
     assert (p.batch_samples, p.batch_genes, p.lr, p.sample_lr, p.n_steps) == (16, 100, 1e-3, 3e-3, 77)
@@ -120,7 +123,8 @@ def test_fast_fit_trains_gene_subsets_and_reaches_the_planted_structure(planted_
     fe = FactorizedEmbeddings(gene_dim=16, hidden=(32, 16), random_state=0, verbose=False).fit(X)
     plan = fe.training_plan_
     assert plan.training == "fast" and plan.batch_genes is not None and plan.batch_genes < 300
-    assert fe.n_steps_ == plan.n_steps
+    assert plan.auto_stop and fe.n_steps_ == fe.history_["step"][-1] < plan.n_steps   # stopped by the rule
+    assert "stopped at step" in fe.stop_reason_
     acc = cross_val_score(KNeighborsClassifier(5), fe.embedding_, labels, cv=5).mean()
     assert acc > 0.9, acc
     rec = fe.inverse_transform(fe.embedding_)

@@ -17,15 +17,17 @@ pairs (figures and how they were measured: ``bench/README.md``, "Time to quality
 * **A larger step for the sample table**: ``sample_lr = 10 x lr``.  A sample embedding
   only moves when its sample is in the batch and holds 2 numbers pinned down by
   hundreds of genes; the gene table and the decoder keep ``lr``.
-* **Its own automatic length**: ``FAST_PASSES`` (20) passes over the (sample, gene)
-  pairs, half the reference's 40, clipped to 500..25,000 steps.  The number of steps the
-  recipe needs to reach the reference's final quality barely grew with the number of
-  samples on the data sets measured (about 1,300 steps on 271 samples, 1,500 on 700,
-  1,900 on 2,000), so large data sets are capped at ``FAST_MAX_STEPS`` rather than given
-  20 passes (a TCGA-sized 10,344 x 19,962 matrix would otherwise get 51,765 steps).
+* **Its own length: until converged** (``n_steps=None``, the default, or ``"auto"``).
+  A seeded hash of (sample, gene) holds out 1.5-5% of the entries (at least ~4,000) as
+  validation entries, left out of every step; their MSE is measured every 100 steps,
+  and training stops when it has not improved by 0.2% over 1,000 steps (never before
+  500 steps, at most ``AUTO_MAX_STEPS`` = 25,000), keeping the last state
+  (:mod:`factembed.validation` says why the last and not the best).  An explicit
+  ``n_steps=N`` trains exactly N steps without validation.  The pass-count rule this
+  replaces (20 passes over the pairs, 500..25,000 steps) never looked at the data: it
+  under-trained small cohorts (the 500-step floor) and over-trained TCGA-sized ones.
 
-``n_steps="auto"``: train until the validation MSE on held-out entries stops improving
-(:mod:`factembed.validation`; ``AUTO_MAX_STEPS`` at most).
+``training="reference"`` with ``n_steps="auto"`` stops the study's training the same way.
 
 Explicit ``batch_samples``, ``batch_genes``, ``lr``, ``sample_lr_scale`` and ``n_steps``
 override either recipe.
@@ -38,11 +40,6 @@ from dataclasses import dataclass
 
 from .config import FEConfig, auto_n_steps
 
-#: passes over the (sample, gene) pairs of the fast recipe's automatic ``n_steps``
-FAST_PASSES = 20
-FAST_MIN_STEPS = 500
-#: the fast recipe's automatic ``n_steps`` never exceeds this (the reference's cap: 100,000)
-FAST_MAX_STEPS = 25_000
 #: the fast recipe's sample-table learning rate, as a multiple of ``lr``
 FAST_SAMPLE_LR_SCALE = 10.0
 #: the most steps ``n_steps="auto"`` trains (it stops earlier when the validation MSE is flat)
@@ -73,7 +70,7 @@ def plan_training(cfg: FEConfig, n_samples: int, n_genes: int, world: int = 1) -
     """The :class:`TrainingPlan` of ``cfg`` for ``n_samples x n_genes`` data
     (``world`` ranks, each drawing ``batch_samples`` of its own shard per step)."""
     n, m, world = int(n_samples), int(n_genes), max(1, int(world))
-    auto = cfg.n_steps == "auto"
+    auto = cfg.n_steps == "auto" or (cfg.n_steps is None and cfg.training == "fast")
     explicit_steps = None if auto else cfg.n_steps
     lr = cfg.lr if cfg.lr is not None else REFERENCE_LR
     if cfg.training == "reference":
@@ -86,7 +83,7 @@ def plan_training(cfg: FEConfig, n_samples: int, n_genes: int, world: int = 1) -
     else:
         b, bg = fast_batch_shape(n // world, m, cfg.batch_samples, cfg.batch_genes)
         scale = cfg.sample_lr_scale if cfg.sample_lr_scale is not None else FAST_SAMPLE_LR_SCALE
-        n_steps = explicit_steps or fast_n_steps(n, m, b * world, bg or m)
+        n_steps = explicit_steps or AUTO_MAX_STEPS
     if auto:
         n_steps = AUTO_MAX_STEPS
     return TrainingPlan(cfg.training, int(b), bg, float(lr), float(lr * scale), int(n_steps), auto)
@@ -112,10 +109,3 @@ def fast_batch_shape(n: int, m: int, batch_samples: int | None = None,
     b = max(1, min(b, n))
     bg = max(min(32, m), min(bg, m))
     return b, (None if bg >= m else int(bg))
-
-
-def fast_n_steps(n: int, m: int, global_batch: int, batch_genes: int) -> int:
-    """``FAST_PASSES`` passes over the ``n x m`` pairs, clipped to
-    ``FAST_MIN_STEPS..FAST_MAX_STEPS`` (500..25,000) steps."""
-    steps = math.ceil(FAST_PASSES * n * m / max(1, global_batch * batch_genes))
-    return int(min(FAST_MAX_STEPS, max(FAST_MIN_STEPS, steps)))
