@@ -338,7 +338,9 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
             n_steps = history.step[-1]
         self._set_fitted(net, n_steps=n_steps, history=history.as_dict(), samples=samples, genes=genes)
         self.stop_reason_ = history.stop_reason
-        self.validation_ = None if validation is None else validation.scores(net)
+        self.validation_ = None if validation is None else dict(
+            validation.scores(net), seconds=round(history.val_seconds, 3),
+            share_of_training=round(history.val_seconds / max(1e-9, history.seconds[-1]), 4) if history.seconds else None)
         return self
 
     def _set_fitted(self, net: FactorizedEmbeddingNet, *, n_steps: int, history: dict,

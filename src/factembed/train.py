@@ -41,6 +41,8 @@ class History:
     val_loss: list[float] = field(default_factory=list)
     #: why training stopped (``n_steps="auto"``), else None
     stop_reason: str | None = None
+    #: seconds spent measuring the validation MSE (included in ``seconds``)
+    val_seconds: float = 0.0
 
     def as_dict(self) -> dict[str, list]:
         out = {"step": self.step, "loss": self.loss, "pearson_r": self.pearson_r,
@@ -357,7 +359,9 @@ def train(net: FactorizedEmbeddingNet, X: torch.Tensor | RowSource, *, n_steps: 
     stopped = False
 
     def validate(step: int) -> bool:
+        t_val = time.perf_counter()
         value = validation.mse(net)
+        history.val_seconds += time.perf_counter() - t_val
         if stop_rule is not None and stop_rule.keep == "best" and (not history.val_loss
                                                                   or value < min(history.val_loss)):
             validation.keep_best(net, step)      # a copy of the parameters: only when it is kept

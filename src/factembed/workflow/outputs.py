@@ -38,7 +38,9 @@ def validation_line(fe) -> str | None:
         parts.append(reason)
     if val:
         parts.append(f"held-out entries ({val['entries']:,}, {val['fraction']:.1%} of the matrix, never trained "
-                     f"on): MSE {val['mse']:.4g}, Pearson r {val['pearson_r']:.4f}")
+                     f"on): MSE {val['mse']:.4g}, Pearson r {val['pearson_r']:.4f}"
+                     + (f" (measuring it took {val['share_of_training']:.1%} of the training time)"
+                        if val.get("share_of_training") is not None else ""))
     return "; ".join(parts)
 
 
