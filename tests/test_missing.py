@@ -132,3 +132,26 @@ def test_evaluate_with_missing_values():
     assert np.isfinite(df["value"]).all()
     assert values[("pca", "knn_accuracy")] > 0.5 and values[("fe", "knn_accuracy")] > 0.5
     assert values[("fe", "train_steps")] == 200
+
+
+def test_training_figure_draws_the_validation_curve(tmp_path, monkeypatch):
+    from factembed import plot
+
+    figs = []
+    monkeypatch.setattr(plot, "_save", lambda fig, path, pdf: figs.append(fig) or [])
+    steps = list(range(1, 501))
+    hist = {"step": steps, "loss": [1.0 / s for s in steps], "pearson_r": [0.5] * 500,
+            "val_step": [100, 200, 300, 400, 500], "val_loss": [0.5, 0.4, 0.35, 0.36, 0.37]}
+    plot.plot_training_curves(hist, tmp_path / "t.png")
+    # history.csv's form: one val_loss column, NaN where it was not measured
+    col = [np.nan] * 500
+    for s, v in zip(hist["val_step"], hist["val_loss"]):
+        col[s - 1] = v
+    plot.plot_training_curves({k: hist[k] for k in ("step", "loss", "pearson_r")} | {"val_loss": col},
+                              tmp_path / "u.png")
+    for fig in figs:
+        line = [ln for ln in fig.axes[0].get_lines() if ln.get_label() == "held-out entries (validation)"]
+        assert len(line) == 1
+        assert list(line[0].get_xdata()) == hist["val_step"] and list(line[0].get_ydata()) == hist["val_loss"]
+        import matplotlib.pyplot as plt
+        plt.close(fig)
