@@ -155,3 +155,26 @@ def test_training_figure_draws_the_validation_curve(tmp_path, monkeypatch):
         assert list(line[0].get_xdata()) == hist["val_step"] and list(line[0].get_ydata()) == hist["val_loss"]
         import matplotlib.pyplot as plt
         plt.close(fig)
+
+
+def test_backed_fit_with_missing_values(tmp_path, capsys):
+    """--backed --missing ignore: NaN passes the block checks, the statistics are over the
+    observed values (the in-memory fit's gene means, which are NumPy's nanmean), and the
+    training loss stays finite (a NaN target that reached the loss would make it NaN)."""
+    X, _ = _hide(_low_rank(60, 40), 0.05)
+    np.save(tmp_path / "x.npy", X)
+    opts = ["--no-log", "--gene-dim", "8", "--hidden", "16,8", "--seed", "0", "--quiet", "--steps", "60",
+            "--keep-constant"]
+    assert main(["fit", str(tmp_path / "x.npy"), "-o", str(tmp_path / "b0"), "--backed", *opts]) != 0
+    assert "--missing ignore" in capsys.readouterr().err
+    assert main(["fit", str(tmp_path / "x.npy"), "-o", str(tmp_path / "b"), "--backed", "--missing", "ignore",
+                 *opts]) == 0
+    fe = FactorizedEmbeddings.load(tmp_path / "b")
+    assert np.isfinite(fe.history_["loss"]).all() and np.isfinite(fe.embedding_).all()
+    assert main(["fit", str(tmp_path / "x.npy"), "-o", str(tmp_path / "m"), "--missing", "ignore", *opts]) == 0
+    mem = FactorizedEmbeddings.load(tmp_path / "m")
+    pre_b = __import__("json").loads((tmp_path / "b" / "model.json").read_text())["extra"]["preprocessing"]
+    pre_m = __import__("json").loads((tmp_path / "m" / "model.json").read_text())["extra"]["preprocessing"]
+    np.testing.assert_allclose(pre_b["means"], pre_m["means"], rtol=1e-6)
+    np.testing.assert_allclose(pre_b["means"], np.nanmean(X, axis=0), rtol=1e-5)
+    assert mem.embedding_.shape == fe.embedding_.shape

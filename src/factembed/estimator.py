@@ -271,10 +271,15 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
             raise ValueError(f"missing must be 'error' or 'ignore', got {missing!r}")
         opened = None
         has_missing = False
-        if missing == "ignore" and (_is_row_source(X) or _is_sparse(X)
+        if missing == "ignore" and (_is_sparse(X) or (_is_row_source(X) and not hasattr(X, "allow_nan"))
                                     or (is_anndata(X) and (getattr(X, "isbacked", False) or _is_sparse(X.X)))):
             raise FEInputError("missing='ignore' needs a dense matrix (an array, a DataFrame or an in-memory "
-                               "AnnData with a dense X): sparse and backed input cannot hold missing values")
+                               "AnnData with a dense X) or a backed source of factembed.sources: sparse input "
+                               "cannot hold missing values")
+        restore_nan = None
+        if _is_row_source(X) and missing == "ignore":
+            # a backed source: NaN passes its block checks for this fit; every step is masked
+            restore_nan, X.allow_nan, has_missing = X.allow_nan, True, True
         if _is_row_source(X):
             # a backed (on-disk) source: validated block by block as it is read
             source, samples, genes = X, getattr(X, "samples", None), getattr(X, "genes", None)
@@ -331,6 +336,8 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
                                    validation=validation, stop_rule=stop_rule, missing=has_missing)
         finally:
             _close_opened(opened)     # a backed AnnData's file, opened here
+            if restore_nan is not None:
+                X.allow_nan = restore_nan
         history, lr = outcome.history, outcome.lr
         self.resumed_from_ = outcome.resumed_from
         self.lr_ = lr

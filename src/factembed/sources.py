@@ -114,6 +114,8 @@ class BackedSource:
                 raise FEInputError(f"{len(names)} {what} names for a matrix of shape {self.shape}", path)
         self.log10p1 = bool(log10p1)
         self.validate = bool(validate)
+        #: NaN values are missing values (``fit(source, missing="ignore")`` sets it), not errors
+        self.allow_nan = False
         self.memory_budget = memory_budget
         self.block_rows = block_rows
         self.blocks_per_window = blocks_per_window
@@ -187,7 +189,7 @@ class BackedSource:
 
     def _prepare(self, block: np.ndarray, a: int) -> None:
         if self.validate:
-            hit = first_bad_value(block, nonneg=self.log10p1)
+            hit = first_bad_value(block, nonneg=self.log10p1, allow_nan=self.allow_nan)
             if hit is not None:
                 i, j, v = hit
                 self._bad_value(v, a + i, j)
@@ -200,7 +202,9 @@ class BackedSource:
         gene = f"gene {str(self.genes[j])!r} (column {j})" if self.genes is not None else f"column {j}"
         if not math.isfinite(v):
             what = _nonfinite_name(v)
-            raise FEInputError(f"{sample}, {gene}: value is {what}; impute or drop it first", self.path)
+            remedy = dict(hint="or leave missing values out of training: fit(source, missing='ignore')",
+                          cli_hint="or leave missing values out of training: --missing ignore") if what == "NaN" else {}
+            raise FEInputError(f"{sample}, {gene}: value is {what}; impute or drop it first", self.path, **remedy)
         raise FEInputError(f"{sample}, {gene}: negative value {v:g} cannot be log10(x+1)-transformed",
                            self.path, hint="the data may already be on a log scale: open the source with log10p1=False",
                            cli_hint="the data may already be on a log scale: use --no-log")

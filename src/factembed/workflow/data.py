@@ -167,6 +167,7 @@ def open_backed(request: FitRequest):
     if log is None:
         log = not stored_as_log(source)
     source.log10p1 = bool(log)
+    source.allow_nan = request.missing == "ignore"
     return source, bool(log)
 
 

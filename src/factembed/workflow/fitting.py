@@ -39,9 +39,9 @@ def fit(request: FitRequest, echo: Echo = _stderr) -> FitResult | None:
                          "agree on the retry); use checkpoints and --resume with a smaller --lr")
     if request.missing not in ("error", "ignore"):
         raise ValueError(f"missing must be 'error' or 'ignore', got {request.missing!r}")
-    if request.missing == "ignore" and (request.backed or request.processes is not None):
-        raise FEInputError("--missing ignore is available for in-memory fits only (not with --backed or "
-                           "--distributed yet); impute the file first, or fit it in memory", request.data)
+    if request.missing == "ignore" and request.processes is not None:
+        raise FEInputError("--missing ignore is not available with --distributed yet; impute the file first, "
+                           "or fit it in one process (in memory or --backed)", request.data)
     if request.processes == UNDER_TORCHRUN:
         if request.prepared is None:            # a launcher of the user's: every rank checks
             check_output(request)
@@ -152,7 +152,8 @@ def _fit_backed(request: FitRequest, echo: Echo) -> FitResult:
             echo(f"training on {n:,} samples x {m:,} of {full.shape[1]:,} genes ({fitted.config.describe()})")
         fe = FactorizedEmbeddings.from_config(request.config)
         t0 = time.perf_counter()
-        fe.fit(source, sample_names=samples, gene_names=fitted.genes, **_checkpoint_kwargs(request))
+        fe.fit(source, sample_names=samples, gene_names=fitted.genes, missing=request.missing,
+               **_checkpoint_kwargs(request))
         seconds = time.perf_counter() - t0
         written = write_fit_outputs(fe, samples, full.labels, Path(request.output),
                                     _extra(request, fitted, seconds, backed=True), _title(request))
