@@ -207,3 +207,24 @@ def test_validation_entries_of_shards_are_those_of_the_whole_matrix():
         entries |= set(zip((part.rows + lo).tolist(), part.genes.tolist()))
         assert torch.equal(part.mask(torch.arange(hi - lo), None), whole.mask(torch.arange(lo, hi), None))
     assert entries == set(zip(whole.rows.tolist(), whole.genes.tolist()))
+
+
+def test_cli_fit_distributed_with_missing_values(tmp_path, capfd, monkeypatch):
+    """``--distributed 2 --backed --missing ignore``: NaN entries pass the ranks' block checks and
+    stay out of the loss (finite history), and the gathered model has every sample."""
+    from factembed import FactorizedEmbeddings
+    from factembed.cli import main
+    X, _ = planted(n=60, m=40)
+    X = np.abs(X)
+    X[np.random.default_rng(0).random(X.shape) < 0.05] = np.nan
+    np.save(tmp_path / "x.npy", X)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    args = ["fit", str(tmp_path / "x.npy"), "-o", str(tmp_path / "model"), "--distributed", "2", "--backed",
+            "--steps", "10", "--gene-dim", "4", "--hidden", "8", "--seed", "0", "--quiet", "--keep-constant"]
+    assert main(args) != 0                       # NaN without --missing ignore: refused by the ranks
+    capfd.readouterr()
+    rc = main(args + ["--missing", "ignore"])
+    captured = capfd.readouterr()
+    assert rc == 0, captured.err[-3000:]
+    fe = FactorizedEmbeddings.load(tmp_path / "model")
+    assert fe.embedding_.shape == (60, 2) and np.isfinite(fe.history_["loss"]).all()

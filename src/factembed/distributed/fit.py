@@ -58,7 +58,7 @@ def build_shard_net(n_total: int, n_genes: int, cfg: FEConfig, seed: int, lo: in
 
 def fit_distributed(source: Any, *, config: FEConfig | dict, n_total: int, lo: int,
                     samples: Any = None, genes: Any = None, checkpoint_dir: str | None = None,
-                    checkpoint_every: int = 1000, resume: bool = False) -> DistributedFit:
+                    checkpoint_every: int = 1000, resume: bool = False, missing: str = "error") -> DistributedFit:
     """Train on this rank's shard; call it on every rank of an initialised group.
 
     ``source`` holds this rank's rows ``lo:lo+len`` of the ``n_total`` samples: an
@@ -72,16 +72,23 @@ def fit_distributed(source: Any, *, config: FEConfig | dict, n_total: int, lo: i
     shard's embeddings, the replicated parameters, Adam's moments, its sampler) every
     ``checkpoint_every`` steps into ``checkpoint_dir/rank-r-of-w``; ``resume=True``
     continues every rank from the newest step that all ranks hold a valid checkpoint
-    of (a rank killed between two ranks' writes falls back to the one before)."""
+    of (a rank killed between two ranks' writes falls back to the one before).
+
+    ``missing="ignore"``: NaN entries are missing values, left out of every step's loss
+    (a backed source must let them through: ``allow_nan``)."""
     from ..estimator import FactorizedEmbeddings, _is_row_source, checkpoint_meta
     from ..recipes import plan_training
     from ..runner import batch_plan, make_checkpointer, run_training
 
     cfg = config if isinstance(config, FEConfig) else FEConfig(**config)
+    if missing not in ("error", "ignore"):
+        raise ValueError(f"missing must be 'error' or 'ignore', got {missing!r}")
     rank, world = dist.get_rank(), dist.get_world_size()
     if not _is_row_source(source):
         arr = source.detach().cpu().numpy() if isinstance(source, torch.Tensor) else np.asarray(source)
         source = as_float32_tensor(arr)
+    elif missing == "ignore" and hasattr(source, "allow_nan"):
+        source.allow_nan = True
     n_local, m = int(source.shape[0]), int(source.shape[1])
     hi = lo + n_local
     # every rank must agree on the shapes
@@ -137,7 +144,7 @@ def fit_distributed(source: Any, *, config: FEConfig | dict, n_total: int, lo: i
                            generator=gen, new_sampler=new_sampler, device=device, compute_dtype=dtype,
                            gene_chunk=cfg.gene_chunk, progress=cfg.verbose and rank == 0,
                            checkpointer=checkpointer, before_step=hook, resume_state=state,
-                           validation=validation, stop_rule=stop_rule)
+                           validation=validation, stop_rule=stop_rule, missing=missing == "ignore")
     history = outcome.history
     if plan.auto_stop and history.step:
         n_steps = history.step[-1]

@@ -39,9 +39,6 @@ def fit(request: FitRequest, echo: Echo = _stderr) -> FitResult | None:
                          "agree on the retry); use checkpoints and --resume with a smaller --lr")
     if request.missing not in ("error", "ignore"):
         raise ValueError(f"missing must be 'error' or 'ignore', got {request.missing!r}")
-    if request.missing == "ignore" and request.processes is not None:
-        raise FEInputError("--missing ignore is not available with --distributed yet; impute the file first, "
-                           "or fit it in one process (in memory or --backed)", request.data)
     if request.processes == UNDER_TORCHRUN:
         if request.prepared is None:            # a launcher of the user's: every rank checks
             check_output(request)
@@ -282,7 +279,7 @@ def fit_rank(request: FitRequest, echo: Echo = _stderr) -> FitResult | None:
         t0 = time.perf_counter()
         res = fit_distributed(rows, config=cfg, n_total=n, lo=lo, samples=samples, genes=fitted.genes,
                               checkpoint_dir=ck.directory_for(request.output), checkpoint_every=max(1, ck.every),
-                              resume=ck.resume)
+                              resume=ck.resume, missing=request.missing)
         seconds = time.perf_counter() - t0
         for src in to_close:
             src.close()
