@@ -141,3 +141,34 @@ def test_auto_steps_resume_after_a_crash_is_bitwise_and_stops_at_the_same_step(t
     assert np.array_equal(resumed.embedding_, full.embedding_)
     for k, v in full.net_.state_dict().items():
         assert torch.equal(v, resumed.net_.state_dict()[k]), k
+
+
+def test_stop_rule_decays_the_learning_rate_on_a_plateau_then_stops():
+    rule = StopRule(patience=300, tol=0.01, min_steps=200, decays=1, factor=0.1)
+    steps = list(range(100, 3100, 100))
+    # flat from step 800, a second drop after the decay at 1,100, flat again from 1,500
+    values = [1.0 / s if s <= 800 else (0.999 / 800 if s <= 1100 else 0.9 / 800 if s < 1500 else 0.85 / 800)
+              for s in steps]
+    assert rule.events(steps, values) == [("decay", 1100), ("stop", 1800)]
+    assert [rule.action(steps[:k], values[:k]) for k in range(1, len(steps) + 1)].count("decay") == 1
+    assert rule.action(steps[:11], values[:11]) == "decay" and rule.should_stop(steps[:18], values[:18])
+    assert not rule.should_stop(steps[:17], values[:17])
+    assert "learning rates x0.1 at step 1,100" in rule.reason(steps[:18], values[:18], True)
+    assert StopRule(patience=300, tol=0.01, min_steps=200).events(steps, values) == [("stop", 1100)]
+
+
+def test_train_multiplies_every_learning_rate_at_the_decay():
+    rng = np.random.default_rng(0)
+    X = torch.from_numpy(rng.normal(size=(40, 60)).astype(np.float32))
+    net = FactorizedEmbeddingNet(40, 60, 2, 8, (16,), generator=torch.Generator().manual_seed(0))
+    val = ValidationSet(TensorRows(X), seed=3, fraction=0.05, every=10)
+    from factembed.train import make_optimizer
+    opt = make_optimizer(net, 1e-2, 0.0, torch.device("cpu"), sample_lr=1e-1)
+    rule = StopRule(patience=50, tol=0.5, min_steps=20, decays=1)
+    hist, opt, _ = train(net, X, n_steps=2000, lr=1e-2, l2=0.0, batch_samples=8, generator=torch.Generator(),
+                         device=torch.device("cpu"), progress=False, optimizer=opt,
+                         sampler=BatchSampler(40, 8, torch.Generator().manual_seed(1)),
+                         validation=val, stop_rule=rule)
+    (kind, at), (last, end) = rule.events(hist.val_step, hist.val_loss)
+    assert kind == "decay" and last == "stop" and end == hist.step[-1] >= at + 50
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([1e-2, 1e-3])

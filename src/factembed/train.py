@@ -367,7 +367,11 @@ def train(net: FactorizedEmbeddingNet, X: torch.Tensor | RowSource, *, n_steps: 
             validation.keep_best(net, step)      # a copy of the parameters: only when it is kept
         history.val_step.append(step)
         history.val_loss.append(value)
-        return stop_rule is not None and stop_rule.should_stop(history.val_step, history.val_loss)
+        act = None if stop_rule is None else stop_rule.action(history.val_step, history.val_loss)
+        if act == "decay":                # a plateau before the stop: smaller steps, patience again
+            for group in optimizer.param_groups:
+                group["lr"] *= stop_rule.factor
+        return act == "stop"
 
     try:
         if on_cpu:

@@ -167,13 +167,20 @@ class StopRule:
     tol: float = 0.002
     min_steps: int = 500
     keep: str = "last"
+    #: learning-rate decays on a plateau before the stop: the first ``decays`` times the
+    #: curve is flat, every learning rate is multiplied by ``factor`` and the patience
+    #: starts again from that step
+    decays: int = 0
+    factor: float = 0.1
 
     def __post_init__(self) -> None:
         if self.keep not in ("last", "best"):
             raise ValueError(f"keep must be 'last' or 'best', got {self.keep!r}")
+        if self.decays < 0 or not 0 < self.factor < 1:
+            raise ValueError("decays must be >= 0 and factor within (0, 1)")
 
-    def should_stop(self, steps: list[int], values: list[float]) -> bool:
-        if not steps or steps[-1] < max(self.min_steps, self.patience):
+    def _flat(self, steps: list[int], values: list[float], since: int) -> bool:
+        if steps[-1] < max(self.min_steps, self.patience, since + self.patience):
             return False
         cut = steps[-1] - self.patience
         before = [v for s, v in zip(steps, values) if s <= cut]
@@ -182,11 +189,40 @@ class StopRule:
             return False
         return min(recent) > (1.0 - self.tol) * min(before)
 
+    def events(self, steps: list[int], values: list[float]) -> list[tuple[str, int]]:
+        """``("decay" | "stop", step)`` of the curve, replayed from its start: a pure
+        function of the curve, so a resumed run finds the same decays (its optimizer
+        state holds the decayed rates) and the same stop."""
+        out: list[tuple[str, int]] = []
+        since = 0
+        for k in range(1, len(steps) + 1):
+            if self._flat(steps[:k], values[:k], since):
+                if len(out) < self.decays:
+                    out.append(("decay", steps[k - 1]))
+                    since = steps[k - 1]
+                else:
+                    out.append(("stop", steps[k - 1]))
+                    break
+        return out
+
+    def action(self, steps: list[int], values: list[float]) -> str | None:
+        """What to do at the curve's last point: ``"decay"``, ``"stop"`` or None."""
+        if not steps:
+            return None
+        ev = self.events(steps, values)
+        return ev[-1][0] if ev and ev[-1][1] == steps[-1] else None
+
+    def should_stop(self, steps: list[int], values: list[float]) -> bool:
+        return self.action(steps, values) == "stop"
+
     def reason(self, steps: list[int], values: list[float], stopped: bool) -> str:
         if not steps:
             return "no validation"
         best = int(np.argmin(values))
+        decayed = [s for kind, s in self.events(steps, values) if kind == "decay"]
         if stopped:
             return (f"validation MSE improved less than {self.tol:.1%} over the last {self.patience:,} steps "
-                    f"(best {values[best]:.4g} at step {steps[best]:,}); stopped at step {steps[-1]:,}")
+                    f"(best {values[best]:.4g} at step {steps[best]:,}); stopped at step {steps[-1]:,}"
+                    + (f" (learning rates x{self.factor:g} at step{'s' if len(decayed) > 1 else ''} "
+                       f"{', '.join(f'{s:,}' for s in decayed)})" if decayed else ""))
         return f"reached the maximum of {steps[-1]:,} steps, validation MSE {values[-1]:.4g} (best {values[best]:.4g})"
