@@ -141,7 +141,6 @@ def run_auto(X, labels, seed: int, quick: bool, device: str = "cpu", precision: 
     Xt = torch.from_numpy(X).to(fe.net_.sample_embedding.device)
     point = {"step": fe.n_steps_, "seconds": round(seconds, 2), "mse": full_mse(fe.net_, Xt),
              "knn": knn_accuracy(fe.embedding_, labels)}
-    # validation cost: the fit's own clock around the steps that validated vs the others
     val = fe.validation_ or {}
     say(f"  fast (auto): {fe.n_steps_:,} steps  {seconds:8.1f} s  MSE {point['mse']:.4f}  kNN {point['knn']:.3f}  "
         f"validation MSE {val.get('mse', float('nan')):.4f}; {fe.stop_reason_}")
