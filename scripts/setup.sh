@@ -16,4 +16,15 @@ if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
     .venv/bin/python -m pip install -q "torch==2.13.0"
   fi
 fi
-.venv/bin/python -m pip install -q -e ".[dev]"
+.venv/bin/python -m pip install -q -e ".[dev,all]"
+# The browser tests of the interactive page drive Debian's headless Chromium with its own
+# chromedriver (no browser downloads); install them where missing and we may (root, apt).
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) \
+      >/dev/null 2>&1 || echo "setup.sh: could not install chromium; the browser tests will be skipped" >&2
+  else
+    echo "setup.sh: chromium/chromedriver not found (apt-get install chromium chromium-driver as root);" \
+         "the browser tests will be skipped" >&2
+  fi
+fi

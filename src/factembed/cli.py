@@ -174,7 +174,8 @@ def fit_request(args: argparse.Namespace, data: str | None = None):
                       read=_read_options(args), preprocessing=pre, checkpoints=ck,
                       backed=getattr(args, "backed", False), processes=getattr(args, "distributed", None),
                       title="FE of HSMM myoblasts (bundled demo)" if data == "demo" else None,
-                      overwrite=getattr(args, "overwrite", False), missing=getattr(args, "missing", "error"))
+                      overwrite=getattr(args, "overwrite", False), missing=getattr(args, "missing", "error"),
+                      html=not getattr(args, "no_html", False))
 
 
 def _print_fit(res, extra_line: str = "") -> None:
@@ -232,8 +233,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_transform(args: argparse.Namespace) -> int:
     from .workflow import transform
 
+    if args.html and args.distributed:
+        raise ValueError("--html is not made under --distributed torchrun: draw it afterwards with "
+                         "'factembed plot embedding MODEL OUTPUT -o page.html'")
     res = transform(args.model, args.data, args.output, read=_read_options(args), fill_missing=args.fill_missing,
-                    plot=args.plot, verbose=not args.quiet, distributed=args.distributed == "torchrun")
+                    plot=args.plot, verbose=not args.quiet, distributed=args.distributed == "torchrun",
+                    html=args.html)
     if res is not None:
         fill = ""
         if res.fill == "decoder":
@@ -351,7 +356,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_plot(args: argparse.Namespace) -> int:
     from . import plot
 
-    if args.kind == "evaluate":
+    if args.new is not None and args.kind != "embedding":
+        raise ValueError(f"factembed plot {args.kind} takes one input, got also {args.new!r}")
+    if args.kind == "embedding":
+        from .workflow.pages import model_page
+        written = [model_page(args.input, args.output or Path(args.input) / "embedding.html", args.new,
+                              title=args.title)]
+    elif args.kind == "evaluate":
         from .evaluate import evaluation_figures
         written = evaluation_figures(args.input, title=args.title)
     elif args.kind == "sweep":
@@ -390,6 +401,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("-o", "--output", required=True, help="model directory to write")
     f.add_argument("--overwrite", action="store_true",
                    help="replace the model (and remove the checkpoints) already in OUTPUT")
+    f.add_argument("--no-html", action="store_true",
+                   help="do not write the interactive page OUTPUT/embedding.html (it needs bokeh: "
+                        "pip install 'factembed[interactive]')")
     _add_read_options(f)
     sc = f.add_argument_group("scaling (see docs/scaling.md)")
     sc.add_argument("--backed", action="store_true",
@@ -434,6 +448,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "filling them with the decoder's values amounts to); 'means' fills absent genes with their "
                         "training means (NA values stay errors); warns either way")
     t.add_argument("--plot", default=None, help="also write a PNG of the new samples over the training embedding")
+    t.add_argument("--html", default=None, metavar="PAGE.html",
+                   help="also write the interactive page with the new samples over the training embedding "
+                        "(needs bokeh: pip install 'factembed[interactive]')")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.add_argument("--distributed", choices=("torchrun",), default=None,
                    help="'torchrun': run as one rank of a torchrun you started; the samples are split over "
@@ -523,10 +540,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="gene-embedding sizes (grid rows), comma separated (default 10,25,50,75,100,1000)")
     s.set_defaults(func=cmd_sweep)
 
-    pl = sub.add_parser("plot", help="redraw figures: of an evaluate/sweep directory, a speed CSV, a history CSV")
-    pl.add_argument("kind", choices=("evaluate", "sweep", "speed", "history"))
-    pl.add_argument("input", help="evaluate/sweep output directory, speed CSV (gene_dim,it_per_s) or history CSV")
-    pl.add_argument("-o", "--output", default=None, help="figure path without extension (speed, history)")
+    pl = sub.add_parser("plot", help="redraw figures: of an evaluate/sweep directory, a speed CSV, a history CSV; "
+                                     "the interactive page of a model ('embedding')")
+    pl.add_argument("kind", choices=("evaluate", "sweep", "speed", "history", "embedding"))
+    pl.add_argument("input", help="evaluate/sweep output directory, speed CSV (gene_dim,it_per_s), history CSV "
+                                  "or model directory (embedding)")
+    pl.add_argument("new", nargs="?", default=None,
+                    help="embedding: a table of new samples ('factembed transform' output) drawn over the model's")
+    pl.add_argument("-o", "--output", default=None, help="figure path without extension (speed, history); "
+                                                         "the page (embedding; default MODEL/embedding.html)")
     pl.add_argument("--title", default=None, help="figure title")
     pl.set_defaults(func=cmd_plot)
     return p

@@ -570,3 +570,14 @@ def plot_sweep_heatmap(table, path: str | os.PathLike, *, value: str = "accuracy
     cb.set_label(cbar_label or value)
     fig.tight_layout()
     return _save(fig, path, pdf)
+
+
+def interactive(fe, labels: Sequence | None = None, new=None, path: str | os.PathLike | None = None, **kw):
+    """The interactive HTML page of a fitted model (bokeh; the ``interactive`` extra):
+    hover, colour by annotation, new samples, gene search.  Returns the bokeh layout and
+    writes one self-contained HTML file when ``path`` is given.  ``new``: new samples'
+    embeddings (``fe.transform(X_new)``) or ``{"Z", "samples", "annotations"}``; more
+    keywords (``annotations=``, ``label_name=``, ``dims=``, ``k_genes=``, ``color_by=``):
+    :func:`factembed.interactive.page_from_estimator`."""
+    from .interactive import page_from_estimator
+    return page_from_estimator(fe, labels, new=new, path=path, **kw)

@@ -29,7 +29,7 @@ from .errors import FEInputError
 from .estimator import FactorizedEmbeddings
 from .runner import training_summary
 
-__all__ = ["fe", "fe_transform"]
+__all__ = ["fe", "fe_transform", "interactive"]
 
 _AUTO = "auto"
 
@@ -213,3 +213,34 @@ def _log10p1(mat: Any) -> Any:
         return CsrRows(X, mat.samples, mat.genes)
     mat.log10p1 = True
     return mat
+
+
+def interactive(adata: Any, model: FactorizedEmbeddings | None = None, key_added: str = "X_fe", *,
+                new: Any = None, path: str | os.PathLike | None = None, color_by: str | None = None, **kw):
+    """The interactive HTML page (:func:`factembed.plot.interactive`) of ``adata.obsm[key_added]``:
+    cells named by ``obs_names``, every ``obs`` column an annotation to colour by; the gene
+    view from ``model`` (the estimator :func:`fe` returned) or else ``varm[key_added]`` (genes
+    left out of the fit dropped); ``new``: another AnnData embedded with :func:`fe_transform`
+    (its ``obsm[key_added]`` drawn over the training cells)."""
+    from .interactive import embedding_page
+
+    _check_adata(adata)
+    if key_added not in adata.obsm:
+        raise FEInputError(f"adata.obsm has no {key_added!r}: run factembed.tl.fe(adata) first")
+    if model is not None:
+        G, genes = model.gene_embedding_, getattr(model, "feature_names_in_", None)
+    elif key_added in adata.varm:
+        G = np.asarray(adata.varm[key_added])
+        have = ~np.isnan(G).any(axis=1)
+        G, genes = G[have], np.asarray(adata.var_names)[have]
+    else:
+        G, genes = None, None
+    new_part = None
+    if new is not None:
+        _check_adata(new)
+        if key_added not in new.obsm:
+            raise FEInputError(f"new.obsm has no {key_added!r}: run factembed.tl.fe_transform(new, model) first")
+        new_part = {"Z": np.asarray(new.obsm[key_added]), "samples": list(new.obs_names),
+                    "annotations": new.obs.reset_index(drop=True)}
+    return embedding_page(np.asarray(adata.obsm[key_added]), list(adata.obs_names), adata.obs.reset_index(drop=True),
+                          gene_embedding=G, genes=genes, new=new_part, path=path, color_by=color_by, **kw)

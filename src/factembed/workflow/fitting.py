@@ -132,7 +132,7 @@ def _fit_in_memory(request: FitRequest, echo: Echo) -> FitResult:
            **_checkpoint_kwargs(request))
     seconds = time.perf_counter() - t0
     written = write_fit_outputs(fe, data.samples, data.labels, Path(request.output),
-                                _extra(request, fitted, seconds), _title(request))
+                                _extra(request, fitted, seconds), _title(request), html=request.html)
     return FitResult(fe, data.samples, data.labels, seconds, written, "memory", fe.resumed_from_,
                      data.n_samples, data.n_genes)
 
@@ -153,7 +153,7 @@ def _fit_backed(request: FitRequest, echo: Echo) -> FitResult:
                **_checkpoint_kwargs(request))
         seconds = time.perf_counter() - t0
         written = write_fit_outputs(fe, samples, full.labels, Path(request.output),
-                                    _extra(request, fitted, seconds, backed=True), _title(request))
+                                    _extra(request, fitted, seconds, backed=True), _title(request), html=request.html)
         return FitResult(fe, samples, full.labels, seconds, written, "backed", fe.resumed_from_, n, m)
     finally:
         full.close()
@@ -290,7 +290,7 @@ def fit_rank(request: FitRequest, echo: Echo = _stderr) -> FitResult | None:
         details = dict(fe.distributed_, allreduce_seconds=res.allreduce_seconds, resumed_from=res.resumed_from)
         written = write_fit_outputs(fe, samples, labels, Path(request.output),
                                     _extra(request, fitted, seconds, backed=bool(request.backed),
-                                           distributed=details), _title(request))
+                                           distributed=details), _title(request), html=request.html)
         dist.barrier()
         return FitResult(fe, samples, labels, seconds, written, "distributed", res.resumed_from, n, m, details)
     finally:

@@ -80,8 +80,9 @@ def label_knn(Z: np.ndarray, labels: Any, max_samples: int = 20_000, seed: int =
     return knn_accuracy(Z, labels)
 
 
-def write_fit_outputs(fe, samples, labels, out: Path, extra: dict, title: str) -> list[Path]:
-    """Model, embedding table, history table and the two figures, into ``out``.  When
+def write_fit_outputs(fe, samples, labels, out: Path, extra: dict, title: str, *, html: bool = True) -> list[Path]:
+    """Model, embedding table, history table, the two figures and (``html``, when bokeh is
+    installed; a warning otherwise) the interactive ``embedding.html``, into ``out``.  When
     the samples have labels, their 5-fold kNN accuracy from the embedding is written on
     the embedding figure and recorded as ``extra["knn_accuracy"]`` / ``["knn_chance"]``."""
     import pandas as pd
@@ -113,7 +114,26 @@ def write_fit_outputs(fe, samples, labels, out: Path, extra: dict, title: str) -
     written += plot_embedding(fe.embedding_, labels, out / "embedding.png", title=title,
                               label_name=label_name, note=note)
     written += plot_training_curves(fe.history_, out / "training.png", title=title)
+    if html:
+        written += write_fit_page(fe, samples, labels, out / "embedding.html", label_name, title)
     return written
+
+
+def write_fit_page(fe, samples, labels, path: Path, label_name: str, title: str) -> list[Path]:
+    """The interactive page of a fit (``[path]``), or ``[]`` with a one-line warning when
+    bokeh is not installed: the rest of the fit's outputs do not depend on it."""
+    import warnings
+
+    from ..errors import FEWarning
+    from ..interactive import INSTALL_HINT, MissingBokeh, page_from_estimator
+
+    try:
+        page_from_estimator(fe, labels, label_name=label_name, samples=samples, path=path, title=title)
+    except MissingBokeh:
+        warnings.warn(FEWarning(f"{path.name} not written: the interactive page needs bokeh ({INSTALL_HINT})"),
+                      stacklevel=2)
+        return []
+    return [path]
 
 
 def _extra(request: FitRequest, fitted, seconds: float, **more) -> dict:

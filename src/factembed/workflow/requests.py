@@ -99,6 +99,7 @@ class FitRequest:
     prepared: dict | None = None              # set by fit() for the ranks it launches
     overwrite: bool = False                   # replace a model already in ``output``
     missing: str = "error"                    # "ignore": NaN values are left out of training
+    html: bool = True                         # also write embedding.html (needs bokeh; skipped without)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -112,7 +113,8 @@ class FitRequest:
                    read=ReadOptions(**d["read"]), preprocessing=PreprocessingOptions(**d["preprocessing"]),
                    checkpoints=CheckpointOptions(**d["checkpoints"]), backed=bool(d["backed"]),
                    processes=d.get("processes"), title=d.get("title"), prepared=d.get("prepared"),
-                   overwrite=bool(d.get("overwrite", False)), missing=d.get("missing", "error"))
+                   overwrite=bool(d.get("overwrite", False)), missing=d.get("missing", "error"),
+                   html=bool(d.get("html", True)))
 
     @property
     def data_name(self) -> str:

@@ -51,14 +51,16 @@ def _report_missing(raw, d, pre, mode: str | None) -> tuple[int, int]:
 
 def transform(model: str, data: str, output: str, *, read: ReadOptions | None = None,
               fill_missing: bool | str = False, plot: str | None = None, verbose: bool = True,
-              distributed: bool = False) -> TransformResult | None:
+              distributed: bool = False, html: str | None = None) -> TransformResult | None:
     """Embed the samples of ``data`` into the model at ``model`` and write the table
     (``.csv``/``.tsv``) or ``.h5ad`` to ``output``; ``plot``: a PNG of the new samples over
     the training embedding.  ``fill_missing``: ``"decoder"`` (or ``True``) embeds each
     sample from its observed values only, so the genes the file lacks and its NA values
     are left out (which is what filling them with the decoder's values at the sample's
     embedding amounts to: they then add no error); ``"means"`` fills absent genes with
-    their training means (NA values stay errors).  ``distributed=True``: run as one
+    their training means (NA values stay errors).  ``html``: the interactive page
+    (:func:`~factembed.workflow.pages.model_page`) with the new samples drawn over the
+    training embedding.  ``distributed=True``: run as one
     rank under torchrun (the rows are split over the ranks; rank 0 writes, the others
     return ``None``)."""
     from ..io import write_embedding_h5ad, write_embedding_table
@@ -86,6 +88,11 @@ def transform(model: str, data: str, output: str, *, read: ReadOptions | None = 
                                   label_name=read.label_column if read and read.label_column
                                   else extra.get("label_column")
                                   or ("time point" if extra.get("source") == "demo" else "label"))
+    if html:
+        from .pages import _label_name, model_page
+        new = {"Z": Z, "samples": d.samples,
+               "annotations": None if d.labels is None else {_label_name(fe): [str(v) for v in d.labels]}}
+        written.append(model_page(model, html, fe=fe, new=new))
     return TransformResult(Z, d, fe, written, mode, absent, n_nan)
 
 
