@@ -172,3 +172,46 @@ def test_train_multiplies_every_learning_rate_at_the_decay():
     (kind, at), (last, end) = rule.events(hist.val_step, hist.val_loss)
     assert kind == "decay" and last == "stop" and end == hist.step[-1] >= at + 50
     assert [g["lr"] for g in opt.param_groups] == pytest.approx([1e-2, 1e-3])
+
+
+def test_measured_entries_are_spread_over_many_samples_with_a_cap_per_sample():
+    """A large matrix: the measured entries come from ``max_rows`` samples, at most
+    ceil(max_entries / max_rows) each, all of them held-out entries, and the choice is
+    deterministic (not the first samples' whole rows)."""
+    rng = np.random.default_rng(0)
+    X = torch.from_numpy(rng.normal(size=(500, 400)).astype(np.float32))
+    X[3, :200] = float("nan")
+    kw = dict(seed=5, fraction=0.05, max_entries=2_000, max_rows=200)
+    val = ValidationSet(TensorRows(X), **kw)
+    assert 1_980 <= len(val) <= 2_000        # row 3 (half NaN) may hold fewer than 10
+    rows, counts = torch.unique(val.rows, return_counts=True)
+    assert len(rows) == 200 and int(counts.max()) <= 10          # 2,000 / 200 per sample
+    order = torch.randperm(500, generator=torch.Generator().manual_seed(5))[:200]
+    assert set(rows.tolist()) == set(order.tolist())
+    assert torch.all(held_out(val.rows, None, 400, 5, 0.05)[torch.arange(len(val)), val.genes])
+    assert torch.equal(val.targets, X[val.rows, val.genes]) and not torch.isnan(val.targets).any()
+    again = ValidationSet(TensorRows(X), **kw)
+    assert torch.equal(again.rows, val.rows) and torch.equal(again.genes, val.genes)
+    # the kept entries of a sample are not simply its lowest gene indices
+    first = val.genes[val.rows == rows[0]]
+    every = held_out(rows[:1], None, 400, 5, 0.05)[0].nonzero().flatten()
+    assert len(every) > len(first) and not torch.equal(first.sort().values, every[:len(first)])
+    # a small matrix: every held-out entry is measured
+    small = ValidationSet(TensorRows(X[:40]), seed=5, fraction=0.05)
+    assert len(small) == int((held_out(torch.arange(40), None, 400, 5, 0.05) & ~torch.isnan(X[:40])).sum())
+
+
+def test_stop_rule_events_incremental_scan_equals_a_fresh_replay():
+    """The loop calls ``events`` at every point; the incremental scan must give what a
+    fresh rule replaying the whole curve gives, also when a curve is not an extension."""
+    rng = np.random.default_rng(1)
+    for trial in range(20):
+        steps = list(range(100, 6100, 100))
+        values = list(np.exp(-np.arange(60) / rng.uniform(3, 30)) + rng.normal(0, 0.01, 60) + 1.0)
+        rule = StopRule(patience=500, tol=0.01, min_steps=300, decays=int(trial % 3))
+        for k in range(1, len(steps) + 1):
+            assert rule.events(steps[:k], values[:k]) == StopRule(patience=500, tol=0.01, min_steps=300,
+                                                                  decays=int(trial % 3)).events(steps[:k], values[:k])
+        other = values[:30] + [v * 0.5 for v in values[30:]]          # same rule, a different curve
+        assert rule.events(steps, other) == StopRule(patience=500, tol=0.01, min_steps=300,
+                                                     decays=int(trial % 3)).events(steps, other)
