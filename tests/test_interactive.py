@@ -274,6 +274,7 @@ def test_gene_search_highlights_the_gene_and_its_neighbours(page):
     assert selected == [gene] + [int(j) for j in fe.similar_genes(gene, k=10).index]
     labels = _js_model(d, "fe_gene_highlight", "Array.from(m.data.gene)")
     assert labels == [str(j) for j in selected]
+    assert _js_model(d, "fe_gene_found", "m.text") == "nearest genes: " + ", ".join(labels[1:])
 
 
 def test_new_samples_have_their_own_marker_and_nearest_training_samples(page):

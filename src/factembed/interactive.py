@@ -324,7 +324,7 @@ def _new_samples(p, new: Mapping, Z_train, train_names, dx, dy, k_nearest, colum
 
 
 def _gene_view(G, genes, k: int, controls: list):
-    from bokeh.models import AutocompleteInput, ColumnDataSource, CustomJS, HoverTool, LabelSet
+    from bokeh.models import AutocompleteInput, ColumnDataSource, CustomJS, Div, HoverTool, LabelSet
     from bokeh.plotting import figure
 
     G = np.asarray(G)
@@ -336,30 +336,36 @@ def _gene_view(G, genes, k: int, controls: list):
     nb = gene_neighbours(G, k)
     src = ColumnDataSource({"x": P[:, 0].astype(np.float32), "y": P[:, 1].astype(np.float32), "gene": names},
                            name=GENE_SOURCE)
-    hi = ColumnDataSource({"x": [], "y": [], "gene": [], "role": []}, name="fe_gene_highlight")
+    hi = ColumnDataSource({"x": [], "y": [], "gene": [], "text": []}, name="fe_gene_highlight")
     g = figure(title=f"gene embedding ({m:,} genes, PCA)", output_backend="webgl", width=520, height=600,
                tools="pan,wheel_zoom,box_select,reset,save", active_scroll="wheel_zoom", name="fe_gene_plot",
                x_axis_label="gene PC1", y_axis_label="gene PC2")
     r = g.scatter("x", "y", source=src, size=4 if m > 2_000 else 6, color="#7f7f7f", alpha=0.6, line_width=0,
                   selection_color="#d62728", selection_alpha=1.0, nonselection_alpha=0.25, name="fe_gene_points")
     g.scatter("x", "y", source=hi, size=9, fill_color=None, line_color="#d62728", line_width=2)
-    g.add_layout(LabelSet(x="x", y="y", text="gene", source=hi, x_offset=5, y_offset=3, text_font_size="9pt"))
+    g.add_layout(LabelSet(x="x", y="y", text="text", source=hi, x_offset=6, y_offset=4, text_font_size="10pt",
+                          text_font_style="bold"))
     g.add_tools(HoverTool(renderers=[r], tooltips=[("gene", "@gene")]))
     search = AutocompleteInput(title=f"find a gene (highlights it and its {nb.shape[1]} nearest genes)",
                                completions=names, case_sensitive=False, min_characters=1, width=320,
                                name="fe_gene_search", placeholder="gene name")
-    search.js_on_change("value", CustomJS(args=dict(src=src, hi=hi, nb=nb.ravel(), k=nb.shape[1]), code="""
+    found = Div(text="", name="fe_gene_found", width=520)
+    search.js_on_change("value", CustomJS(args=dict(src=src, hi=hi, nb=nb.ravel(), k=nb.shape[1], found=found), code="""
         const names = src.data.gene;
         const want = cb_obj.value.trim().toLowerCase();
         const j = names.findIndex((s) => s.toLowerCase() === want);
-        if (j < 0) { src.selected.indices = []; hi.data = {x: [], y: [], gene: [], role: []}; return; }
+        if (j < 0) {
+            src.selected.indices = []; hi.data = {x: [], y: [], gene: [], text: []};
+            found.text = want ? "no gene named " + cb_obj.value : ""; return;
+        }
         const idx = [j];
         for (let t = 0; t < k; t++) idx.push(nb[j * k + t]);
         src.selected.indices = idx;
         hi.data = {x: idx.map((i) => src.data.x[i]), y: idx.map((i) => src.data.y[i]),
-                   gene: idx.map((i) => names[i]), role: idx.map((i, t) => t === 0 ? "gene" : "neighbour")};
+                   gene: idx.map((i) => names[i]), text: idx.map((i, t) => t === 0 ? names[i] : "")};
+        found.text = "nearest genes: " + idx.slice(1).map((i) => names[i]).join(", ");
     """))
-    controls.append(search)
+    controls.extend([search, found])
     return g
 
 
