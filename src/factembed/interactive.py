@@ -184,7 +184,7 @@ def embedding_page(Z: np.ndarray, samples: Sequence | None = None, annotations: 
         if _column_kind(values) == "continuous":
             v = values.to_numpy(dtype=np.float64)
             data[key] = v.astype(np.float32)
-            columns[str(col)] = {"key": key, "kind": "continuous", "colors": _continuous_colors(v)}
+            columns[str(col)] = {"key": key, "kind": "continuous"}
             tooltips.append((str(col), f"@{key}"))
         else:
             codes, classes = _categorical(values)
@@ -217,12 +217,11 @@ def embedding_page(Z: np.ndarray, samples: Sequence | None = None, annotations: 
                 rends.append(r)
                 items.append(LegendItem(label=cls, renderers=[r]))
         else:
-            src_col = f"c_{spec['key']}"
-            source.data[src_col] = spec["colors"]
-            r = p.scatter("x", "y", source=source, size=size, color=src_col, alpha=0.8, line_width=0,
-                          visible=False, name=f"fe_class::{col}::")
+            v = ann[col].to_numpy(dtype=float)
+            lo, hi = (float(np.nanmin(v)), float(np.nanmax(v))) if np.isfinite(v).any() else (0.0, 1.0)
+            r = p.scatter("x", "y", source=source, size=size, color=_continuous_mapper(spec["key"], lo, hi),
+                          alpha=0.8, line_width=0, visible=False, name=f"fe_class::{col}::")
             rends.append(r)
-            lo, hi = np.nanmin(ann[col].to_numpy(dtype=float)), np.nanmax(ann[col].to_numpy(dtype=float))
             items.append(LegendItem(label=f"{col}: {lo:.3g} (dark) to {hi:.3g} (light)", renderers=[r]))
         groups[col] = [rends, items]
     plain = p.scatter("x", "y", source=source, size=size, color="#4d4d4d", alpha=0.8, line_width=0,
@@ -287,15 +286,15 @@ def _class_colors(classes: Sequence[str]) -> list[str]:
     return [_hex(pal[c]) if c in pal else "#b0b0b0" for c in classes]
 
 
-def _continuous_colors(v: np.ndarray) -> np.ndarray:
+def _continuous_mapper(field: str, lo: float, hi: float):
+    """Colour of a numeric column: viridis, dark to light (as the PNGs' ordered palette:
+    its lightest 15% left out), missing values grey; computed in the browser."""
     import matplotlib
+    from bokeh.transform import linear_cmap
 
-    lo, hi = np.nanmin(v) if np.isfinite(v).any() else 0.0, np.nanmax(v) if np.isfinite(v).any() else 1.0
-    t = (v - lo) / (hi - lo) if hi > lo else np.zeros_like(v)
-    rgba = matplotlib.colormaps["viridis"](np.nan_to_num(t, nan=0.0) * 0.85)
-    out = np.asarray([_hex(c) for c in rgba], dtype=object)
-    out[~np.isfinite(v)] = "#b0b0b0"
-    return out
+    cmap = matplotlib.colormaps["viridis"]
+    palette = [_hex(cmap(t)) for t in np.linspace(0.0, 0.85, 218)]
+    return linear_cmap(field, palette, lo, hi if hi > lo else lo + 1.0, nan_color="#b0b0b0")
 
 
 def _new_samples(p, new: Mapping, Z_train, train_names, dx, dy, k_nearest, columns):
