@@ -38,7 +38,9 @@ def test_fe_and_pca_above_chance(tmp_path):
     res = ev.evaluate(data, methods=["fe", "pca"], dims=[2], n_folds=3, fe_config=TINY_FE, output=tmp_path,
                       progress=False)
     df = res["results"]
-    assert list(df.columns) == ["fold", "method", "dim", "metric", "value"]
+    # issue 21: every row names its task ("label" here, "embedding" for the task-independent rows)
+    assert list(df.columns) == ["fold", "method", "dim", "task", "metric", "value"]
+    assert set(df.task) == {"label", "embedding"}
     # one row per fold x method x dim x metric; reconstruction r only for FE
     counts = df.groupby(["method", "dim", "metric"]).size()
     assert (counts == 3).all()

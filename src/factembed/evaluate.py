@@ -1,22 +1,27 @@
 """Leakage-free evaluation of sample embeddings: FE vs PCA vs UMAP.
 
-Stratified k-fold cross-validation over a grid of (fold, method, dimension).  For one
-grid cell the *training fold only* is used to
+Stratified k-fold cross-validation over a grid of (fold, method, dimension), scored on
+one or more auxiliary tasks (classification, regression, survival:
+:mod:`factembed.evaluate_tasks`).  For one grid cell the *training fold only* is used to
 
 * fit the preprocessing (kept genes: constant genes dropped, optional top-variable
   selection, their statistics),
 * fit the embedding method (FE: ``fit``; PCA: ``fit``; UMAP: ``fit``),
-* fit the classifiers on the training-fold embedding (kNN, logistic regression, a
-  small MLP; scaling inside the classifier pipelines is fitted there too);
+* fit every task's models on the training-fold embedding (classifiers, regressors, the
+  Cox model; scaling inside their pipelines is fitted there too);
 
 and the test fold is embedded only through the method's own out-of-sample path
 (FE: :meth:`FactorizedEmbeddings.transform`, i.e. inference with the model frozen;
-PCA: projection; UMAP: ``transform``), then scored.
+PCA: projection; UMAP: ``transform``), then scored.  The embeddings of a cell are
+computed once and reused by every task.
 
-Metrics (one tidy row each: ``fold, method, dim, metric, value``):
+Metrics (one tidy row each: ``fold, method, dim, task, metric, value``; the task's own
+metrics are listed in :mod:`factembed.evaluate_tasks`; ``c_index_pooled``,
+``c_index_low``, ``c_index_high`` have ``fold = -1``: the pooled test predictions of all
+folds and their bootstrap 95% interval):
 
-``knn_accuracy``, ``logreg_accuracy``, ``mlp_accuracy``
-    accuracy on the test fold of a classifier trained on the training-fold embedding.
+``knn_accuracy``, ``logreg_accuracy``, ``mlp_accuracy`` (and ``_balanced_accuracy``, ``_macro_f1``)
+    of a classification task, on the test fold, classifier trained on the training-fold embedding.
 ``distance_r``
     Pearson r between Euclidean distances in expression space (the preprocessed test
     profiles) and in the embedding, over a fixed random sample of pairs of test
@@ -26,6 +31,8 @@ Metrics (one tidy row each: ``fold, method, dim, metric, value``):
     inferred embeddings (all entries pooled).
 ``fit_seconds``, ``embed_seconds``
     wall time of fitting on the training fold / embedding the test fold.
+
+The task-independent rows (``distance_r``, ``recon_r``, the seconds) have ``task = "embedding"``.
 
 The method ``full`` (not in the default list) is a reference: the classifiers on the
 whole preprocessed profile; its ``dim`` is the number of input genes.
@@ -44,13 +51,21 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ._files import atomic_output, write_text_atomic
+from . import evaluate_tasks as _tasks
 from .config import FEConfig
+from .evaluate_tasks import TaskSpec, make_classifier, make_folds, parse_task  # noqa: F401 (public here)
 
 DEFAULT_DIMS = (2, 4, 8, 16, 32, 64)
 DEFAULT_METHODS = ("fe", "pca", "umap")
 CLASSIFIERS = ("knn", "logreg", "mlp")
 ACCURACY_METRICS = tuple(f"{c}_accuracy" for c in CLASSIFIERS)
-METRIC_ORDER = ACCURACY_METRICS + ("distance_r", "recon_r", "fit_seconds", "embed_seconds")
+METRIC_ORDER = (ACCURACY_METRICS + tuple(f"{c}_{m}" for m in ("balanced_accuracy", "macro_f1") for c in CLASSIFIERS)
+                + ("c_index", "c_index_pooled", "c_index_low", "c_index_high")
+                + tuple(f"{r}_{m}" for m in ("r2", "spearman_r") for r in _tasks.REGRESSORS)
+                + ("distance_r", "recon_r", "n_test", "fit_seconds", "embed_seconds"))
+#: the task of the rows that do not depend on a task (distances, reconstruction, times)
+EMBEDDING_TASK = "embedding"
+COLUMNS = ["fold", "method", "dim", "task", "metric", "value"]
 
 
 # --------------------------------------------------------------------------
@@ -198,48 +213,9 @@ def pair_distances(Z: np.ndarray, pairs: tuple[np.ndarray, np.ndarray]) -> np.nd
     return np.sqrt(((Z[i] - Z[j]) ** 2).sum(1))
 
 
-def make_classifier(kind: str, seed: int):
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.neighbors import KNeighborsClassifier
-    from sklearn.neural_network import MLPClassifier
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-    if kind == "knn":
-        return KNeighborsClassifier(n_neighbors=5)
-    if kind == "logreg":
-        return make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000))
-    if kind == "mlp":
-        return make_pipeline(StandardScaler(), MLPClassifier(hidden_layer_sizes=(64,), alpha=1e-3,
-                                                             max_iter=1000, random_state=seed))
-    raise ValueError(f"unknown classifier {kind!r}")
-
-
-def classifier_accuracies(Z_train, y_train, Z_test, y_test, seed: int) -> dict[str, float]:
-    out = {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # convergence warnings of the MLP / logistic regression
-        for kind in CLASSIFIERS:
-            clf = make_classifier(kind, seed)
-            clf.fit(Z_train, y_train)
-            out[f"{kind}_accuracy"] = float(np.mean(clf.predict(Z_test) == y_test))
-    return out
-
-
 # --------------------------------------------------------------------------
 # folds and the grid
 # --------------------------------------------------------------------------
-
-
-def make_folds(labels: np.ndarray, n_folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Stratified k-fold (shuffled with ``seed``): list of (train index, test index)."""
-    from sklearn.model_selection import StratifiedKFold
-    labels = np.asarray(labels)
-    _, counts = np.unique(labels, return_counts=True)
-    if counts.min() < n_folds:
-        warnings.warn(f"the smallest class has {counts.min()} samples, fewer than {n_folds} folds; "
-                      "some test folds will lack it", stacklevel=2)
-    skf = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-    return [(np.asarray(tr), np.asarray(te)) for tr, te in skf.split(np.zeros(len(labels)), labels)]
 
 
 @dataclass(frozen=True)
@@ -253,7 +229,7 @@ class Task:
 class EvalContext:
     """Everything a worker needs (pickled once per worker process)."""
     X: np.ndarray
-    labels: np.ndarray
+    tasks: list                     # evaluate_tasks.Task
     samples: np.ndarray
     genes: np.ndarray
     folds: list
@@ -288,10 +264,9 @@ def _fold_data(ctx: EvalContext, fold: int):
     test = ExpressionData(ctx.X[te], ctx.samples[te], ctx.genes)
     if ctx.missing != "ignore":
         fitted = ctx.preprocessing.fit(train)
-        return fitted.apply(train).X, fitted.apply(test).X, ctx.labels[tr], ctx.labels[te]
+        return fitted.apply(train).X, fitted.apply(test).X
     fitted = ctx.preprocessing.fit(train, allow_nan=True)
-    return (fitted.apply(train, allow_nan=True).X, fitted.apply(test, allow_nan=True).X,
-            ctx.labels[tr], ctx.labels[te])
+    return fitted.apply(train, allow_nan=True).X, fitted.apply(test, allow_nan=True).X
 
 
 def fill_with_train_means(X_tr: np.ndarray, X_te: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -305,9 +280,11 @@ def fill_with_train_means(X_tr: np.ndarray, X_te: np.ndarray) -> tuple[np.ndarra
 
 
 def run_task(task: Task, ctx: EvalContext) -> tuple[list[dict], dict]:
-    """Fit one (fold, method, dim) cell; return its tidy rows and, for ``ctx.keep_fold``,
-    the sampled distances and the embeddings (for the figures)."""
-    X_tr, X_te, y_tr, y_te = _fold_data(ctx, task.fold)
+    """Fit one (fold, method, dim) cell and score every task on its embeddings; return its
+    tidy rows and extras: for ``ctx.keep_fold`` the sampled distances and the embeddings
+    (for the figures), and (``"_pred"``) the survival tasks' test-fold risks."""
+    X_tr, X_te = _fold_data(ctx, task.fold)
+    tr, te = ctx.folds[task.fold]
     cls = ctx.extra_embedders.get(task.method) or EMBEDDERS.get(task.method)
     if cls is None:
         raise ValueError(f"unknown method {task.method!r} (known: {', '.join(EMBEDDERS)})")
@@ -321,7 +298,14 @@ def run_task(task: Task, ctx: EvalContext) -> tuple[list[dict], dict]:
     t1 = time.perf_counter()
     Z_te = np.asarray(emb.transform(X_te if own else F_te))
     t2 = time.perf_counter()
-    metrics = classifier_accuracies(Z_tr, y_tr, Z_te, y_te, seed)
+    rows, preds = [], {}
+    for t in ctx.tasks:
+        scores, pred = _tasks.score_task(t, tr, te, Z_tr, Z_te, seed, classifiers=CLASSIFIERS)
+        rows += [{"fold": task.fold, "method": task.method, "dim": task.dim, "task": t.name, "metric": k,
+                  "value": float(v)} for k, v in scores.items()]
+        if pred is not None:
+            preds[t.name] = {**pred, "fold": task.fold}
+    metrics = {}
     pairs = sample_pairs(len(X_te), ctx.n_pairs, seed=ctx.seed * 7919 + task.fold)
     d_expr = pair_distances(F_te, pairs)
     d_emb = pair_distances(Z_te, pairs)
@@ -329,14 +313,16 @@ def run_task(task: Task, ctx: EvalContext) -> tuple[list[dict], dict]:
     metrics.update(emb.extra_metrics(X_te if own else F_te, Z_te))
     metrics["fit_seconds"] = t1 - t0
     metrics["embed_seconds"] = t2 - t1
-    rows = [{"fold": task.fold, "method": task.method, "dim": task.dim, "metric": k, "value": float(v)}
-            for k, v in metrics.items()]
-    extras = {}
+    rows += [{"fold": task.fold, "method": task.method, "dim": task.dim, "task": EMBEDDING_TASK, "metric": k,
+              "value": float(v)} for k, v in metrics.items()]
+    extras: dict = {"_pred": preds} if preds else {}
     if task.fold == ctx.keep_fold:
         extras = {"d_expr": d_expr.astype(np.float32), "d_emb": d_emb.astype(np.float32)}
+        first = next((t for t in ctx.tasks if t.kind == "classification"), None)
         if task.method != "full":
-            extras.update(Z_train=Z_tr.astype(np.float32), Z_test=Z_te.astype(np.float32),
-                          y_train=np.asarray(y_tr).astype(str), y_test=np.asarray(y_te).astype(str))
+            extras.update(Z_train=Z_tr.astype(np.float32), Z_test=Z_te.astype(np.float32))
+            if first is not None:
+                extras.update(y_train=first.y[tr].astype(str), y_test=first.y[te].astype(str))
     return rows, extras
 
 
@@ -372,11 +358,14 @@ def run_grid(ctx: EvalContext, tasks: Sequence[Task], jobs: int = 1, progress: b
     from tqdm.auto import tqdm
     rows: list[dict] = []
     extras: dict = {}
+    preds: dict = {}       # (method, dim) -> task name -> list of per-fold predictions
     bar = tqdm(total=len(tasks), desc="factembed evaluate", unit="fit", disable=not progress)
 
     def collect(task, result):
         r, e = result
         rows.extend(r)
+        for name, p in e.pop("_pred", {}).items():
+            preds.setdefault((task.method, task.dim), {}).setdefault(name, []).append(p)
         if e:
             extras[(task.method, task.dim)] = e
         bar.set_postfix_str(f"fold {task.fold} {task.method} d={task.dim}", refresh=False)
@@ -404,6 +393,8 @@ def run_grid(ctx: EvalContext, tasks: Sequence[Task], jobs: int = 1, progress: b
                     raise
     finally:
         bar.close()
+    if preds:
+        extras["_pred"] = preds
     return rows, extras
 
 
@@ -412,50 +403,23 @@ def run_grid(ctx: EvalContext, tasks: Sequence[Task], jobs: int = 1, progress: b
 # --------------------------------------------------------------------------
 
 
-def summarize(df) -> "Any":
-    """Mean, sd (over folds, ddof=1) and count per (method, dim, metric)."""
-    g = df.groupby(["method", "dim", "metric"], sort=False)["value"]
-    out = g.agg(mean="mean", sd="std", n="count").reset_index()
-    return out
-
-
-def _method_order(methods) -> list[str]:
-    pref = ["fe", "pca", "umap", "full"]
-    return sorted(methods, key=lambda m: (pref.index(m) if m in pref else len(pref), m))
-
-
-def summary_table(df, metrics: Sequence[str] | None = None, fmt: str = "{:.3f} ± {:.3f}"):
-    """Wide table: one row per (method, dim), one column per metric, 'mean ± sd'."""
-    import pandas as pd
-    s = summarize(df)
-    metrics = [m for m in (metrics or METRIC_ORDER) if m in set(s["metric"])]
-    s["text"] = [fmt.format(m, 0.0 if not np.isfinite(sd) else sd) for m, sd in zip(s["mean"], s["sd"])]
-    wide = s.pivot_table(index=["method", "dim"], columns="metric", values="text", aggfunc="first")
-    wide = wide.reindex(columns=metrics)
-    order = _method_order(wide.index.get_level_values(0).unique())
-    wide = wide.reindex(pd.MultiIndex.from_tuples(
-        sorted(wide.index, key=lambda t: (order.index(t[0]), t[1])), names=["method", "dim"]))
-    return wide.fillna("-")
-
-
-def metric_by_dim_table(df, metric: str, fmt: str = "{:.3f} ± {:.3f}"):
-    """Rows = method, columns = dim, cells 'mean ± sd' of one metric."""
-    s = summarize(df)
-    s = s[s["metric"] == metric]
-    s = s.assign(text=[fmt.format(m, 0.0 if not np.isfinite(sd) else sd) for m, sd in zip(s["mean"], s["sd"])])
-    wide = s.pivot_table(index="method", columns="dim", values="text", aggfunc="first")
-    wide = wide.reindex(_method_order(wide.index))
-    return wide.fillna("-")
-
-
-def _to_markdown(table) -> str:
-    cols = [str(c) for c in table.columns]
-    idx_names = [str(n) for n in (table.index.names if table.index.names[0] is not None else [""])]
-    lines = ["| " + " | ".join(idx_names + cols) + " |", "|" + "---|" * (len(idx_names) + len(cols))]
-    for key, row in table.iterrows():
-        key = key if isinstance(key, tuple) else (key,)
-        lines.append("| " + " | ".join([str(k) for k in key] + [str(v) for v in row.tolist()]) + " |")
-    return "\n".join(lines)
+def _pooled_survival(tasks, preds: dict, seed: int) -> tuple[list[dict], dict]:
+    """Rows (``fold = -1``) of the pooled c-index and its bootstrap interval per survival
+    task and cell, and the Kaplan-Meier groups (time, event, high risk) of the pooled test folds."""
+    rows, km = [], {}
+    for t in (t for t in tasks if t.kind == "survival"):
+        for (method, dim), by_task in preds.items():
+            parts = sorted(by_task.get(t.name, []), key=lambda p: p["fold"])
+            if not parts:
+                continue
+            idx = np.concatenate([p["index"] for p in parts])
+            risk = np.concatenate([p["risk"] for p in parts])
+            high = np.concatenate([p["high"] for p in parts])
+            est, lo, hi = _tasks.pooled_c_index(t.y[idx], t.event[idx], risk, seed=seed)
+            rows += [{"fold": -1, "method": method, "dim": dim, "task": t.name, "metric": k, "value": v}
+                     for k, v in (("c_index_pooled", est), ("c_index_low", lo), ("c_index_high", hi))]
+            km[(t.name, method, dim)] = {"time": t.y[idx], "event": t.event[idx], "high": high}
+    return rows, km
 
 
 def evaluate(
@@ -464,6 +428,8 @@ def evaluate(
     methods: Sequence[str] = DEFAULT_METHODS,
     dims: Sequence[int] = DEFAULT_DIMS,
     n_folds: int = 5,
+    tasks: Sequence | None = None,
+    annotations: dict | None = None,
     fe_config: FEConfig | None = None,
     preprocessing=None,
     output: str | os.PathLike | None = None,
@@ -477,29 +443,41 @@ def evaluate(
     missing: str = "error",
 ) -> dict:
     """Cross-validated comparison of embedding methods on ``data`` (an
-    :class:`~factembed.io.ExpressionData` with labels).
+    :class:`~factembed.io.ExpressionData`).
+
+    ``tasks``: what to predict from the embeddings, e.g. ``["classification:label",
+    "regression:age", "survival:time,event"]`` (:func:`~factembed.evaluate_tasks.parse_task`);
+    columns are looked up in ``annotations`` (name -> array in sample order), then
+    ``data.obs``, then ``"label"`` = ``data.labels``.  Default: classification of
+    ``data.labels``.  Folds are stratified by the first task.
 
     ``missing="ignore"``: NaN entries are missing values; FE leaves them out of training
     and inference, the other methods (and the distances between expression profiles)
     see them filled with the training fold's gene means.
 
     Returns ``{"results": tidy DataFrame, "summary": wide table, "folds": folds,
-    "extras": per (method, dim) arrays of fold ``0``, "written": paths}``.  With
-    ``output`` set, writes ``results.csv``, ``summary.csv``, ``summary.md``,
-    ``run.json``, ``fold0_arrays.npz`` and (``figures=True``) the figures.
+    "tasks": resolved tasks, "extras": per (method, dim) arrays of fold ``0``,
+    "km": Kaplan-Meier groups, "written": paths}``.  With ``output`` set, writes
+    ``results.csv``, ``summary.csv``, ``summary.md``, ``run.json``, ``fold0_arrays.npz``
+    and (``figures=True``) the figures.
     """
     import pandas as pd
 
     from .preprocessing import Preprocessing
 
-    if data.labels is None:
-        raise ValueError("evaluate needs sample labels (give --label-column)")
+    if tasks is None or len(tasks) == 0:
+        if data.labels is None:
+            raise ValueError("evaluate needs a task: sample labels (--label-column) or --task KIND:COLUMN")
+        tasks = ["classification:label"]
+    resolved = _tasks.resolve_tasks(data, tasks, annotations)
     if missing not in ("error", "ignore"):
         raise ValueError(f"missing must be 'error' or 'ignore', got {missing!r}")
     methods = list(dict.fromkeys(methods))
     for m in methods:
         if m not in EMBEDDERS and m not in (extra_embedders or {}):
             raise ValueError(f"unknown method {m!r}; choose from {', '.join(EMBEDDERS)}")
+    if any(t.kind == "survival" for t in resolved):
+        _tasks.make_cox(1)  # a clear ImportError now rather than in a worker
     dims = sorted(set(int(d) for d in dims))
     if not dims or min(dims) < 1:
         raise ValueError("dims must be positive integers")
@@ -508,104 +486,59 @@ def evaluate(
     if preprocessing is None:
         preprocessing = Preprocessing(log10p1=False, protein_coding_only=False, drop_constant=True)
     fe_config = fe_config or FEConfig()
-    labels = np.asarray(data.labels).astype(str)
-    folds = make_folds(labels, n_folds, seed)
+    folds = make_folds(resolved[0].strata(), n_folds, seed)
     min_train = min(len(tr) for tr, _ in folds)
     n_used = min(data.n_genes, preprocessing.top_variable or data.n_genes)
-    tasks = build_tasks(methods, dims, n_folds, n_used)
-    dropped = [t for t in tasks if t.method in ("pca", "umap") and t.dim >= min(min_train - 1, data.n_genes)]
+    cells = build_tasks(methods, dims, n_folds, n_used)
+    dropped = [t for t in cells if t.method in ("pca", "umap") and t.dim >= min(min_train - 1, data.n_genes)]
     if dropped:
         warnings.warn(f"skipping {len(dropped)} PCA/UMAP cells whose dimension is not below the number of "
                       f"training samples / genes", stacklevel=2)
-        tasks = [t for t in tasks if t not in dropped]
-    ctx = EvalContext(X=data.X, labels=labels, samples=np.asarray(data.samples), genes=np.asarray(data.genes),
+        cells = [t for t in cells if t not in dropped]
+    ctx = EvalContext(X=data.X, tasks=resolved, samples=np.asarray(data.samples), genes=np.asarray(data.genes),
                       folds=folds, preprocessing=preprocessing, fe_config=fe_config, seed=seed, missing=missing,
                       n_pairs=n_pairs, extra_embedders=dict(extra_embedders or {}))
     t0 = time.perf_counter()
-    rows, extras = run_grid(ctx, tasks, jobs=jobs, progress=progress)
+    rows, extras = run_grid(ctx, cells, jobs=jobs, progress=progress)
+    pooled, km = _pooled_survival(resolved, extras.pop("_pred", {}), seed)
+    rows += pooled
     seconds = time.perf_counter() - t0
-    df = pd.DataFrame(rows, columns=["fold", "method", "dim", "metric", "value"])
+    df = pd.DataFrame(rows, columns=COLUMNS)
     order = {m: i for i, m in enumerate(_method_order(df["method"].unique()))}
     morder = {m: i for i, m in enumerate(METRIC_ORDER)}
-    df = df.sort_values(["fold", "method", "dim", "metric"],
+    torder = {t.name: i for i, t in enumerate(resolved)}
+    df = df.sort_values(["fold", "method", "dim", "task", "metric"],
                         key=lambda c: c.map(order) if c.name == "method" else
-                        (c.map(lambda v: morder.get(v, 99)) if c.name == "metric" else c)).reset_index(drop=True)
-    _, counts = np.unique(labels, return_counts=True)
-    chance = float(counts.max() / counts.sum())
-    result = {"results": df, "summary": summary_table(df), "folds": folds, "extras": extras,
-              "seconds": seconds, "chance": chance, "written": []}
+                        (c.map(lambda v: morder.get(v, 99)) if c.name == "metric" else
+                         (c.map(lambda v: torder.get(v, -1)) if c.name == "task" else c))).reset_index(drop=True)
+    chances = {}
+    for t in resolved:
+        if t.kind == "classification":
+            _, counts = np.unique(t.y[t.known], return_counts=True)
+            chances[t.name] = float(counts.max() / counts.sum())
+    chance = next(iter(chances.values()), None)
+    result = {"results": df, "summary": summary_table(df), "folds": folds, "extras": extras, "km": km,
+              "tasks": resolved, "seconds": seconds, "chance": chance, "chances": chances, "written": []}
     if output is None:
         return result
-
-    out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
-    written = result["written"]
-    with atomic_output(out / "results.csv") as tmp:
-        df.to_csv(tmp, index=False)
-    written.append(out / "results.csv")
-    s = summarize(df)
-    s.to_csv(out / "summary.csv", index=False)
-    written.append(out / "summary.csv")
-    md = [f"# evaluate: {title or data.source or 'data'}", "",
-          f"{data.n_samples} samples x {data.n_genes} genes, {len(counts)} classes, {n_folds}-fold stratified CV, "
-          f"chance (majority class) {chance:.3f}; mean ± sd over folds.", ""]
-    for metric in [m for m in METRIC_ORDER if m in set(df["metric"])]:
-        md += [f"## {metric}", "", _to_markdown(metric_by_dim_table(df, metric)), ""]
-    write_text_atomic(out / "summary.md", "\n".join(md))
-    written.append(out / "summary.md")
-    run = {"data": str(data.source), "n_samples": data.n_samples, "n_genes": data.n_genes,
-           "classes": int(len(counts)), "chance": chance, "folds": n_folds, "methods": methods, "dims": dims,
-           "jobs": jobs, "seed": seed, "n_pairs": n_pairs, "seconds": seconds,
-           "fe_config": fe_config.to_dict(), "preprocessing": preprocessing.to_dict()}
-    write_text_atomic(out / "run.json", json.dumps(run, indent=1))
-    written.append(out / "run.json")
-    arrays = {}
-    for (m, d), e in extras.items():
-        for k, v in e.items():
-            arrays[f"{m}__{d}__{k}"] = v
-    np.savez_compressed(out / "fold0_arrays.npz", **arrays)
-    written.append(out / "fold0_arrays.npz")
-    if figures:
-        written += evaluation_figures(out, df=df, extras=extras, chance=chance, title=title)
+    from .evaluate_report import write_outputs
+    result["written"] = write_outputs(output, result, data=data, methods=methods, dims=dims, n_folds=n_folds,
+                                      jobs=jobs, seed=seed, n_pairs=n_pairs, fe_config=fe_config,
+                                      preprocessing=preprocessing, figures=figures, title=title)
     return result
 
 
-def evaluation_figures(out: str | os.PathLike, *, df=None, extras: dict | None = None,
-                       chance: float | None = None, title: str | None = None) -> list[Path]:
-    """The figures of an evaluation directory (``results.csv`` and ``fold0_arrays.npz``
-    are read when ``df`` / ``extras`` are not given)."""
-    import pandas as pd
+from .evaluate_report import (_method_order, _to_markdown, evaluation_figures, interval_table,  # noqa: E402,F401
+                              metric_by_dim_table, summarize, summary_table)
 
-    from . import plot
-    out = Path(out)
-    if df is None:
-        df = pd.read_csv(out / "results.csv")
-    if extras is None:
-        extras = {}
-        p = out / "fold0_arrays.npz"
-        if p.is_file():
-            with np.load(p, allow_pickle=False) as z:
-                for key in z.files:
-                    m, d, k = key.split("__")
-                    extras.setdefault((m, int(d)), {})[k] = z[key]
-    if chance is None and (out / "run.json").is_file():
-        chance = json.loads((out / "run.json").read_text()).get("chance")
-    suffix = f" ({title})" if title else ""
-    written = plot.plot_accuracy_by_dim(df, out / "accuracy_by_dim", chance=chance,
-                                        title="Accuracy by dimension, test folds embedded out of sample" + suffix)
-    panels = []
-    for (m, d), e in sorted(extras.items(), key=lambda kv: (_method_order([kv[0][0], "fe", "pca", "umap", "full"])
-                                                             .index(kv[0][0]), kv[0][1])):
-        if m == "full" or "d_emb" not in e:
-            continue
-        panels.append({"method": m, "dim": d, "d_expr": e["d_expr"], "d_emb": e["d_emb"]})
-    if panels:
-        written += plot.plot_distance_scatter(panels, out / "distance_scatter",
-                                              title="Distance preservation on test fold 0" + suffix)
-    for (m, d), e in extras.items():
-        if "Z_train" in e and d == 2:
-            written += plot.plot_train_test_embedding(
-                e["Z_train"], e["y_train"], e["Z_test"], e["y_test"], out / f"train_test_{m}_2d",
-                title=f"{m.upper()} 2-D: training fold (dots) and test fold embedded out of sample "
-                      f"(triangles){suffix}", axis_prefix=m.upper())
-    return written
+
+class _CallableModule(type(json)):
+    """``factembed.evaluate(...)`` calls :func:`evaluate`; ``factembed.evaluate.X`` is this module's X."""
+
+    def __call__(self, *args, **kwargs):
+        return evaluate(*args, **kwargs)
+
+
+import sys as _sys  # noqa: E402
+
+_sys.modules[__name__].__class__ = _CallableModule

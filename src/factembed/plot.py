@@ -244,7 +244,9 @@ def plot_training_curves(history: Mapping[str, Sequence[float]], path: str | os.
 METHOD_STYLE = {"fe": ("tab:red", "o", "FE"), "pca": ("tab:blue", "s", "PCA"),
                 "umap": ("tab:green", "^", "UMAP"), "full": ("0.3", "", "full profile")}
 _METRIC_TITLES = {"knn_accuracy": "kNN (k = 5)", "logreg_accuracy": "logistic regression",
-                  "mlp_accuracy": "MLP (64 hidden units)"}
+                  "mlp_accuracy": "MLP (64 hidden units)", "knn_r2": "kNN regressor: R²",
+                  "ridge_r2": "ridge: R²", "knn_spearman_r": "kNN regressor: Spearman r",
+                  "ridge_spearman_r": "ridge: Spearman r", "c_index": "Cox model: c-index"}
 
 
 def _method_style(method: str, k: int = 0):
@@ -337,7 +339,7 @@ def plot_speed_by_gene_dim(table, path: str | os.PathLike, *, title: str = "Comp
 
 def plot_accuracy_by_dim(results, path: str | os.PathLike, *, metrics: Sequence[str] | None = None,
                          chance: float | None = None, title: str = "Accuracy by dimension",
-                         pdf: bool = True) -> list[Path]:
+                         pdf: bool = True, ylabel: str = "test-fold accuracy (mean ± sd over folds)") -> list[Path]:
     """One panel per classifier; one line per method (mean over folds, error bars = sd)
     against the embedding dimension (log2 axis).  ``results``: a tidy DataFrame or CSV
     with columns ``fold, method, dim, metric, value``.  The method ``full`` (whole
@@ -376,7 +378,7 @@ def plot_accuracy_by_dim(results, path: str | os.PathLike, *, metrics: Sequence[
         ax.set_xlabel("embedding dimension")
         ax.set_title(_METRIC_TITLES.get(metric, metric))
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("test-fold accuracy (mean ± sd over folds)")
+    axes[0][0].set_ylabel(ylabel)
     axes[0][-1].legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False, fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
