@@ -311,20 +311,41 @@ def _experiment_data(args: argparse.Namespace):
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate, metric_by_dim_table
+    from .evaluate import evaluate, interval_table, metric_by_dim_table
 
     cfg = config_from_args(args)
-    data, pre = _experiment_data(args)
+    tasks = list(args.task or [])
+    annotations = None
+    if tasks and args.labels_path and not args.label_column:
+        # --labels holds the tasks' columns; read it whole (no single label column needed)
+        from .io import read_sample_table
+        labels_path, args.labels_path = args.labels_path, None
+        data, pre = _experiment_data(args)
+        annotations = read_sample_table(labels_path, data.samples)
+    else:
+        data, pre = _experiment_data(args)
+    if tasks and args.label_column:
+        tasks.insert(0, "classification:label")  # --label-column: the short form of one classification task
     methods = [m.strip().lower() for m in args.methods.split(",") if m.strip()]
-    res = evaluate(data, methods=methods, dims=args.dims, n_folds=args.folds, fe_config=cfg,
-                   preprocessing=pre, output=args.output, jobs=args.jobs,
+    res = evaluate(data, methods=methods, dims=args.dims, n_folds=args.folds, fe_config=cfg, tasks=tasks or None,
+                   annotations=annotations, preprocessing=pre, output=args.output, jobs=args.jobs,
                    seed=args.cv_seed, n_pairs=args.pairs, progress=cfg.verbose, figures=not args.no_figures,
                    title=args.title or ("HSMM demo" if args.data == "demo" else Path(args.data).name),
                    missing=args.missing)
     df = res["results"]
-    print(f"{data.n_samples} samples x {data.n_genes} genes, {args.folds}-fold CV in {res['seconds']:.0f} s; "
-          f"chance {res['chance']:.3f}; mean ± sd over folds")
-    for metric in ("knn_accuracy", "logreg_accuracy", "mlp_accuracy", "distance_r", "recon_r"):
+    print(f"{data.n_samples} samples x {data.n_genes} genes, {args.folds}-fold CV in {res['seconds']:.0f} s "
+          f"(stratified by {res['tasks'][0].name}); mean ± sd over folds")
+    shown = {"classification": ("knn_accuracy", "logreg_accuracy", "mlp_accuracy", "logreg_balanced_accuracy"),
+             "regression": ("knn_r2", "ridge_r2", "ridge_spearman_r"), "survival": ("c_index",)}
+    for t in res["tasks"]:
+        extra = f", chance {res['chances'][t.name]:.3f}" if t.name in res["chances"] else ""
+        print(f"\ntask {t.name} ({t.kind}; {int(t.known.sum())} samples, {t.n_missing} with a missing value "
+              f"left out{extra})")
+        if t.kind == "survival":
+            print(f"c-index of the pooled test folds [bootstrap 95% interval]\n{interval_table(df, t.name).to_string()}")
+        for metric in shown[t.kind]:
+            print(f"\n{t.name}: {metric}\n{metric_by_dim_table(df[df.fold >= 0], metric, task=t.name).to_string()}")
+    for metric in ("distance_r", "recon_r"):
         if metric in set(df["metric"]):
             print(f"\n{metric}\n{metric_by_dim_table(df, metric).to_string()}")
     print()
@@ -502,6 +523,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--dims", type=_int_tuple, default=(2, 4, 8, 16, 32, 64),
                    help="embedding dimensions, comma separated (default 2,4,8,16,32,64)")
     e.add_argument("--folds", type=int, default=5, help="stratified CV folds (default %(default)s)")
+    e.add_argument("--task", action="append", default=None, metavar="KIND:COLUMN",
+                   help="what to predict from the embeddings (repeatable): classification:COLUMN, "
+                        "regression:COLUMN (numeric), survival:TIME_COLUMN,EVENT_COLUMN (event 0/1; needs "
+                        "factembed[survival]); columns of --labels, the .h5ad obs or the HDF5 file; folds are "
+                        "stratified by the first task; --label-column is classification of that column")
     e.add_argument("--methods", default="fe,pca,umap",
                    help="comma separated, from fe, pca, umap, full (whole profile) (default %(default)s)")
     e.add_argument("-o", "--output", default="factembed_evaluate", help="output directory (default %(default)s)")

@@ -89,7 +89,8 @@ def load_demo() -> ExpressionData:
     float32), so ``transform == "log10p1"``: preprocess it with
     ``Preprocessing(log10p1=False)``.  ``labels`` are the time points
     ``"0h"``, ``"24h"``, ``"48h"``, ``"72h"``; ``biotypes`` are set;
-    ``obs["State"]`` holds the pseudotime state ("1", "2", "3") and
+    ``obs["State"]`` holds the pseudotime state ("1", "2", "3"), ``obs["Hours"]``
+    the time point as a number (a regression target: ``regression:Hours``) and
     ``var["gene_symbols"]`` the gene symbols (``genes`` are Ensembl ids).
     Source: Bioconductor HSMMSingleCell (Trapnell et al. 2014), Artistic-2.0.
     """
@@ -106,7 +107,8 @@ def load_demo() -> ExpressionData:
                 biotypes=z["biotypes"],
                 source=f"factembed:data/{DEMO_FILE}",
                 transform=str(z["transform"]) if "transform" in z.files else "log10p1",
-                obs={"State": z["State"]},
+                obs={"State": z["State"],
+                     "Hours": np.array([float(str(v).rstrip("h")) for v in z["labels"].tolist()])},
                 var={"gene_symbols": z["gene_symbols"]},
             )
 
@@ -228,7 +230,7 @@ def _is_gz(path: str) -> bool:
         return fh.read(2) == b"\x1f\x8b"
 
 
-def read_xena_phenotype(path: str | os.PathLike, label_column: str = "_primary_disease") -> "dict[str, np.ndarray]":
+def read_xena_phenotype(path: str | os.PathLike, label_column: str | None = "_primary_disease") -> "dict[str, np.ndarray]":
     """Read a Xena phenotype table (``sample`` + annotation columns, TSV,
     optionally gzipped) into ``{column: values}`` with ``"sample"`` first."""
     import pandas as pd
@@ -245,7 +247,7 @@ def read_xena_phenotype(path: str | os.PathLike, label_column: str = "_primary_d
         raise FEInputError(f"cannot parse phenotype table: {' '.join(str(exc).split())}", path) from None
     if "sample" not in df.columns:
         raise FEInputError(f"phenotype table has no 'sample' column; columns are {list(df.columns)[:8]}", path)
-    if label_column not in df.columns:
+    if label_column is not None and label_column not in df.columns:
         raise FEInputError(f"phenotype table has no {label_column!r} column; columns are {list(df.columns)[:8]}",
                            path)
     dup = df["sample"].duplicated()
@@ -294,6 +296,36 @@ def read_xena_matrix(
     return data
 
 
+#: the survival end points of the TCGA Pan-Cancer Clinical Data Resource, as Xena serves them
+TCGA_SURVIVAL_URL = ("https://tcga-pancan-atlas-hub.s3.us-east-1.amazonaws.com/download/"
+                     "Survival_SupplementalTable_S1_20171025_xena_sp")
+#: survival columns kept (time and event of overall, disease-specific, disease-free, progression-free)
+SURVIVAL_COLUMNS = ("OS", "OS.time", "DSS", "DSS.time", "DFI", "DFI.time", "PFI", "PFI.time")
+
+
+def _survival_columns(table: dict, samples) -> dict:
+    """The :data:`SURVIVAL_COLUMNS` of a Xena table (``sample`` column + strings) as
+    float arrays in the order of ``samples`` (NaN where missing or not a number)."""
+    if "sample" not in table:
+        return {}
+    row = {s: i for i, s in enumerate(table["sample"].tolist())}
+    out = {}
+    for c in SURVIVAL_COLUMNS:
+        if c not in table:
+            continue
+        vals = np.full(len(samples), np.nan)
+        for k, s in enumerate(np.asarray(samples).tolist()):
+            i = row.get(s)
+            if i is None:
+                continue
+            try:
+                vals[k] = float(table[c][i])
+            except ValueError:
+                pass
+        out[c] = vals
+    return out
+
+
 def fetch_tcga_pancan(
     cache_dir: str | os.PathLike | None = None,
     *,
@@ -308,6 +340,8 @@ def fetch_tcga_pancan(
     drop_unlabeled: bool = True,
     drop_genes_with_missing: bool = True,
     cache_parsed: bool = True,
+    survival_url: str | None = None,
+    survival_hash: str | None = None,
 ) -> ExpressionData:
     """Download (once) and read the TCGA PanCanAtlas RNA-seq matrix.
 
@@ -350,6 +384,13 @@ def fetch_tcga_pancan(
     cache_parsed:
         Keep the parsed matrix as HDF5 in the cache so later calls skip the
         text parsing.
+    survival_url, survival_hash:
+        Optional clinical table with the TCGA survival end points (e.g. Xena's
+        :data:`TCGA_SURVIVAL_URL`, TCGA-CDR): its columns ``OS``, ``OS.time``,
+        ``DSS``, ``DSS.time``, ``DFI``, ``DFI.time``, ``PFI``, ``PFI.time`` are kept in
+        ``obs`` (as are those of the phenotype table when it has them), as numbers
+        (``NaN`` where missing), ready for ``evaluate``'s
+        ``survival:OS.time,OS`` task.  They travel with the cached HDF5 (``obs/``).
     """
     if values not in ("log10p1", "log2p1", "raw"):
         raise ValueError(f"values must be 'log10p1', 'log2p1' or 'raw', got {values!r}")
@@ -360,7 +401,7 @@ def fetch_tcga_pancan(
     options = {"expr": expr_hash, "pheno": pheno_hash, "values": values, "label": label_column,
                "sample_types": None if sample_types is None else sorted(map(str, sample_types)),
                "drop_unlabeled": bool(drop_unlabeled), "drop_missing": bool(drop_genes_with_missing),
-               "format": 1}
+               "survival": survival_url, "format": 2}
     key = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:16]
     parsed = cache / f"tcga_pancan_{key}.h5"
     if cache_parsed and parsed.is_file():
@@ -400,6 +441,10 @@ def fetch_tcga_pancan(
     obs = {}
     if type_of:
         obs["sample_type"] = np.array([type_of.get(s, "NA") for s in data.samples.tolist()], dtype=str)
+    obs.update(_survival_columns(pheno, data.samples))
+    if survival_url is not None:
+        surv_path, _ = _fetch(survival_url, survival_hash, cache, progress)
+        obs.update(_survival_columns(read_xena_phenotype(surv_path, None), data.samples))
     result = ExpressionData(X, data.samples, data.genes, labels, None, source=expr_path,
                             transform=None if values == "raw" else values, obs=obs)
     if cache_parsed:

@@ -25,7 +25,7 @@ Modules, one concern each:
   :func:`read_expression` / :func:`write_expression`;
 * :mod:`.text` (CSV/TSV), :mod:`.hdf5` (TCGA-style ``.h5``), :mod:`.anndata`
   (``.h5ad``), :mod:`.arrays` (``.npy``, ``.npz``, ``.parquet``): the formats;
-* :mod:`.labels`: :func:`read_sample_labels`;
+* :mod:`.labels`: :func:`read_sample_labels`, :func:`read_sample_table`;
 * :mod:`.tables`: :func:`write_embedding_table`, :func:`write_embedding_h5ad`.
 
 :class:`Preprocessing`, :class:`FittedPreprocessing` and :func:`align_genes`
@@ -38,7 +38,7 @@ from __future__ import annotations
 from .._files import write_bytes_atomic
 from ._data import EMBEDDING_KEY, LABEL_KEY, ExpressionData
 from .formats import read_expression, write_expression
-from .labels import read_sample_labels
+from .labels import read_sample_labels, read_sample_table
 from .tables import write_embedding_h5ad, write_embedding_table
 
 __all__ = [

@@ -1,6 +1,8 @@
 """TCGA-style HDF5 (``.h5`` / ``.hdf5``): datasets ``data`` (samples x genes, or
 genes x samples), ``samples``, ``genes``, optional ``labels``, ``biotypes`` and
-``obs/`` / ``var/`` groups of annotations; the ``transform`` attribute.
+``obs/`` / ``var/`` groups of annotations; the ``transform`` attribute.  Other top-level
+1-D datasets with one value per sample (survival time / event, age ...) are read into
+``obs`` too.
 
 :func:`_open_h5` is also used by the AnnData reader and the backed sources
 (:mod:`factembed.sources`)."""
@@ -100,6 +102,8 @@ def _read_h5(path: str, samples_as_rows: bool | None, chunk_rows: int) -> Expres
                 transform = transform.decode()
             obs = _h5_annotations(f, "obs", path)
             var = _h5_annotations(f, "var", path)
+            for k, v in _h5_sample_datasets(f, ns, path).items():
+                obs.setdefault(k, v)
         except KeyError as exc:  # h5py raises KeyError for broken links
             raise FEInputError(f"cannot read HDF5 content (corrupt?): {_one_line(exc)}", path) from None
     return ExpressionData(X, samples, genes, labels, biotypes, source=path,
@@ -119,6 +123,28 @@ def _h5_annotations(f, group: str, path: str) -> dict:
                 out[k] = np.asarray(ds[()])
             else:
                 out[k] = _h5_strings(ds, path, f"{group}/{k}")
+    return out
+
+
+#: top-level datasets with a meaning of their own (not per-sample annotations)
+_H5_RESERVED = frozenset({"data", "samples", "genes", "labels", "biotypes"})
+
+
+def _h5_sample_datasets(f, n_samples: int, path: str) -> dict:
+    """Other top-level 1-D datasets with one value per sample (e.g. survival time and
+    event datasets next to ``data``), as ``obs`` annotations: numbers as numbers."""
+    import h5py
+
+    out: dict = {}
+    for k, ds in f.items():
+        if k in _H5_RESERVED or not isinstance(ds, h5py.Dataset):
+            continue
+        shape = tuple(ds.shape)
+        if len(shape) == 2 and 1 in shape:
+            shape = (shape[0] * shape[1],)
+        if shape != (n_samples,):
+            continue
+        out[k] = np.asarray(ds[()]).reshape(-1) if ds.dtype.kind in "biuf" else _h5_strings(ds, path, k)
     return out
 
 

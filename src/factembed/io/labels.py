@@ -22,6 +22,31 @@ def read_sample_labels(
     ``label_column`` defaults to a column named ``"label"``.  Every sample must
     be present in the table (a :class:`FEInputError` lists the missing ones).
     """
+    meta = _read_table(path)
+    path = os.fspath(path)
+    if label_column is None:
+        if LABEL_KEY not in meta.columns:
+            raise FEInputError(
+                f"no label_column given and no {LABEL_KEY!r} column; columns are {_preview(meta.columns, 8)}", path
+            )
+        label_column = LABEL_KEY
+    if label_column not in meta.columns:
+        raise MissingColumnError(f"no column {label_column!r}; columns are {_preview(meta.columns, 8)}", path,
+                                 column=label_column, available=list(meta.columns))
+    values = _aligned(meta, path, samples)[label_column].to_numpy(dtype=object)
+    values = np.array(["NA" if v is None or v == "" else str(v) for v in values], dtype=str)
+    return values
+
+
+def read_sample_table(path: str | os.PathLike, samples: Sequence[str]) -> dict:
+    """Every column of a metadata table (first column = sample id) as strings in the
+    order of ``samples`` (``"NA"`` where empty): the annotations of ``evaluate``'s tasks."""
+    meta = _aligned(_read_table(path), os.fspath(path), samples)
+    return {str(c): np.array(["NA" if v is None or v == "" else str(v) for v in meta[c].tolist()], dtype=str)
+            for c in meta.columns}
+
+
+def _read_table(path):
     import pandas as pd
 
     path = os.fspath(path)
@@ -35,27 +60,21 @@ def read_sample_labels(
         raise FEInputError(f"cannot parse sample metadata table ({_one_line(exc)})", path) from None
     except pd.errors.EmptyDataError:
         raise FEInputError("sample metadata table is empty", path) from None
-    if label_column is None:
-        if LABEL_KEY not in meta.columns:
-            raise FEInputError(
-                f"no label_column given and no {LABEL_KEY!r} column; columns are {_preview(meta.columns, 8)}", path
-            )
-        label_column = LABEL_KEY
-    if label_column not in meta.columns:
-        raise MissingColumnError(f"no column {label_column!r}; columns are {_preview(meta.columns, 8)}", path,
-                                 column=label_column, available=list(meta.columns))
+    return meta
+
+
+def _aligned(meta, path: str, samples):
+    """The rows of ``meta`` in the order of ``samples`` (every sample must have one)."""
     index = meta.index.astype(str)
     dup = _first_duplicate(np.asarray(index, dtype=str))
     if dup is not None:
         raise FEInputError(f"duplicated sample id {str(index[dup[1]])!r} (data rows {dup[0] + 1} and {dup[1] + 1})", path)
-    col = meta[label_column]
-    col.index = index
+    meta = meta.copy()
+    meta.index = index
     samples = list(_to_str_array(samples).tolist())
-    missing = [s for s in samples if s not in col.index]
+    missing = [s for s in samples if s not in meta.index]
     if missing:
         raise FEInputError(
             f"{len(missing)} of {len(samples)} samples have no row in the metadata table: {_preview(missing)}", path
         )
-    values = col.loc[samples].to_numpy(dtype=object)
-    values = np.array(["NA" if v is None or v == "" else str(v) for v in values], dtype=str)
-    return values
+    return meta.loc[samples]
