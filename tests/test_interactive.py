@@ -285,3 +285,26 @@ def test_new_samples_have_their_own_marker_and_nearest_training_samples(page):
     text = _hover(d, "fe_sample_plot", z[0], z[1])
     assert "NEW-B" in text and "nearest training samples" in text
     assert page["names"][50] in text                                  # the sample it was placed beside
+
+
+def test_a_click_on_a_legend_entry_hides_and_shows_its_class(page):
+    d = page["driver"]
+
+    def click(label):                  # the legend's DOM is redrawn after each click: find it anew
+        entry = d.execute_script("""
+            const v = window._fe_views.find((v) => v.model.name === 'fe_sample_plot');
+            const lv = [...v.renderer_views.values()].find((r) => r.model.type === 'Legend');
+            const hits = [...lv.shadow_el.querySelectorAll('*')].filter((e) => e.textContent.trim() === arguments[0]);
+            return hits.length ? hits[hits.length - 1] : null;
+        """, label)
+        assert entry is not None, label
+        entry.click()
+        time.sleep(0.2)
+
+    name = "fe_class::cancer type::type2"
+    assert _js_model(d, name, "m.visible") is True
+    click("type2")
+    assert _js_model(d, name, "m.visible") is False
+    assert _js_model(d, "fe_class::cancer type::type1", "m.visible") is True     # the other classes stay
+    click("type2")
+    assert _js_model(d, name, "m.visible") is True
