@@ -317,7 +317,7 @@ def run_task(task: Task, ctx: EvalContext) -> tuple[list[dict], dict]:
               "value": float(v)} for k, v in metrics.items()]
     extras: dict = {"_pred": preds} if preds else {}
     if task.fold == ctx.keep_fold:
-        extras = {"d_expr": d_expr.astype(np.float32), "d_emb": d_emb.astype(np.float32)}
+        extras.update(d_expr=d_expr.astype(np.float32), d_emb=d_emb.astype(np.float32))
         first = next((t for t in ctx.tasks if t.kind == "classification"), None)
         if task.method != "full":
             extras.update(Z_train=Z_tr.astype(np.float32), Z_test=Z_te.astype(np.float32))
