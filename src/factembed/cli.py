@@ -331,7 +331,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                    annotations=annotations, preprocessing=pre, output=args.output, jobs=args.jobs,
                    seed=args.cv_seed, n_pairs=args.pairs, progress=cfg.verbose, figures=not args.no_figures,
                    title=args.title or ("HSMM demo" if args.data == "demo" else Path(args.data).name),
-                   missing=args.missing)
+                   missing=args.missing, n_bootstrap=args.bootstrap)
     df = res["results"]
     print(f"{data.n_samples} samples x {data.n_genes} genes, {args.folds}-fold CV in {res['seconds']:.0f} s "
           f"(stratified by {res['tasks'][0].name}); mean ± sd over folds")
@@ -528,6 +528,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "regression:COLUMN (numeric), survival:TIME_COLUMN,EVENT_COLUMN (event 0/1; needs "
                         "factembed[survival]); columns of --labels, the .h5ad obs or the HDF5 file; folds are "
                         "stratified by the first task; --label-column is classification of that column")
+    e.add_argument("--bootstrap", type=int, default=1000,
+                   help="bootstrap resamples of the pooled c-index interval (default %(default)s)")
     e.add_argument("--methods", default="fe,pca,umap",
                    help="comma separated, from fe, pca, umap, full (whole profile) (default %(default)s)")
     e.add_argument("-o", "--output", default="factembed_evaluate", help="output directory (default %(default)s)")
