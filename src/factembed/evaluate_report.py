@@ -92,7 +92,7 @@ def _to_markdown(table) -> str:
 
 
 def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
 
 
 def write_outputs(output, result: dict, *, data, methods, dims, n_folds, jobs, seed, n_pairs, fe_config,
