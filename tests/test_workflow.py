@@ -73,6 +73,11 @@ def _steps(directory):
 # in process
 # --------------------------------------------------------------------------------------
 
+def _has_bokeh() -> bool:
+    import importlib.util
+    return importlib.util.find_spec("bokeh") is not None
+
+
 def test_in_memory_fit_in_process(tmp_path):
     X, labels = _raw_matrix()
     _write_h5(tmp_path / "x.h5", X, labels=labels)
@@ -82,8 +87,8 @@ def test_in_memory_fit_in_process(tmp_path):
     assert res.mode == "memory" and res.resumed_from is None
     assert res.estimator.embedding_.shape == (120, 2) and res.n_genes == 80
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [
-        "checkpoints", "embedding.csv", "embedding.png", "history.csv", "model.json", "training.png",
-        "weights.safetensors"]
+        "checkpoints", "embedding.csv", *(["embedding.html"] if _has_bokeh() else []), "embedding.png",
+        "history.csv", "model.json", "training.png", "weights.safetensors"]
     assert _steps(tmp_path / "m" / "checkpoints") == [20, 40]
     res2 = fit(FitRequest(**{**req.__dict__, "checkpoints": CheckpointOptions(every=20, resume=True)}),
                echo=lambda msg: None)
