@@ -35,7 +35,7 @@ def test_held_out_is_deterministic_matches_numpy_and_has_the_fraction():
 
 
 def test_stop_rule_on_a_synthetic_curve():
-    rule = StopRule(patience=300, tol=0.01, min_steps=200)
+    rule = StopRule(patience=300, tol=0.01, min_steps=200, decays=0)
     steps = list(range(100, 2100, 100))
     falling = [1.0 / s for s in steps]                  # still improving a lot: never stops
     assert not any(rule.should_stop(steps[:k], falling[:k]) for k in range(1, len(steps) + 1))
@@ -82,7 +82,7 @@ def test_validation_entries_never_reach_a_training_step_and_training_stops():
     sampler.next = next_
     hist, _, _ = train(net, X, n_steps=400, lr=1e-2, l2=0.0, batch_samples=8, generator=torch.Generator(),
                        device=torch.device("cpu"), progress=False, sampler=sampler, kernel=kernel,
-                       validation=val, stop_rule=StopRule(patience=50, tol=0.5, min_steps=20))
+                       validation=val, stop_rule=StopRule(patience=50, tol=0.5, min_steps=20, decays=0))
     assert hist.stop_reason and "stopped at step" in hist.stop_reason
     assert len(hist.step) < 400 and hist.val_step[-1] == hist.step[-1]
     for idx, xb in zip(order, seen):
@@ -154,7 +154,7 @@ def test_stop_rule_decays_the_learning_rate_on_a_plateau_then_stops():
     assert rule.action(steps[:11], values[:11]) == "decay" and rule.should_stop(steps[:18], values[:18])
     assert not rule.should_stop(steps[:17], values[:17])
     assert "learning rates x0.1 at step 1,100" in rule.reason(steps[:18], values[:18], True)
-    assert StopRule(patience=300, tol=0.01, min_steps=200).events(steps, values) == [("stop", 1100)]
+    assert StopRule(patience=300, tol=0.01, min_steps=200, decays=0).events(steps, values) == [("stop", 1100)]
 
 
 def test_train_multiplies_every_learning_rate_at_the_decay():

@@ -33,7 +33,7 @@ CONFIG_HELP = {
     "batch_genes": "genes per training step (default: the recipe's; reference: all)",
     "sample_lr_scale": "learning rate of the sample table as a multiple of --lr (default: fast 10, reference 1)",
     "n_steps": "training steps: 'auto' (until the MSE of held-out entries improves less than 0.2%% over 1,000 "
-               "steps; at most 25,000) or a number (exactly that many, no validation) (default: fast 'auto', "
+               "steps, twice: learning rates /10 the first time; at most 25,000) or a number (exactly that many, no validation) (default: fast 'auto', "
                "reference 40 passes over the samples, clipped to 2,000..100,000)",
     "infer_steps": "Adam steps when embedding new samples (default %(default)s)",
     "infer_lr": "Adam step when embedding new samples: 'auto' (a quarter of the distance from each sample's "

@@ -20,7 +20,8 @@ pairs (figures and how they were measured: ``bench/README.md``, "Time to quality
 * **Its own length: until converged** (``n_steps=None``, the default, or ``"auto"``).
   A seeded hash of (sample, gene) holds out 1.5-5% of the entries (at least ~4,000) as
   validation entries, left out of every step; their MSE is measured every 100 steps,
-  and training stops when it has not improved by 0.2% over 1,000 steps (never before
+  the first time it has not improved by 0.2% over 1,000 steps every learning rate is
+  divided by 10 (``StopRule.decays = 1``), the second time training stops (never before
   500 steps, at most ``AUTO_MAX_STEPS`` = 25,000), keeping the last state
   (:mod:`factembed.validation` says why the last and not the best).  An explicit
   ``n_steps=N`` trains exactly N steps without validation.  The pass-count rule this
