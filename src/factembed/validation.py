@@ -8,8 +8,9 @@
 * :class:`ValidationSet` keeps a seeded subset of the held-out entries (at most
   ``max_entries``, spread over up to ``max_rows`` samples) with their targets, and
   measures the model's MSE on them at the samples' current embeddings.
-* :class:`StopRule`: stop when the validation MSE has not improved by a relative ``tol``
-  over ``patience`` steps (never before ``min_steps``).  Its state is a pure function of
+* :class:`StopRule`: the first ``decays`` times (default 1) the validation MSE has not
+  improved by a relative ``tol`` over ``patience`` steps, multiply every learning rate by
+  ``factor``; the next time, stop (never before ``min_steps``).  Its state is a pure function of
   the validation curve kept in the history, so a resumed run replays it from the
   checkpoint's history and stops at the same step.
 """
