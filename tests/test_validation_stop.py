@@ -215,3 +215,17 @@ def test_stop_rule_events_incremental_scan_equals_a_fresh_replay():
         other = values[:30] + [v * 0.5 for v in values[30:]]          # same rule, a different curve
         assert rule.events(steps, other) == StopRule(patience=500, tol=0.01, min_steps=300,
                                                      decays=int(trial % 3)).events(steps, other)
+
+
+def test_the_default_auto_fit_decays_the_learning_rates_once_then_stops():
+    # the default rule (StopRule() inside fit): first plateau -> every learning rate x0.1,
+    # second plateau -> stop; the summary names both steps
+    from factembed import FactorizedEmbeddings
+    assert StopRule().decays == 1 and StopRule().factor == 0.1
+    rng = np.random.default_rng(0)
+    X = (rng.normal(size=(40, 3)) @ rng.normal(size=(3, 80)) + 0.3 * rng.normal(size=(40, 80))).astype(np.float32)
+    fe = FactorizedEmbeddings(gene_dim=4, hidden=(8,), random_state=0, verbose=False).fit(X)
+    reason = fe.stop_reason_
+    assert "learning rates x0.1 at step" in reason and "stopped at step" in reason, reason
+    decay_step = int(reason.split("learning rates x0.1 at step ")[1].split(")")[0].replace(",", ""))
+    assert decay_step < fe.history_["step"][-1] < 25_000
