@@ -194,10 +194,10 @@ class StopRule:
     keep: str = "last"
     #: learning-rate decays on a plateau before the stop: the first ``decays`` times the
     #: curve is flat, every learning rate is multiplied by ``factor`` and the patience
-    #: starts again from that step.  One decay is the default: at TCGA shape the step's
-    #: own noise (the validation MSE moves +-1.4% between points at the full rates) hides
-    #: a slow trend, and the decayed rates end far lower (planted 10,344 x 19,962: full-data
-    #: MSE 0.082 at 16,800 steps against 0.116 without); figures in ``bench/README.md``
+    #: starts again from that step.  One decay is the default: on large matrices the
+    #: validation MSE's point-to-point noise at the full rates hides a slow trend that the
+    #: decayed rates follow much further (figures: ``bench/README.md``, "One learning-rate
+    #: decay before the stop")
     decays: int = 1
     factor: float = 0.1
     _scan: tuple | None = field(default=None, init=False, repr=False, compare=False)
