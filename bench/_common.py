@@ -108,9 +108,10 @@ class RecipeTraining:
     batch plan, ``make_optimizer``, ``train``), seeded as ``FactorizedEmbeddings.fit``
     seeds them, so that a bench can advance it in timed segments.  ``cfg`` is an
     :class:`factembed.FEConfig`; ``advance(step)`` trains up to ``step`` and returns the
-    seconds it took (CUDA synchronised)."""
+    seconds it took (CUDA synchronised).  The matrix is put on the device here (the
+    bench path); ``graphs`` goes to ``train`` (None: its default, CUDA graphs on CUDA)."""
 
-    def __init__(self, X: np.ndarray, cfg) -> None:
+    def __init__(self, X: np.ndarray, cfg, graphs: bool | None = None) -> None:
         import torch
 
         from factembed.model import FactorizedEmbeddingNet
@@ -131,6 +132,7 @@ class RecipeTraining:
         self.sampler = batch_plan(BatchSampler(n, self.plan.batch_samples, self.gen), m, self.plan, gene_seed)
         self.optimizer = make_optimizer(self.net, self.plan.lr, cfg.l2, self.device, sample_lr=self.plan.sample_lr)
         self.X = torch.from_numpy(X).to(self.device)
+        self.graphs = graphs
         self.missing = bool(torch.isnan(self.X).any())      # NaN entries left out of the loss
         self.done = 0
         self.pairs_per_step = self.plan.batch_samples * (self.plan.batch_genes or m)
@@ -144,7 +146,7 @@ class RecipeTraining:
         train(self.net, self.X, n_steps=step, lr=self.plan.lr, l2=self.cfg.l2,
               batch_samples=self.plan.batch_samples, generator=self.gen, device=self.device,
               compute_dtype=self.dtype, progress=False, sampler=self.sampler, optimizer=self.optimizer,
-              start_step=self.done, missing=self.missing)
+              start_step=self.done, missing=self.missing, graphs=self.graphs)
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         self.done = step

@@ -2,31 +2,91 @@
 TCGA shape, on any device and precision (the CPU figures of record come from
 bench_throughput.py; this one exists so that a GPU machine can be measured in one go).
 
+On CUDA each recipe is timed with its steps eager and replayed from a CUDA graph (the
+default), with the launches and synchronisations per step counted by the profiler
+(``cudaLaunchKernel`` / ``cudaGraphLaunch`` / copies; ``cudaStreamSynchronize`` /
+``cudaDeviceSynchronize`` / blocking copies), and the user's path (``fit`` of a NumPy
+array in host memory, its steps' time from two run lengths) is compared with the bench
+path (the matrix put on the device by the bench).
+
     python bench/bench_step_speed.py --device cuda --precisions fp32,bf16
 """
 
 from __future__ import annotations
 
 import json
+import time
 
 from _common import (TCGA_GENES, TCGA_SAMPLES, RecipeTraining, Tee, machine_line, out_path, parser, tcga_like,
                      write_text)
 
+_LAUNCH = ("cudaLaunchKernel", "cudaGraphLaunch", "cudaMemcpyAsync", "cudaMemsetAsync", "cuLaunchKernel",
+           "cudaLaunchKernelExC")
+_SYNC = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy")
 
-def steps_per_second(X, training: str, device: str, precision: str, steps: int, windows: int) -> dict:
+
+def steps_per_second(X, training: str, device: str, precision: str, steps: int, windows: int,
+                     graphs: bool | None = None) -> dict:
     from factembed import FEConfig
 
-    fit = RecipeTraining(X, FEConfig(training=training, device=device, precision=precision, random_state=0))
+    fit = RecipeTraining(X, FEConfig(training=training, device=device, precision=precision, random_state=0),
+                         graphs=graphs)
     plan = fit.plan
     rates = []
-    for w in range(windows + 1):          # the first window warms up (allocation, compilation)
+    for w in range(windows + 1):          # the first window warms up (allocation, compilation, capture)
         seconds = fit.advance(fit.done + steps)
         if w:
             rates.append(steps / seconds)
     rates.sort()
-    return {"training": training, "precision": precision, "plan": plan.describe(),
-            "it_s_median": rates[len(rates) // 2], "it_s": rates, "pairs_per_step": fit.pairs_per_step,
-            "hours_for_plan": plan.n_steps / rates[len(rates) // 2] / 3600}
+    out = {"training": training, "precision": precision, "graphs": graphs, "plan": plan.describe(),
+           "it_s_median": rates[len(rates) // 2], "it_s": rates, "pairs_per_step": fit.pairs_per_step,
+           "hours_for_plan": plan.n_steps / rates[len(rates) // 2] / 3600}
+    if device == "cuda":
+        out.update(calls_per_step(fit, steps))
+    return out
+
+
+def calls_per_step(fit: RecipeTraining, steps: int) -> dict:
+    """CUDA runtime launches and synchronisations per step over ``steps`` steady steps
+    (one chunk drain included, as in a real run)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        fit.advance(fit.done + steps)
+    launches = syncs = kernels = 0
+    for evt in prof.key_averages():
+        if evt.key in _LAUNCH:
+            launches += evt.count
+        if evt.key in _SYNC:
+            syncs += evt.count
+    for evt in prof.events():
+        if getattr(evt, "device_type", None) is not None and str(evt.device_type).endswith("CUDA"):
+            kernels += 1
+    return {"launches_per_step": launches / steps, "syncs_per_step": syncs / steps,
+            "gpu_ops_per_step": kernels / steps}
+
+
+def user_path(X, training: str, device: str, precision: str, steps: int) -> dict:
+    """Seconds per step of ``FactorizedEmbeddings(device=...).fit(X)`` with ``X`` a NumPy
+    array: the difference of two fits of ``steps`` and ``3 * steps`` steps, over ``2 * steps``
+    (set-up, the copy to the device and the capture cancel out)."""
+    import torch
+
+    from factembed import FactorizedEmbeddings
+
+    def fit(n):
+        fe = FactorizedEmbeddings(n_steps=n, training=training, device=device, precision=precision,
+                                  random_state=0, verbose=False)
+        t0 = time.perf_counter()
+        fe.fit(X)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    fit(steps)                                    # warm-up (CUDA context, TorchScript)
+    short, long = fit(steps), fit(3 * steps)
+    return {"training": training, "precision": precision, "user_s_per_step": (long - short) / (2 * steps),
+            "user_fit_seconds": {steps: short, 3 * steps: long}}
 
 
 def main() -> None:
@@ -35,6 +95,8 @@ def main() -> None:
     p.add_argument("--precisions", default="fp32")
     p.add_argument("--steps", type=int, default=200, help="steps per timing window")
     p.add_argument("--windows", type=int, default=5)
+    p.add_argument("--user-steps", type=int, default=500,
+                   help="steps of the shorter user-path fit (CUDA only; 0 skips it)")
     args = p.parse_args()
     n, m = (64, 300) if args.quick else (TCGA_SAMPLES, TCGA_GENES)
     steps, windows = (3, 1) if args.quick else (args.steps, args.windows)
@@ -42,13 +104,27 @@ def main() -> None:
     say = Tee()
     say(machine_line() + f"; device {args.device}")
     rows = []
+    modes = (False, True) if args.device == "cuda" else (None,)
     for precision in [s.strip() for s in args.precisions.split(",") if s.strip()]:
         for training in ("reference", "fast"):
-            r = steps_per_second(X, training, args.device, precision, steps, windows)
-            rows.append(r)
-            say(f"{training:9s} {precision}: {r['it_s_median']:8.2f} it/s (median of {windows} x {steps} steps), "
-                  f"{r['pairs_per_step'] * r['it_s_median'] / 1e6:7.2f} M pairs/s; {r['plan']}; "
-                  f"the plan's steps take {r['hours_for_plan'] * 60:.1f} min")
+            for graphs in modes:
+                r = steps_per_second(X, training, args.device, precision, steps, windows, graphs=graphs)
+                rows.append(r)
+                mode = {None: "", False: " eager  ", True: " graphed"}[graphs]
+                calls = (f"; {r['launches_per_step']:.1f} launches, {r['syncs_per_step']:.2f} syncs, "
+                         f"{r['gpu_ops_per_step']:.1f} GPU ops per step") if "launches_per_step" in r else ""
+                say(f"{training:9s} {precision}{mode}: {r['it_s_median']:8.2f} it/s (median of {windows} x "
+                    f"{steps} steps), {r['pairs_per_step'] * r['it_s_median'] / 1e6:7.2f} M pairs/s; {r['plan']}; "
+                    f"the plan's steps take {r['hours_for_plan'] * 60:.1f} min{calls}")
+            if args.device == "cuda" and args.user_steps and not args.quick:
+                u = user_path(X, training, args.device, precision, args.user_steps)
+                bench = 1.0 / rows[-1]["it_s_median"]          # the graphed bench path just measured
+                u["bench_s_per_step"] = bench
+                rows.append(u)
+                say(f"{training:9s} {precision} user path (NumPy array to fit): {u['user_s_per_step'] * 1e3:.3f} "
+                    f"ms/step vs bench path {bench * 1e3:.3f} ms/step: ratio {u['user_s_per_step'] / bench:.2f} "
+                    f"(target <= 1.2); fits of {args.user_steps} / {3 * args.user_steps} steps: "
+                    + " / ".join(f"{v:.1f} s" for v in u["user_fit_seconds"].values()))
     stem = out_path(args, "step_speed")
     write_text(stem.with_suffix(".json"), json.dumps(rows, indent=1))
     say.save(stem.with_suffix(".txt"))

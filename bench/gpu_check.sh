@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # The GPU check, in one command, on a CUDA machine (none is needed to develop factembed):
 #   bash bench/gpu_check.sh            -> bench/results/gpu/{gpu_check.log,tests.txt,step_speed.*,convergence.*}
-# 1. tests/test_cuda.py (the kernel against float64, CPU vs GPU runs, resume, save/load on CUDA);
-# 2. steps/s of the reference and default recipes at TCGA shape (fp32, bf16); 3. time to quality at
+# 1. tests/test_cuda.py and tests/test_cuda_graphs.py (the kernel against float64, CPU vs GPU runs,
+# resume, save/load on CUDA; graphed vs eager steps, no sync in the steady loop, re-capture after the
+# decay, the user's path from device memory); 2. steps/s of the reference and default recipes at
+# TCGA shape (fp32, bf16), eager and graphed, launches and syncs per step, the user's path (a NumPy
+# array to fit) against the bench path; 3. time to quality at
 # TCGA shape (planted 10,344 x 19,962) on CUDA (the defaults' full run; the reference's first 5,000
 # steps); 4. the rest of the test suite with CUDA visible; then, while GPU_CHECK_BUDGET_S (default
 # 480 s) lasts: 5. the defaults in bf16 on the same matrix (precision parity); 6. the reference's
@@ -44,16 +47,18 @@ else
   if ! "$PY" -c "import torch; assert torch.cuda.is_available(), 'CUDA is not available to torch'" 2>&1 | tee -a "$LOG"; then
     say "no CUDA: stopping"; exit 1
   fi
-  OMP_NUM_THREADS=4 phase tests-cuda 120 "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py
+  OMP_NUM_THREADS=4 phase tests-cuda 150 "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py \
+    tests/test_cuda_graphs.py
 fi
-phase step-speed 150 "$PY" bench/bench_step_speed.py --device "$DEVICE" --precisions "$PRECISIONS" --out "$OUT" $QUICK
+phase step-speed 200 "$PY" bench/bench_step_speed.py --device "$DEVICE" --precisions "$PRECISIONS" --out "$OUT" $QUICK
 # the reference's 100,000 steps may not fit a short GPU lease: its first 5,000 (time extrapolated), as on the CPU
 phase convergence 300 "$PY" bench/bench_convergence.py --device "$DEVICE" --datasets planted --planted-n "$N" \
   --planted-m 19962 --reference-steps "$REF_STEPS" --reference-evals 4 --evals 10 --key planted_full --out "$OUT" $QUICK
 if [ -z "$QUICK" ]; then      # the rest of the suite, CUDA visible (in parallel where pytest-xdist is there)
   XDIST=$("$PY" -c "import xdist" >/dev/null 2>&1 && echo "-n ${GPU_CHECK_TEST_JOBS:-6}")
   lim=$(left); [ "$lim" -lt 240 ] || lim=240; [ "$lim" -gt 60 ] || lim=60
-  OMP_NUM_THREADS=2 phase tests "$lim" "$PY" -m pytest -q -p no:cacheprovider $XDIST --ignore=tests/test_cuda.py
+  OMP_NUM_THREADS=2 phase tests "$lim" "$PY" -m pytest -q -p no:cacheprovider $XDIST --ignore=tests/test_cuda.py \
+    --ignore=tests/test_cuda_graphs.py
   grep -E "passed|failed|error" "$LOG" | tail -6 > "$OUT/tests.txt"
 fi
 if [ "$(left)" -gt 60 ]; then

@@ -88,6 +88,24 @@ def test_event_values_and_missing_markers():
 
 # -- numbers against independent references ------------------------------------------
 
+def test_the_bootstrap_resample_c_index_equals_brute_force_and_sksurv():
+    """The bootstrap's hot loop scores resamples with lifelines (when installed): on
+    resamples (duplicated patients: tied times and risks) it must give Harrell's c of the
+    brute-force count and of scikit-survival, whatever the ties."""
+    pytest.importorskip("lifelines", reason="lifelines (factembed[survival]) is not installed")
+    resample_c = et._resample_c_index()
+    assert resample_c is not et.c_index
+    rng = np.random.default_rng(4)
+    time = np.round(rng.exponential(1, 50), 1) + 0.1
+    event = rng.random(50) < 0.5
+    risk = np.round(-time + rng.normal(0, 0.7, 50), 1)
+    for _ in range(25):
+        i = rng.integers(0, 50, 50)
+        want = brute_c_index(time[i], event[i], risk[i])
+        assert resample_c(time[i], event[i], risk[i]) == pytest.approx(want, abs=1e-12)
+        assert et.c_index(time[i], event[i], risk[i]) == pytest.approx(want, abs=1e-12)
+
+
 def test_c_index_and_pooled_interval_against_brute_force():
     rng = np.random.default_rng(1)
     time = np.round(rng.exponential(1, 60), 1) + 0.1        # ties in time

@@ -235,6 +235,8 @@ def make_optimizer(params, lr: float, l2: float, device: torch.device,
         params = [{"params": [net.sample_embedding], "lr": sample_lr}, {"params": rest}]
     elif isinstance(params, FactorizedEmbeddingNet):
         params = params.parameters()
+    if torch.device(device).type == "cuda":   # its step count on the device: a CUDA graph can capture it
+        kwargs["capturable"] = True
     try:
         return torch.optim.Adam(params, fused=True, **kwargs)
     except (RuntimeError, TypeError):  # fused Adam unsupported on this device/torch
@@ -282,14 +284,18 @@ def train(net: FactorizedEmbeddingNet, X: torch.Tensor | RowSource, *, n_steps: 
           checkpointer: "Checkpointer | None" = None,
           kernel: Callable[..., FusedProfileLoss] | None = None,
           workers: int | None = None, validation=None, stop_rule=None,
-          missing: bool = False) -> tuple[History, torch.optim.Optimizer, BatchSampler]:
+          missing: bool = False, chunk_steps: int | None = None, graphs: bool | None = None,
+          feed: str | None = None) -> tuple[History, torch.optim.Optimizer, BatchSampler]:
     """Train ``net`` in place on the (samples x genes) float32 matrix ``X`` (a tensor or
     any :class:`RowSource`).
 
-    ``X`` stays where it is (CPU memory, a memory map, a file); only the rows of a batch
-    are copied to ``device``.  ``sampler`` may be any object with ``next() -> index``
+    ``X`` stays where it is (CPU memory, a memory map, a file) unless the run is on CUDA
+    and an in-memory ``X`` fits the device (:func:`factembed.step.resident_on`: it is
+    copied there for the run); otherwise only each step's tile (its rows x its genes) is
+    copied to ``device``.  ``sampler`` may be any object with ``next() -> index``
     and a batch size ``b`` (e.g. a block-shuffling sampler for on-disk data).
-    ``callback(step, loss, r)`` is called for every step, in order, after the step.
+    ``callback(step, loss, r)`` is called for every step, in order, after the step (in
+    bursts: once per chunk, below).
     ``before_step()`` runs after the gradients are computed and before Adam's update
     (e.g. an all-reduce of the replicated parameters' gradients across processes).
     ``checkpointer`` writes a checkpoint every ``checkpointer.every`` steps, only after
@@ -308,9 +314,21 @@ def train(net: FactorizedEmbeddingNet, X: torch.Tensor | RowSource, *, n_steps: 
     ``stop_rule`` (a :class:`~factembed.validation.StopRule`) training ends early when the
     rule says so (``history.stop_reason`` says why).  ``missing=True``: NaN entries of
     ``X`` are missing values, left out of the loss the same way.
+
+    The steps run in chunks (:mod:`factembed.step`) of ``chunk_steps`` (default 16 on
+    the CPU, 256 on CUDA) that end at every validation and checkpoint step: within a
+    chunk the host never waits for the device; the losses are read once per chunk, where
+    a divergence is reported (at the step it happened) and the history, callback and
+    progress bar are fed.  ``graphs`` (default: on CUDA, without ``before_step``) replays
+    each step from a CUDA graph (:class:`~factembed.step.GraphedStep`, with an eager
+    fallback).  ``feed`` forces how batches reach the device (``"lazy"``, ``"resident"``,
+    ``"tiles"``: :func:`~factembed.step.make_feed`).  On the CPU the result is bitwise
+    that of one step at a time, whatever ``chunk_steps`` and ``feed``.
     Returns the history, the optimizer and the batch sampler (the last two so that a
     caller can checkpoint and resume).
     """
+    from .step import CHUNK_STEPS, chunk_schedule, make_feed, make_step
+
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, numbers.Integral)
                                 or workers < 1):
         raise ValueError(f"workers must be a positive integer or None, got {workers!r}")
@@ -334,14 +352,20 @@ def train(net: FactorizedEmbeddingNet, X: torch.Tensor | RowSource, *, n_steps: 
     t0 = time.perf_counter() - (history.seconds[-1] if history.seconds else 0.0)
     walk = getattr(sampler, "genes", None)
     pairs = sampler.b * (source.shape[1] if walk is None else walk.k)
-    pending: list[tuple[int, float, torch.Tensor]] = []
+    feeder = make_feed(source, sampler, device, validation, feed)
+    step_fn = make_step(net, fused, optimizer, device=device, masked=masked, before_step=before_step,
+                        graphs=graphs)
+    size = int(chunk_steps or CHUNK_STEPS.get(device.type, CHUNK_STEPS["cuda"]))
+    if hasattr(feeder, "chunk_limit"):
+        size = min(size, feeder.chunk_limit(sampler.b))
+    records = torch.empty((size, 6), dtype=torch.float32, device=device)
 
-    def flush() -> None:
-        # One host transfer for many steps: no device synchronisation per step.
-        if not pending:
-            return
-        rows = torch.stack([rec for _, _, rec in pending]).tolist()
-        for (step, seconds, _), (loss_v, x_sum, x_sq, y_sum, y_sq, xy) in zip(pending, rows):
+    def drain(first: int, last: int, launched: list[float]) -> None:
+        # One host transfer per chunk: the only synchronisation with the device.
+        values = records[:last - first + 1].tolist()
+        launched[-1] = time.perf_counter() - t0           # the chunk is done: its wall time
+        for j, (loss_v, x_sum, x_sq, y_sum, y_sq, xy) in enumerate(values):
+            step = first + j
             if not math.isfinite(loss_v):
                 raise FloatingPointError(
                     f"training diverged at step {step}: loss is {loss_v}; "
@@ -350,14 +374,10 @@ def train(net: FactorizedEmbeddingNet, X: torch.Tensor | RowSource, *, n_steps: 
             history.step.append(step)
             history.loss.append(loss_v)
             history.pearson_r.append(r)
-            history.seconds.append(seconds)
+            history.seconds.append(launched[j])
             if callback is not None:
                 callback(step, loss_v, r)
         bar.update(history.step[-1], history.loss[-1], history.pearson_r[-1])
-        pending.clear()
-
-    flush_every = 16 if device.type == "cpu" else 256
-    stopped = False
 
     def validate(step: int) -> bool:
         t_val = time.perf_counter()
@@ -374,53 +394,36 @@ def train(net: FactorizedEmbeddingNet, X: torch.Tensor | RowSource, *, n_steps: 
                 group["lr"] *= stop_rule.factor
         return act == "stop"
 
+    looks = [validation.every if validation is not None else 0,
+             checkpointer.every if checkpointer is not None else 0]
+    stopped = False
     ftz = contextlib.ExitStack()
     try:
         if on_cpu:
             ftz.enter_context(flush_denormals())   # denormals late in training: 3x slower steps otherwise
         if on_cpu:
             torch.set_num_threads(1)
-        for step in range(start_step + 1, n_steps + 1):
-            idx = sampler.next()
-            xb = source.rows(idx).to(device, non_blocking=True)
-            optimizer.zero_grad(set_to_none=True)
-            S = net.sample_term(net.sample_embedding[idx.to(device)])
-            genes = None
-            if walk is None:
-                layer = net.gene_layer()
-            else:   # this step's genes only: their columns and embedding rows (gradients flow to those rows)
-                genes = sampler.next_genes().to(device)
-                xb = xb.index_select(1, genes)
-                layer = net.gene_layer(genes)
-            weights = None
-            if masked:
-                if validation is not None:    # held-out entries: a NaN target adds nothing to loss or gradient
-                    xb = xb.masked_fill(validation.mask(idx, None if genes is None else genes.cpu()).to(device),
-                                        float("nan"))
-                observed = (~torch.isnan(xb)).sum().clamp_min(1)
-                weights = torch.full((xb.shape[0],), 1.0, device=device) * (xb.shape[1] / observed)
-                loss = fused(S, layer, xb, net.decoder_weights(), row_weights=weights)
-            else:
-                loss = fused(S, layer, xb, net.decoder_weights())
-            loss.backward()
-            if before_step is not None:
-                before_step()
-            optimizer.step()
-            xs = xb.nan_to_num(0.0) if masked else xb   # r pools the observed targets (missing: the prediction)
-            record = torch.cat([loss.detach().reshape(1), xs.sum().reshape(1),
-                                (xs * xs).sum().reshape(1), fused.last_stats])
-            pending.append((step, time.perf_counter() - t0, record))
-            if validation is not None and step % validation.every == 0:
-                flush()
-                stopped = validate(step)
-            if checkpointer is not None and step % checkpointer.every == 0:
-                flush()
-                checkpointer.save(step, net, optimizer, sampler, history)
-            elif len(pending) >= flush_every:
-                flush()
+        chunks = list(chunk_schedule(start_step, n_steps, size, looks))
+        ahead = None
+        for c, (first, last) in enumerate(chunks):
+            batch = ahead or feeder.prepare(last - first + 1)
+            ahead = None
+            launched = []
+            for j in range(last - first + 1):
+                records[j].copy_(step_fn(batch(j)))
+                launched.append(time.perf_counter() - t0)
+            at_look = any(e and last % e == 0 for e in looks)
+            if feeder.prefetches and not at_look and c + 1 < len(chunks):
+                # the next chunk's batches are gathered while the device runs this one (no
+                # validation or checkpoint here reads the sampler's state in between)
+                ahead = feeder.prepare(chunks[c + 1][1] - chunks[c + 1][0] + 1)
+            drain(first, last, launched)
+            if validation is not None and last % validation.every == 0:
+                stopped = validate(last)
+            if checkpointer is not None and last % checkpointer.every == 0:
+                checkpointer.save(last, net, optimizer, sampler, history)
             if stopped:
                 break
-        flush()
         if validation is not None and history.step and (not history.val_step
                                                         or history.val_step[-1] != history.step[-1]):
             validate(history.step[-1])
