@@ -279,13 +279,6 @@ class GraphedStep:
         self.failed: str | None = None
         self.captures = 0
         self.side = None
-        opt = eager.optimizer
-        steps_on_device = all(not torch.is_tensor(st.get("step")) or st["step"].device.type == "cuda"
-                              for st in opt.state.values())
-        if steps_on_device:   # e.g. a checkpoint written on the CPU (its groups say capturable=False)
-            for group in opt.param_groups:
-                if "capturable" in group:
-                    group["capturable"] = True
         if hasattr(eager.fused, "compiled"):
             eager.fused.compiled = False   # TorchScript under capture is a known pitfall; replay has no Python cost
 
@@ -308,6 +301,10 @@ class GraphedStep:
         self.s_genes = None if batch.genes is None else batch.genes.clone()
         self.s_xb = batch.xb.clone()
         static = StepBatch(self.s_idx, self.s_genes, self.s_xb)
+        # Adam captured: its step count and learning rate are read on the device (fused Adam
+        # keeps the step count there already, so the flag changes nothing else)
+        for group in e.optimizer.param_groups:
+            group["capturable"] = True
         e.optimizer.zero_grad(set_to_none=True)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
@@ -330,9 +327,14 @@ class GraphedStep:
         warnings.warn(f"factembed: CUDA graph not used ({why}); training continues with eager steps",
                       RuntimeWarning, stacklevel=4)
 
+    def _eager_after_capture(self, batch: StepBatch) -> torch.Tensor:
+        with warnings.catch_warnings():   # torch warns once that a capturable Adam runs uncaptured
+            warnings.filterwarnings("ignore", message=".*capturable=True.*")
+            return self.eager(batch)
+
     def __call__(self, batch: StepBatch) -> torch.Tensor:
         if self.failed is not None:
-            return self.eager(batch)
+            return self._eager_after_capture(batch)
         if self.warm < self.warmup:          # eager warm-up steps on a side stream
             self.warm += 1
             side = self.side = self.side or torch.cuda.Stream()
@@ -356,11 +358,11 @@ class GraphedStep:
                 t.detach().copy_(v)
             torch.cuda.synchronize()
             self._fall_back(f"capture failed: {type(exc).__name__}: {exc}")
-            return self.eager(batch)
+            return self._eager_after_capture(batch)
         got = [t.detach().clone() for t in state]
         for t, v in zip(state, before):
             t.detach().copy_(v)
-        record = self.eager(batch)          # the step of record: eager, from the same state
+        record = self._eager_after_capture(batch)   # the step of record: eager, from the same state
         ok = torch.allclose(got_record, record, rtol=self.CHECK_TOL, atol=self.CHECK_TOL) and all(
             torch.allclose(g.float(), t.detach().float(), rtol=self.CHECK_TOL, atol=self.CHECK_TOL)
             for g, t in zip(got, state))

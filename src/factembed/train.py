@@ -235,8 +235,6 @@ def make_optimizer(params, lr: float, l2: float, device: torch.device,
         params = [{"params": [net.sample_embedding], "lr": sample_lr}, {"params": rest}]
     elif isinstance(params, FactorizedEmbeddingNet):
         params = params.parameters()
-    if torch.device(device).type == "cuda":   # its step count on the device: a CUDA graph can capture it
-        kwargs["capturable"] = True
     try:
         return torch.optim.Adam(params, fused=True, **kwargs)
     except (RuntimeError, TypeError):  # fused Adam unsupported on this device/torch
@@ -335,6 +333,10 @@ def train(net: FactorizedEmbeddingNet, X: torch.Tensor | RowSource, *, n_steps: 
     source = TensorRows(X) if isinstance(X, torch.Tensor) else X
     history = history if history is not None else History()
     optimizer = optimizer or make_optimizer(net.parameters(), lr, l2, device)
+    if device.type != "cuda":     # a checkpoint of a CUDA-graph run resumed elsewhere
+        for group in optimizer.param_groups:
+            if group.get("capturable"):
+                group["capturable"] = False
     sampler = sampler or BatchSampler(source.shape[0], batch_samples, generator)
     # On CPU the fused kernel's gene blocks go to worker threads (one intra-op thread
     # each) while this thread runs at one intra-op thread, instead of OpenMP-parallel
