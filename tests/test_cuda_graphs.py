@@ -125,3 +125,51 @@ def test_the_users_numpy_path_trains_from_device_memory(monkeypatch):
     FactorizedEmbeddings(n_steps=50, device="cuda", gene_dim=8, hidden=(16, 8), random_state=0,
                          verbose=False).fit(X)
     assert isinstance(feeds[-1], step_mod.TileFeed)
+
+
+def test_a_matrix_already_on_the_gpu_is_fed_from_there():
+    X = _matrix().cuda()
+    sampler = BatchPlan(BatchSampler(X.shape[0], 32, torch.Generator().manual_seed(3)))
+    assert isinstance(step_mod.make_feed(TensorRows(X), sampler, torch.device("cuda")), step_mod.ResidentFeed)
+    assert isinstance(step_mod.make_feed(TensorRows(X), sampler, torch.device("cuda", torch.cuda.current_device())),
+                      step_mod.ResidentFeed)
+
+
+def test_a_failed_capture_falls_back_to_eager_steps_with_one_warning(monkeypatch):
+    spy = _Spy(monkeypatch)
+
+    def broken(self, batch):
+        raise RuntimeError("planted capture failure")
+    monkeypatch.setattr(step_mod.GraphedStep, "_capture", broken)
+    X = _matrix()
+    with pytest.warns(RuntimeWarning, match="planted capture failure"):
+        net_g, h_g = _run(X, n_steps=40, graphs=True)
+    net_e, h_e = _run(X, n_steps=40, graphs=False)
+    (g,) = spy.steps
+    assert g.failed and g.graph is None
+    np.testing.assert_allclose(h_g.loss, h_e.loss, rtol=1e-6, atol=1e-6)
+    assert torch.cuda.current_stream() == torch.cuda.default_stream()
+
+
+def test_adam_is_capturable_only_during_the_capture(monkeypatch):
+    spy = _Spy(monkeypatch)
+    _run(_matrix(), n_steps=20, graphs=True)
+    (g,) = spy.steps
+    assert g.captures == 1 and not any(grp["capturable"] for grp in g.eager.optimizer.param_groups)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_graphs_on_a_device_that_is_not_the_current_one(monkeypatch):
+    spy = _Spy(monkeypatch)
+    X = _matrix()
+    n, m = X.shape
+    dev = torch.device("cuda", 1)
+    net = FactorizedEmbeddingNet(n, m, 2, 8, (32, 16), generator=torch.Generator().manual_seed(1)).to(dev)
+    gen = torch.Generator().manual_seed(3)
+    sampler = BatchPlan(BatchSampler(n, 32, gen), GeneWalk(m, 64, torch.Generator().manual_seed(4)))
+    opt = make_optimizer(net, 1e-2, 1e-4, dev)
+    h, _, _ = train(net, X, n_steps=60, lr=1e-2, l2=1e-4, batch_samples=32, generator=gen, device=dev,
+                    progress=False, sampler=sampler, optimizer=opt, graphs=True, kernel=_plain_kernel)
+    (g,) = spy.steps
+    assert g.failed is None and g.captures == 1
+    assert h.loss[-1] < h.loss[5]          # replays do train

@@ -160,3 +160,21 @@ def test_feed_choice_and_graph_switch():
     assert not graphs_wanted(torch.device("cuda"), lambda: None, None)   # data-parallel: eager
     assert graphs_wanted(torch.device("cuda"), None, None)
     assert CHUNK_STEPS["cpu"] == 16
+
+
+def test_a_sparse_source_feeds_tiles_and_trains_bitwise():
+    """A CSR matrix's rows (``CsrRows``, whose ``.X`` is no tensor) never go to the
+    resident feed; on CUDA they feed tiles; the tile feed from it is the one-step loop."""
+    import scipy.sparse as sp
+
+    from factembed._inputs import CsrRows
+    X = _matrix()
+    X[X < 0.3] = 0.0
+    rows = CsrRows(sp.csr_matrix(X.numpy()))
+    sampler = BatchPlan(BatchSampler(48, 8, torch.Generator().manual_seed(0)))
+    assert type(make_feed(rows, sampler, torch.device("cuda"))).__name__ == "TileFeed"   # no CUDA call made
+    with pytest.raises(ValueError, match="dense tensor"):
+        make_feed(rows, sampler, CPU, feed="resident")
+    want = _run(reference_train, X, n_steps=21, walk=10)
+    got = _run(train, rows, n_steps=21, walk=10, feed="tiles", chunk_steps=8)
+    _same(want, got)

@@ -279,6 +279,7 @@ class GraphedStep:
         self.failed: str | None = None
         self.captures = 0
         self.side = None
+        self.device = next(iter(eager.net.parameters())).device
         if hasattr(eager.fused, "compiled"):
             eager.fused.compiled = False   # TorchScript under capture is a known pitfall; replay has no Python cost
 
@@ -291,8 +292,12 @@ class GraphedStep:
         return out
 
     def _key(self, batch: StepBatch) -> tuple:
-        lrs = tuple(float(g["lr"]) for g in self.eager.optimizer.param_groups)
-        return lrs, tuple(batch.idx.shape), None if batch.genes is None else tuple(batch.genes.shape), \
+        # every hyper-parameter of Adam is a constant of the captured step (fused Adam takes
+        # them as scalars): any change, the learning-rate decay above all, captures again
+        groups = tuple(tuple(sorted((k, v) for k, v in g.items() if k not in ("params", "capturable")
+                                    and not torch.is_tensor(v)))
+                       for g in self.eager.optimizer.param_groups)
+        return groups, tuple(batch.idx.shape), None if batch.genes is None else tuple(batch.genes.shape), \
             tuple(batch.xb.shape)
 
     def _capture(self, batch: StepBatch) -> None:
@@ -301,16 +306,28 @@ class GraphedStep:
         self.s_genes = None if batch.genes is None else batch.genes.clone()
         self.s_xb = batch.xb.clone()
         static = StepBatch(self.s_idx, self.s_genes, self.s_xb)
-        # Adam captured: its step count and learning rate are read on the device (fused Adam
-        # keeps the step count there already, so the flag changes nothing else)
-        for group in e.optimizer.param_groups:
-            group["capturable"] = True
-        e.optimizer.zero_grad(set_to_none=True)
+        e.optimizer.zero_grad(set_to_none=True)    # gradients made inside the graph, at fixed addresses
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            loss = e.forward_backward(static)
-            e.optimizer.step()
-            self.s_record = e.record(loss, static.xb)
+        cap = torch.cuda.Stream(device=self.device)
+        cap.wait_stream(torch.cuda.current_stream(self.device))
+        # Adam is captured only here (replays never call it from Python): the flag says so for
+        # the capture and is cleared after it, so eager steps and checkpoints never carry it.
+        # Fused Adam keeps its step count on the device already; the flag changes nothing else.
+        groups = e.optimizer.param_groups
+        for group in groups:
+            group["capturable"] = True
+        try:
+            # the outer stream context is left even when the capture's own exit raises (it ends
+            # the capture before it restores the stream), so a failed capture cannot leave the
+            # rest of the run on the capture stream
+            with torch.cuda.stream(cap):
+                with torch.cuda.graph(graph, stream=cap):
+                    loss = e.forward_backward(static)
+                    e.optimizer.step()
+                    self.s_record = e.record(loss, static.xb)
+        finally:
+            for group in groups:
+                group["capturable"] = False
         self.graph = graph
         self.captures += 1
 
@@ -327,17 +344,19 @@ class GraphedStep:
         warnings.warn(f"factembed: CUDA graph not used ({why}); training continues with eager steps",
                       RuntimeWarning, stacklevel=4)
 
-    def _eager_after_capture(self, batch: StepBatch) -> torch.Tensor:
-        with warnings.catch_warnings():   # torch warns once that a capturable Adam runs uncaptured
-            warnings.filterwarnings("ignore", message=".*capturable=True.*")
-            return self.eager(batch)
+    def _close(self, a: torch.Tensor, b: torch.Tensor) -> bool:
+        return torch.allclose(a.float(), b.float(), rtol=self.CHECK_TOL, atol=self.CHECK_TOL, equal_nan=True)
 
     def __call__(self, batch: StepBatch) -> torch.Tensor:
+        with torch.cuda.device(self.device):     # streams and capture on the parameters' device
+            return self._step(batch)
+
+    def _step(self, batch: StepBatch) -> torch.Tensor:
         if self.failed is not None:
-            return self._eager_after_capture(batch)
+            return self.eager(batch)
         if self.warm < self.warmup:          # eager warm-up steps on a side stream
             self.warm += 1
-            side = self.side = self.side or torch.cuda.Stream()
+            side = self.side = self.side or torch.cuda.Stream(device=self.device)
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
                 out = self.eager(batch)
@@ -350,25 +369,33 @@ class GraphedStep:
         self.graph = None
         state = self._tensors()
         before = [t.detach().clone() for t in state]
-        try:
-            self._capture(batch)
-            got_record = self._replay(batch).clone()
-        except Exception as exc:  # noqa: BLE001 - any capture failure: eager from here on
+
+        def restore():
             for t, v in zip(state, before):
                 t.detach().copy_(v)
+        try:
+            self._capture(batch)
+            if not all(self._close(t.detach(), v) for t, v in zip(state, before)):
+                raise RuntimeError("the capture ran the step instead of recording it "
+                                   "(are the tensors on another device?)")
+            got_record = self._replay(batch).clone()
+        except Exception as exc:  # noqa: BLE001 - any capture failure: eager from here on
             torch.cuda.synchronize()
+            restore()
             self._fall_back(f"capture failed: {type(exc).__name__}: {exc}")
-            return self._eager_after_capture(batch)
+            return self.eager(batch)
         got = [t.detach().clone() for t in state]
-        for t, v in zip(state, before):
-            t.detach().copy_(v)
-        record = self._eager_after_capture(batch)   # the step of record: eager, from the same state
-        ok = torch.allclose(got_record, record, rtol=self.CHECK_TOL, atol=self.CHECK_TOL) and all(
-            torch.allclose(g.float(), t.detach().float(), rtol=self.CHECK_TOL, atol=self.CHECK_TOL)
-            for g, t in zip(got, state))
+        restore()
+        record = self.eager(batch)          # the step of record: eager, from the same state
+        self.eager.optimizer.zero_grad(set_to_none=True)   # the graph has its own gradients
+        moved = any(not torch.equal(g, v) for g, v in zip(got, before))
+        ok = moved and self._close(got_record, record) and all(
+            self._close(g, t.detach()) for g, t in zip(got, state))
         if not ok:
-            worst = max(float((g.float() - t.detach().float()).abs().max()) for g, t in zip(got, state))
-            self._fall_back(f"the replayed step differs from the eager one by {worst:.3g}")
+            worst = max([float((g.float() - t.detach().float()).abs().max()) for g, t in zip(got, state)]
+                        + [float((got_record - record).abs().max())])
+            self._fall_back(f"the replayed step differs from the eager one by {worst:.3g}" if moved
+                            else "the replayed step changed nothing")
         else:
             self.key = key
         return record
@@ -382,15 +409,27 @@ def make_step(net, fused, optimizer, *, device: torch.device, masked: bool,
     return GraphedStep(eager) if graphs_wanted(device, before_step, graphs) else eager
 
 
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    """``cuda:0`` and ``cuda`` (the current device) are the same device when 0 is current."""
+    if a.type != b.type:
+        return False
+    if a.type != "cuda":
+        return True
+    current = torch.cuda.current_device()
+    return (a.index if a.index is not None else current) == (b.index if b.index is not None else current)
+
+
 def make_feed(source, sampler, device: torch.device, validation=None, feed: str | None = None):
     """The feed of a run: ``"lazy"`` on the CPU, ``"resident"`` when the source is an
     in-memory tensor already on the device or worth copying there (:func:`resident_on`),
     else ``"tiles"``; ``feed`` forces one (the tests run all three on the CPU)."""
     X = getattr(source, "X", None)
+    X = X if isinstance(X, torch.Tensor) else None      # e.g. a sparse matrix's rows: tiles
     if feed is None:
         if device.type == "cpu":
             feed = "lazy"
-        elif X is not None and (X.device == device or (X.device.type == "cpu" and resident_on(device, X))):
+        elif X is not None and (_same_device(X.device, device)
+                                or (X.device.type == "cpu" and resident_on(device, X))):
             feed = "resident"
         else:
             feed = "tiles"
@@ -398,7 +437,7 @@ def make_feed(source, sampler, device: torch.device, validation=None, feed: str 
         return LazyFeed(source, sampler, device, validation)
     if feed == "resident":
         if X is None:
-            raise ValueError("feed='resident' needs an in-memory tensor source")
+            raise ValueError("feed='resident' needs an in-memory dense tensor source")
         return ResidentFeed(X.to(device), sampler, device, validation)
     if feed == "tiles":
         return TileFeed(source, sampler, device, validation)
