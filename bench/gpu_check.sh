@@ -50,7 +50,7 @@ else
   OMP_NUM_THREADS=4 phase tests-cuda 150 "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py \
     tests/test_cuda_graphs.py
 fi
-phase step-speed 200 "$PY" bench/bench_step_speed.py --device "$DEVICE" --precisions "$PRECISIONS" --out "$OUT" $QUICK
+phase step-speed 200 "$PY" bench/bench_step_speed.py --device "$DEVICE" --precisions "$PRECISIONS" --windows 3 --out "$OUT" $QUICK
 # the reference's 100,000 steps may not fit a short GPU lease: its first 5,000 (time extrapolated), as on the CPU
 phase convergence 300 "$PY" bench/bench_convergence.py --device "$DEVICE" --datasets planted --planted-n "$N" \
   --planted-m 19962 --reference-steps "$REF_STEPS" --reference-evals 4 --evals 10 --key planted_full --out "$OUT" $QUICK
