@@ -178,3 +178,79 @@ def test_a_sparse_source_feeds_tiles_and_trains_bitwise():
     want = _run(reference_train, X, n_steps=21, walk=10)
     got = _run(train, rows, n_steps=21, walk=10, feed="tiles", chunk_steps=8)
     _same(want, got)
+
+
+# -- GraphedStep's logic on the CPU: its CUDA calls replaced by a "graph" that replays by
+# running the recorded body again (what a correct CUDA graph does, ops being deterministic) --
+
+class _ReplayByRunning:
+    def __init__(self, body, optimizer, mode, owner):
+        self.body, self.optimizer, self.mode = body, optimizer, mode
+        if mode == "runs-at-capture":      # a broken capture that executes the step
+            body()
+        if mode == "no-op":                # a graph that does nothing: its output buffer only
+            owner.s_record = torch.zeros(6)
+
+    def replay(self):
+        if self.mode == "no-op":
+            return
+        self.optimizer.zero_grad(set_to_none=True)   # a graph writes fresh gradients each replay
+        self.body()
+        if self.mode == "off-by-a-bit":
+            with torch.no_grad():
+                for p in self.optimizer.param_groups[0]["params"]:
+                    p.add_(1e-3)
+
+
+def _cpu_graphed(monkeypatch, mode="faithful"):
+    import contextlib
+
+    import factembed.step as step_mod
+    made = []
+
+    class CpuGraphed(step_mod.GraphedStep):
+        def _record(self, body):
+            return _ReplayByRunning(body, self.eager.optimizer, mode, self)
+
+        def _warmup_step(self, batch):
+            return self.eager(batch)
+
+        def _device_scope(self):
+            return contextlib.nullcontext()
+
+        def _synchronize(self):
+            pass
+
+    def make_step(net, fused, optimizer, *, device, masked, before_step=None, graphs=None):
+        made.append(CpuGraphed(step_mod.EagerStep(net, fused, optimizer, masked, before_step)))
+        return made[-1]
+    monkeypatch.setattr(step_mod, "make_step", make_step)
+    return made
+
+
+@pytest.mark.parametrize("walk", [None, 10])
+def test_graphed_step_logic_gives_the_one_step_loop(monkeypatch, walk):
+    """Warm-up, capture, the capture check, replays through the static buffers and the
+    second capture after the decay: with a faithful graph, bitwise the reference loop."""
+    made = _cpu_graphed(monkeypatch)
+    X = _matrix()
+    want = _run(reference_train, X, n_steps=400, walk=walk, validation=True, stop=True, lr=3e-2)
+    got = _run(train, X, n_steps=400, walk=walk, validation=True, stop=True, lr=3e-2, feed="resident", chunk_steps=16)
+    (g,) = made
+    assert g.failed is None and g.captures == 2           # the first capture, then after x0.1
+    assert not any(grp["capturable"] for grp in got[1].param_groups)
+    _same(want, got)
+
+
+@pytest.mark.parametrize("mode,why", [("off-by-a-bit", "differs from the eager one"),
+                                      ("no-op", "changed nothing"),
+                                      ("runs-at-capture", "ran the step instead of recording it")])
+def test_a_bad_capture_falls_back_to_eager_steps(monkeypatch, mode, why):
+    made = _cpu_graphed(monkeypatch, mode)
+    X = _matrix()
+    want = _run(reference_train, X, n_steps=40, walk=10)
+    with pytest.warns(RuntimeWarning, match=why):
+        got = _run(train, X, n_steps=40, walk=10, feed="tiles", chunk_steps=16)
+    (g,) = made
+    assert g.failed and g.captures == 1
+    _same(want, got)        # the check's state was restored: the run is the eager one

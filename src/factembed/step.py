@@ -307,9 +307,11 @@ class GraphedStep:
         self.s_xb = batch.xb.clone()
         static = StepBatch(self.s_idx, self.s_genes, self.s_xb)
         e.optimizer.zero_grad(set_to_none=True)    # gradients made inside the graph, at fixed addresses
-        graph = torch.cuda.CUDAGraph()
-        cap = torch.cuda.Stream(device=self.device)
-        cap.wait_stream(torch.cuda.current_stream(self.device))
+
+        def body():
+            loss = e.forward_backward(static)
+            e.optimizer.step()
+            self.s_record = e.record(loss, static.xb)
         # Adam is captured only here (replays never call it from Python): the flag says so for
         # the capture and is cleared after it, so eager steps and checkpoints never carry it.
         # Fused Adam keeps its step count on the device already; the flag changes nothing else.
@@ -317,19 +319,41 @@ class GraphedStep:
         for group in groups:
             group["capturable"] = True
         try:
-            # the outer stream context is left even when the capture's own exit raises (it ends
-            # the capture before it restores the stream), so a failed capture cannot leave the
-            # rest of the run on the capture stream
-            with torch.cuda.stream(cap):
-                with torch.cuda.graph(graph, stream=cap):
-                    loss = e.forward_backward(static)
-                    e.optimizer.step()
-                    self.s_record = e.record(loss, static.xb)
+            self.graph = self._record(body)
         finally:
             for group in groups:
                 group["capturable"] = False
-        self.graph = graph
         self.captures += 1
+
+    # -- the CUDA calls, apart (tests/test_step.py replaces them to run this class's logic on
+    # the CPU, with a "graph" that replays by running the body again) --------------------------
+    def _record(self, body: Callable[[], None]):
+        """A CUDA graph of ``body()`` (recorded, not run)."""
+        graph = torch.cuda.CUDAGraph()
+        cap = torch.cuda.Stream(device=self.device)
+        cap.wait_stream(torch.cuda.current_stream(self.device))
+        # the outer stream context is left even when the capture's own exit raises (it ends the
+        # capture before it restores the stream), so a failed capture cannot leave the rest of
+        # the run on the capture stream
+        with torch.cuda.stream(cap):
+            with torch.cuda.graph(graph, stream=cap):
+                body()
+        return graph
+
+    def _warmup_step(self, batch: StepBatch) -> torch.Tensor:
+        """An eager step on a side stream (the warm-up before a capture)."""
+        side = self.side = self.side or torch.cuda.Stream(device=self.device)
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            out = self.eager(batch)
+        torch.cuda.current_stream().wait_stream(side)
+        return out
+
+    def _device_scope(self):
+        return torch.cuda.device(self.device)
+
+    def _synchronize(self) -> None:
+        torch.cuda.synchronize(self.device)
 
     def _replay(self, batch: StepBatch) -> torch.Tensor:
         self.s_idx.copy_(batch.idx, non_blocking=True)
@@ -348,7 +372,7 @@ class GraphedStep:
         return torch.allclose(a.float(), b.float(), rtol=self.CHECK_TOL, atol=self.CHECK_TOL, equal_nan=True)
 
     def __call__(self, batch: StepBatch) -> torch.Tensor:
-        with torch.cuda.device(self.device):     # streams and capture on the parameters' device
+        with self._device_scope():     # streams and capture on the parameters' device
             return self._step(batch)
 
     def _step(self, batch: StepBatch) -> torch.Tensor:
@@ -356,12 +380,7 @@ class GraphedStep:
             return self.eager(batch)
         if self.warm < self.warmup:          # eager warm-up steps on a side stream
             self.warm += 1
-            side = self.side = self.side or torch.cuda.Stream(device=self.device)
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                out = self.eager(batch)
-            torch.cuda.current_stream().wait_stream(side)
-            return out
+            return self._warmup_step(batch)
         key = self._key(batch)
         if self.graph is not None and key == self.key:
             return self._replay(batch)
@@ -380,7 +399,7 @@ class GraphedStep:
                                    "(are the tensors on another device?)")
             got_record = self._replay(batch).clone()
         except Exception as exc:  # noqa: BLE001 - any capture failure: eager from here on
-            torch.cuda.synchronize()
+            self._synchronize()
             restore()
             self._fall_back(f"capture failed: {type(exc).__name__}: {exc}")
             return self.eager(batch)
