@@ -318,8 +318,7 @@ def _resample_c_index():
 def pooled_c_index(time, event, risk, seed: int = 0, n_boot: int = N_BOOTSTRAP) -> tuple[float, float, float]:
     """Harrell's c-index of the pooled test predictions and a percentile bootstrap 95%
     interval (``n_boot`` resamples of the samples with replacement, seeded)."""
-    time, event, risk = (np.asarray(a) for a in (time, event, risk))
-    time, event, risk = time.astype(np.float64), event.astype(bool), risk.astype(np.float64)
+    time, event, risk = np.asarray(time, np.float64), np.asarray(event, bool), np.asarray(risk, np.float64)
     est = c_index(time, event, risk)
     resample_c = _resample_c_index()
     rng = np.random.default_rng(seed)

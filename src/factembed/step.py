@@ -61,27 +61,25 @@ class StepBatch(NamedTuple):
     xb: torch.Tensor
 
 
-class _Masker:
-    """The held-out entries of a step: a NaN target (nothing to the loss nor gradient)."""
+class _Feed:
+    """What every feed holds: the source, the sampler (and its gene walk), the device and
+    the validation set whose entries are held out (a NaN target: nothing to the loss nor
+    to any gradient)."""
 
-    def __init__(self, validation) -> None:
-        self.validation = validation
+    def __init__(self, source, sampler, device: torch.device, validation=None) -> None:
+        self.source, self.sampler, self.device, self.validation = source, sampler, device, validation
+        self.walk = getattr(sampler, "genes", None)
 
     def mask(self, idx: torch.Tensor, genes_cpu: torch.Tensor | None) -> torch.Tensor | None:
         return None if self.validation is None else self.validation.mask(idx, genes_cpu)
 
 
-class LazyFeed:
+class LazyFeed(_Feed):
     """Each step's batch drawn and gathered when the step runs (the CPU path: the rows
     sampler, then the source's rows, then the gene walk, as one step at a time always
     did; a block sampler's staged rows are served in that order)."""
 
     prefetches = False
-
-    def __init__(self, source, sampler, device: torch.device, validation=None) -> None:
-        self.source, self.sampler, self.device = source, sampler, device
-        self.masker = _Masker(validation)
-        self.walk = getattr(sampler, "genes", None)
 
     def prepare(self, n: int) -> Callable[[int], StepBatch]:
         def batch(i: int) -> StepBatch:
@@ -91,7 +89,7 @@ class LazyFeed:
             if self.walk is not None:
                 genes = self.sampler.next_genes().to(self.device)
                 xb = xb.index_select(1, genes)
-            mask = self.masker.mask(idx, None if genes is None else genes.cpu())
+            mask = self.mask(idx, None if genes is None else genes.cpu())
             if mask is not None:
                 xb = xb.masked_fill(mask.to(self.device), float("nan"))
             return StepBatch(idx.to(self.device), genes, xb)
@@ -105,45 +103,42 @@ def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     return t.to(device)
 
 
-class _ChunkFeed:
+class _ChunkFeed(_Feed):
     """Draws a whole chunk of batches up front (see the subclasses)."""
 
     prefetches = True
 
-    def __init__(self, source, sampler, device: torch.device, validation=None) -> None:
-        self.source, self.sampler, self.device = source, sampler, device
-        self.masker = _Masker(validation)
-        self.walk = getattr(sampler, "genes", None)
-        self.n_genes = source.shape[1]
-
     def _draw(self, n: int, with_rows: bool):
-        idx, genes, masks, tiles = [], [], [], []
+        """The chunk's sample indices, gene indices (``None`` each without a gene walk),
+        held-out masks (``None`` each without validation) and, ``with_rows``, source rows."""
+        idx, genes, masks, rows = [], [], [], []
         for _ in range(n):
             i = self.sampler.next()
-            rows = self.source.rows(i) if with_rows else None   # right after next(): staged rows
+            if with_rows:
+                rows.append(self.source.rows(i))   # right after next(): a block sampler's staged rows
             g = self.sampler.next_genes() if self.walk is not None else None
             idx.append(i)
             genes.append(g)
-            m = self.masker.mask(i, g)
-            masks.append(m)
-            if with_rows:
-                tiles.append((rows, g, m))
-        return idx, genes, masks, tiles
+            masks.append(self.mask(i, g))
+        return idx, genes, masks, rows
+
+    def _indices_on_device(self, idx, genes):
+        return (_to_device(torch.stack(idx), self.device),
+                None if self.walk is None else _to_device(torch.stack(genes), self.device))
 
 
 class ResidentFeed(_ChunkFeed):
-    """The matrix is on the device (``X``, a tensor there): per chunk one upload of the
-    sample indices, the gene indices and the held-out mask; each step gathers its tile
-    on the device."""
+    """The matrix is on the device (``X``, ``source``'s matrix there): per chunk one
+    upload of the sample indices, the gene indices and the held-out mask; each step
+    gathers its tile on the device."""
 
-    def __init__(self, X: torch.Tensor, sampler, device: torch.device, validation=None) -> None:
-        super().__init__(_Rows(X), sampler, device, validation)
+    def __init__(self, source, sampler, device: torch.device, validation=None, *, X: torch.Tensor) -> None:
+        super().__init__(source, sampler, device, validation)
         self.X = X
 
     def prepare(self, n: int) -> Callable[[int], StepBatch]:
         idx, genes, masks, _ = self._draw(n, with_rows=False)
-        d_idx = _to_device(torch.stack(idx), self.device)
-        d_genes = None if self.walk is None else _to_device(torch.stack(genes), self.device)
+        d_idx, d_genes = self._indices_on_device(idx, genes)
         d_mask = None if masks[0] is None else _to_device(torch.stack(masks), self.device)
 
         def batch(i: int) -> StepBatch:
@@ -163,30 +158,27 @@ class TileFeed(_ChunkFeed):
     source): each step's tile, its rows x its genes, is gathered on the host into one
     pinned buffer per chunk, copied to the device asynchronously with the indices."""
 
+    def _genes_per_step(self) -> int:
+        return self.source.shape[1] if self.walk is None else self.walk.k
+
     def chunk_limit(self, b: int) -> int:
-        k = self.n_genes if self.walk is None else self.walk.k
-        return max(1, TILE_CHUNK_BYTES // max(1, 4 * b * k))
+        return max(1, TILE_CHUNK_BYTES // max(1, 4 * b * self._genes_per_step()))
 
     def prepare(self, n: int) -> Callable[[int], StepBatch]:
-        idx, genes, masks, tiles = self._draw(n, with_rows=True)
-        b = len(idx[0])
-        k = self.n_genes if self.walk is None else len(genes[0])
-        host = torch.empty((n, b, k), dtype=torch.float32, pin_memory=self.device.type == "cuda")
-        for t, (rows, g, m) in enumerate(tiles):
-            rows = rows.to(torch.float32)
-            tile = rows if g is None else rows.index_select(1, g)
+        idx, genes, masks, rows = self._draw(n, with_rows=True)
+        host = torch.empty((n, len(idx[0]), self._genes_per_step()), dtype=torch.float32,
+                           pin_memory=self.device.type == "cuda")
+        for t, (r, g, m) in enumerate(zip(rows, genes, masks)):   # gathered straight into the buffer
+            r = r.to(torch.float32)
+            if g is None:
+                host[t].copy_(r)
+            else:
+                torch.index_select(r, 1, g, out=host[t])
             if m is not None:
-                tile = tile.masked_fill(m, float("nan"))
-            host[t].copy_(tile)
+                host[t].masked_fill_(m, float("nan"))
         d_tiles = host.to(self.device, non_blocking=True)
-        d_idx = _to_device(torch.stack(idx), self.device)
-        d_genes = None if self.walk is None else _to_device(torch.stack(genes), self.device)
+        d_idx, d_genes = self._indices_on_device(idx, genes)
         return lambda i: StepBatch(d_idx[i], None if d_genes is None else d_genes[i], d_tiles[i])
-
-
-class _Rows:
-    def __init__(self, X: torch.Tensor) -> None:
-        self.X, self.shape = X, tuple(X.shape)
 
 
 def resident_on(device: torch.device, X: torch.Tensor) -> bool:
@@ -457,7 +449,7 @@ def make_feed(source, sampler, device: torch.device, validation=None, feed: str 
     if feed == "resident":
         if X is None:
             raise ValueError("feed='resident' needs an in-memory dense tensor source")
-        return ResidentFeed(X.to(device), sampler, device, validation)
+        return ResidentFeed(source, sampler, device, validation, X=X.to(device))
     if feed == "tiles":
         return TileFeed(source, sampler, device, validation)
     raise ValueError(f"feed must be 'lazy', 'resident' or 'tiles', got {feed!r}")

@@ -333,10 +333,6 @@ def train(net: FactorizedEmbeddingNet, X: torch.Tensor | RowSource, *, n_steps: 
     source = TensorRows(X) if isinstance(X, torch.Tensor) else X
     history = history if history is not None else History()
     optimizer = optimizer or make_optimizer(net.parameters(), lr, l2, device)
-    if device.type != "cuda":     # a checkpoint of a CUDA-graph run resumed elsewhere
-        for group in optimizer.param_groups:
-            if group.get("capturable"):
-                group["capturable"] = False
     sampler = sampler or BatchSampler(source.shape[0], batch_samples, generator)
     # On CPU the fused kernel's gene blocks go to worker threads (one intra-op thread
     # each) while this thread runs at one intra-op thread, instead of OpenMP-parallel
