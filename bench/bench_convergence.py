@@ -163,7 +163,9 @@ def plot(results: dict, path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    names = [k for k in results if "reference_final_mse" in results[k]]      # finished runs only
+    names = [k for k in results if "reference_final_mse" in results[k]]      # finished comparisons only
+    if not names:                       # one recipe alone (--recipes fast): its figures are in the text
+        return
     fig, axes = plt.subplots(2, len(names), figsize=(4.2 * len(names), 6.5), squeeze=False)
     for col, name in enumerate(names):
         for run_ in results[name]["runs"]:
@@ -283,7 +285,8 @@ def main() -> None:
     results = {**previous, **results}
     write_text(stem.with_suffix(".json"), json.dumps(results, indent=1))
     plot(results, stem.with_suffix(".png"))
-    say(f"wrote {stem.with_suffix('.json')} and {stem.with_suffix('.png')}")
+    drawn = stem.with_suffix(".png").exists()
+    say(f"wrote {stem.with_suffix('.json')}" + (f" and {stem.with_suffix('.png')}" if drawn else ""))
     say.save(stem.with_suffix(".txt"))
 
 

@@ -28,11 +28,12 @@ _SYNC = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize
 
 
 def steps_per_second(X, training: str, device: str, precision: str, steps: int, windows: int,
-                     graphs: bool | None = None) -> dict:
+                     graphs: bool | None = None, options: dict | None = None) -> dict:
+    """``options``: more :class:`FEConfig` fields (a batch shape, for ``--pairs-scales``)."""
     from factembed import FEConfig
 
-    fit = RecipeTraining(X, FEConfig(training=training, device=device, precision=precision, random_state=0),
-                         graphs=graphs)
+    fit = RecipeTraining(X, FEConfig(training=training, device=device, precision=precision, random_state=0,
+                                     **(options or {})), graphs=graphs)
     plan = fit.plan
     rates = []
     for w in range(windows + 1):          # the first window warms up (allocation, compilation)
@@ -94,6 +95,34 @@ def user_path(X, training: str, device: str, precision: str, steps: int) -> dict
             "user_fit_seconds": {steps: short, 3 * steps: long}}
 
 
+def pairs_scaling(X, device: str, steps: int, windows: int, scales: list[float], say) -> list[dict]:
+    """The default recipe's step with ``s`` times its pairs (``batch_samples`` and ``batch_genes``
+    each x sqrt(s)): ms per step and per million pairs, against s = 1.  Where a step costs the
+    same whatever it holds, more pairs per step are free, and a GPU recipe with bigger steps may
+    reach the same quality sooner (bench_convergence --fast-options decides that, not this)."""
+    import math
+
+    from factembed import FEConfig
+    from factembed.recipes import plan_training
+
+    n, m = X.shape
+    base = plan_training(FEConfig(training="fast"), n, m)
+    rows, first = [], None
+    for s in scales:
+        b = max(1, min(n, round(base.batch_samples * math.sqrt(s))))
+        bg = max(1, min(m, round((base.batch_genes or m) * math.sqrt(s))))
+        r = steps_per_second(X, "fast", device, "fp32", steps, windows,
+                             options={"batch_samples": b, "batch_genes": bg})
+        r["pairs_scale"] = s
+        ms = 1e3 / r["it_s_median"]
+        first = first or ms
+        rows.append(r)
+        say(f"fast fp32 x{s:g} pairs ({b} profiles x {bg:,} genes = {r['pairs_per_step']:,} pairs): "
+            f"{ms:.3f} ms/step ({ms / first:.2f}x the x{scales[0]:g} step), "
+            f"{ms * 1e6 / r['pairs_per_step']:.3f} ms per million pairs")
+    return rows
+
+
 def main() -> None:
     p = parser(__doc__)
     p.add_argument("--device", default="cpu")
@@ -102,6 +131,10 @@ def main() -> None:
     p.add_argument("--windows", type=int, default=5)
     p.add_argument("--user-steps", type=int, default=500,
                    help="steps of the shorter user-path fit (CUDA only; 0 skips it)")
+    p.add_argument("--pairs-scales", default=None,
+                   help="also time the default recipe (fp32, the device's default step) with these multiples "
+                        "of its pairs per step, both sides of the batch scaled by the square root, e.g. 1,4,16 "
+                        "(default on CUDA: 1,4,16; elsewhere none): how a step's time grows with what it holds")
     args = p.parse_args()
     n, m = (64, 300) if args.quick else (TCGA_SAMPLES, TCGA_GENES)
     steps, windows = (3, 1) if args.quick else (args.steps, args.windows)
@@ -130,6 +163,10 @@ def main() -> None:
                     f"ms/step vs bench path {bench * 1e3:.3f} ms/step: ratio {u['user_s_per_step'] / bench:.2f} "
                     f"(target <= 1.2); fits of {args.user_steps} / {3 * args.user_steps} steps: "
                     + " / ".join(f"{v:.1f} s" for v in u["user_fit_seconds"].values()))
+    scales = ([float(s) for s in args.pairs_scales.split(",") if s.strip()] if args.pairs_scales is not None
+              else ([1.0, 4.0, 16.0] if args.device == "cuda" else []))
+    if any(s != 1 for s in scales):
+        rows += pairs_scaling(X, args.device, steps, windows, scales, say)
     stem = out_path(args, "step_speed")
     write_text(stem.with_suffix(".json"), json.dumps(rows, indent=1))
     say.save(stem.with_suffix(".txt"))

@@ -8,8 +8,9 @@
 # array to fit) against the bench path; 3. time to quality at
 # TCGA shape (planted 10,344 x 19,962) on CUDA (the defaults' full run; the reference's first 5,000
 # steps); 4. the rest of the test suite with CUDA visible; then, while GPU_CHECK_BUDGET_S (default
-# 480 s) lasts: 5. the defaults in bf16 on the same matrix (precision parity); 6. the reference's
-# whole run.
+# 480 s) lasts: 5. the defaults with 4x the pairs per step (a GPU recipe, item 4 of issue 23: time to
+# quality against 3.'s defaults); 6. the defaults in bf16 on the same matrix (precision parity); 7. the
+# reference's whole run.
 # Every phase has its own time limit and a failed phase does not stop the next one, so a short lease
 # still brings back what finished; everything goes to $OUT (<= 8 files: the device tool's limit).
 # Python: $PY, else ./.venv/bin/python, else a python3 that has torch (a GPU image's own; src/ is put
@@ -50,7 +51,8 @@ else
   OMP_NUM_THREADS=4 phase tests-cuda 150 "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py \
     tests/test_cuda_graphs.py
 fi
-phase step-speed 200 "$PY" bench/bench_step_speed.py --device "$DEVICE" --precisions "$PRECISIONS" --windows 3 --out "$OUT" $QUICK
+phase step-speed 240 "$PY" bench/bench_step_speed.py --device "$DEVICE" --precisions "$PRECISIONS" --windows 3 \
+  --pairs-scales 1,4,16 --out "$OUT" $QUICK
 # the reference's 100,000 steps may not fit a short GPU lease: its first 5,000 (time extrapolated), as on the CPU
 phase convergence 300 "$PY" bench/bench_convergence.py --device "$DEVICE" --datasets planted --planted-n "$N" \
   --planted-m 19962 --reference-steps "$REF_STEPS" --reference-evals 4 --evals 10 --key planted_full --out "$OUT" $QUICK
@@ -60,6 +62,12 @@ if [ -z "$QUICK" ]; then      # the rest of the suite, CUDA visible (in parallel
   OMP_NUM_THREADS=2 phase tests "$lim" "$PY" -m pytest -q -p no:cacheprovider $XDIST --ignore=tests/test_cuda.py \
     --ignore=tests/test_cuda_graphs.py
   grep -E "passed|failed|error" "$LOG" | tail -6 > "$OUT/tests.txt"
+fi
+if [ "$(left)" -gt 60 ]; then   # a GPU recipe? the defaults with 4x the pairs per step (each side x2), same rule
+  X4=$("$PY" -c "from factembed import FEConfig; from factembed.recipes import plan_training as p
+t = p(FEConfig(), $N, 19962); print('{\"batch_samples\": %d, \"batch_genes\": %d}' % (2 * t.batch_samples, 2 * t.batch_genes))")
+  phase gpu-recipe-x4 "$(left)" "$PY" bench/bench_convergence.py --device "$DEVICE" --datasets planted --planted-n "$N" \
+    --planted-m 19962 --recipes fast --fast-options "$X4" --evals 10 --key planted_full_x4 --merge --out "$OUT" $QUICK
 fi
 if [ "$(left)" -gt 60 ]; then
   phase bf16-defaults "$(left)" "$PY" bench/bench_convergence.py --device "$DEVICE" --datasets planted --planted-n "$N" \

@@ -94,6 +94,14 @@ def test_gpu_check_script_runs_its_cpu_quick_mode(tmp_path):
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     assert "reference" in res.stdout and "fast" in res.stdout
     assert (tmp_path / "step_speed_quick.json").exists() and (tmp_path / "convergence_quick.png").exists()
+    import json
+    steps = json.loads((tmp_path / "step_speed_quick.json").read_text())
+    scaled = [r for r in steps if "pairs_scale" in r]      # how a step's time grows with its pairs
+    assert [r["pairs_scale"] for r in scaled] == [1, 4, 16]
+    assert scaled[0]["pairs_per_step"] < scaled[1]["pairs_per_step"] < scaled[2]["pairs_per_step"]
+    conv = json.loads((tmp_path / "convergence_quick.json").read_text())
+    assert "planted_full_x4" in conv and "planted_full" in conv     # the GPU-recipe phase merged its run
+    assert "failed phases: none" in res.stdout
 
 
 def test_bench_impute_runs_quick(tmp_path, monkeypatch):

@@ -185,12 +185,12 @@ def test_infer_lr_accepts_auto_or_a_positive_number():
     import pytest
 
     from factembed import FEConfig
-    from factembed.cli import _auto_or_float
+    from factembed.cli_options import auto_or_float
     assert FEConfig().infer_lr == "auto"
     FEConfig(infer_lr=0.02)
     for bad in ("fast", 0, -1.0, float("nan")):
         with pytest.raises(ValueError):
             FEConfig(infer_lr=bad)
-    assert _auto_or_float("auto") == "auto" and _auto_or_float("0.02") == 0.02
+    assert auto_or_float("auto") == "auto" and auto_or_float("0.02") == 0.02
     with pytest.raises(argparse.ArgumentTypeError, match="'auto' or a number"):
-        _auto_or_float("quick")
+        auto_or_float("quick")

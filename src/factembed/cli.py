@@ -14,169 +14,10 @@ import argparse
 import sys
 import time
 import warnings
-from dataclasses import fields
 from pathlib import Path
 
-from .config import TRAININGS, FEConfig
-
-#: help text of every hyper-parameter option (FEConfig field -> text)
-CONFIG_HELP = {
-    "sample_dim": "size of each sample embedding (default %(default)s)",
-    "gene_dim": "size of each gene embedding (default %(default)s)",
-    "hidden": "widths of the decoder's ReLU hidden layers, comma separated (default 100,50,50)",
-    "l2": "weight of the L2 penalty on all parameters (default %(default)s)",
-    "training": "training recipe: 'fast' (gene-subset batches, 10x step for the sample table, trained until "
-                "the held-out validation MSE is flat) or 'reference' (the study's: 4 whole profiles per step, "
-                "lr 5e-3, 40 passes) (default %(default)s)",
-    "lr": "Adam learning rate of the decoder and gene table (default 5e-3)",
-    "batch_samples": "profiles per training step (default: the recipe's; reference 4)",
-    "batch_genes": "genes per training step (default: the recipe's; reference: all)",
-    "sample_lr_scale": "learning rate of the sample table as a multiple of --lr (default: fast 10, reference 1)",
-    "n_steps": "training steps: 'auto' (until the MSE of held-out entries improves less than 0.2%% over 1,000 "
-               "steps, twice: learning rates /10 the first time; at most 25,000) or a number (exactly that many, no validation) (default: fast 'auto', "
-               "reference 40 passes over the samples, clipped to 2,000..100,000)",
-    "infer_steps": "Adam steps when embedding new samples (default %(default)s)",
-    "infer_lr": "Adam step when embedding new samples: 'auto' (a quarter of the distance from each sample's "
-                "start point to its nearest training neighbour) or a number, the same for every sample "
-                "(default %(default)s)",
-    "infer_genes": "genes per inference step, walked through a random permutation (default %(default)s; all when fewer)",
-    "init_genes": "genes used to pick the start point of new samples (default %(default)s)",
-    "device": "auto, cpu, cuda or cuda:N (default %(default)s)",
-    "precision": "fp32, bf16 or auto (bf16 only where the hardware runs it natively) (default %(default)s)",
-    "gene_chunk": "genes per fused block (default: automatic)",
-    "random_state": "random seed (default: one is drawn, printed and recorded in the model, so the fit can be "
-                    "repeated)",
-    "verbose": None,  # driven by --quiet
-}
-_OPTION_NAMES = {"random_state": "--seed", "n_steps": "--steps"}
-
-
-def _number_list(kind, what: str):
-    """An argparse type: comma-separated values of ``kind`` (at least one)."""
-    def parse(text: str):
-        try:
-            vals = [kind(v) for v in text.split(",") if v.strip()]
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected comma-separated {what}s, got {text!r}") from None
-        if not vals:
-            raise argparse.ArgumentTypeError(f"expected at least one {what}")
-        return vals
-    return parse
-
-
-_int_list = _number_list(int, "integer")
-
-
-def _int_tuple(text: str) -> tuple[int, ...]:
-    return tuple(_int_list(text))
-
-
-_float_list = _number_list(float, "number")
-
-
-def add_config_options(parser: argparse.ArgumentParser) -> None:
-    """One option per :class:`FEConfig` field, named after it."""
-    defaults = FEConfig()
-    group = parser.add_argument_group("model and training hyper-parameters")
-    for f in fields(FEConfig):
-        if CONFIG_HELP.get(f.name) is None:
-            continue
-        opt = _OPTION_NAMES.get(f.name, "--" + f.name.replace("_", "-"))
-        default = getattr(defaults, f.name)
-        if f.name == "hidden":
-            kind = _int_tuple
-        elif f.name == "infer_lr":
-            kind = _auto_or_float
-        elif f.name == "n_steps":
-            kind = _auto_or_int
-        elif isinstance(default, float) or f.name in ("lr", "sample_lr_scale"):
-            kind = float
-        elif isinstance(default, int) or f.name in ("n_steps", "gene_chunk", "random_state", "batch_samples",
-                                                      "batch_genes"):
-            kind = int
-        else:
-            kind = str
-        extra = {"choices": TRAININGS} if f.name == "training" else {}
-        group.add_argument(opt, dest=f.name, type=kind, default=default, help=CONFIG_HELP[f.name], **extra)
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-
-
-def _auto_or_float(text: str) -> float | str:
-    if text.strip().lower() == "auto":
-        return "auto"
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 'auto' or a number, got {text!r}") from None
-
-
-def _auto_or_int(text: str) -> int | str:
-    if text.strip().lower() == "auto":
-        return "auto"
-    try:
-        return int(text.replace(",", "").replace("_", ""))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 'auto' or a whole number of steps, got {text!r}") from None
-
-
-def config_from_args(args: argparse.Namespace) -> FEConfig:
-    values = {f.name: getattr(args, f.name) for f in fields(FEConfig) if hasattr(args, f.name)}
-    values["verbose"] = not getattr(args, "quiet", False)
-    return FEConfig(**values)
-
-
-def _add_read_options(parser: argparse.ArgumentParser, labels: bool = True) -> None:
-    g = parser.add_argument_group("input file")
-    g.add_argument("--format", dest="fmt", default=None,
-                   help="force the input format: h5, h5ad, csv, tsv, txt, npy, npz, parquet "
-                        "(default: from the extension)")
-    g.add_argument("--samples-as-columns", action="store_true",
-                   help="the table/HDF5 has genes as rows and samples as columns")
-    if labels:
-        g.add_argument("--label-column", default=None,
-                       help="column holding the sample labels (in the table, the .h5ad obs, or --labels)")
-        g.add_argument("--labels", dest="labels_path", default=None,
-                       help="CSV/TSV of sample annotations (first column = sample id)")
-
-
-def _read_options(args: argparse.Namespace):
-    from .workflow import ReadOptions
-    return ReadOptions(fmt=getattr(args, "fmt", None),
-                       samples_as_rows=False if getattr(args, "samples_as_columns", False) else None,
-                       label_column=getattr(args, "label_column", None),
-                       labels_path=getattr(args, "labels_path", None))
-
-
-def _processes(text: str):
-    """``--distributed``: a number of local processes, or ``torchrun`` (join the
-    process group of a launcher you started)."""
-    if text == "torchrun":
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of processes or 'torchrun', got {text!r}") from None
-
-
-def fit_request(args: argparse.Namespace, data: str | None = None):
-    """The :class:`~factembed.workflow.FitRequest` of ``factembed fit`` / ``demo``."""
-    from .workflow import CheckpointOptions, FitRequest, PreprocessingOptions
-
-    ck = CheckpointOptions(every=getattr(args, "checkpoint_every", 0), directory=getattr(args, "checkpoint_dir", None),
-                           resume=getattr(args, "resume", False),
-                           divergence_retries=getattr(args, "divergence_retries", 0),
-                           keep=getattr(args, "keep_checkpoints", False))
-    pre = PreprocessingOptions(log10p1=False if getattr(args, "no_log", False) else None,
-                               protein_coding_only=not getattr(args, "all_biotypes", False),
-                               drop_constant=not getattr(args, "keep_constant", False),
-                               top_variable=getattr(args, "top_genes", None))
-    return FitRequest(data=data or args.data, output=args.output, config=config_from_args(args),
-                      read=_read_options(args), preprocessing=pre, checkpoints=ck,
-                      backed=getattr(args, "backed", False), processes=getattr(args, "distributed", None),
-                      title="FE of HSMM myoblasts (bundled demo)" if data == "demo" else None,
-                      overwrite=getattr(args, "overwrite", False), missing=getattr(args, "missing", "error"),
-                      html=not getattr(args, "no_html", False))
-
+from .cli_options import (add_config_options, add_read_options, config_from_args, fit_request, float_list,
+                          int_tuple, parse_processes, read_options)
 
 def _print_fit(res, extra_line: str = "") -> None:
     from .workflow import convergence_note, summary_line, validation_line
@@ -236,7 +77,7 @@ def cmd_transform(args: argparse.Namespace) -> int:
     if args.html and args.distributed:
         raise ValueError("--html is not made under --distributed torchrun: draw it afterwards with "
                          "'factembed plot embedding MODEL OUTPUT -o page.html'")
-    res = transform(args.model, args.data, args.output, read=_read_options(args), fill_missing=args.fill_missing,
+    res = transform(args.model, args.data, args.output, read=read_options(args), fill_missing=args.fill_missing,
                     plot=args.plot, verbose=not args.quiet, distributed=args.distributed == "torchrun",
                     html=args.html)
     if res is not None:
@@ -255,7 +96,7 @@ def cmd_transform(args: argparse.Namespace) -> int:
 def cmd_impute(args: argparse.Namespace) -> int:
     from .workflow import impute
 
-    res = impute(args.model, args.data, args.output, read=_read_options(args), model_scale=args.model_scale,
+    res = impute(args.model, args.data, args.output, read=read_options(args), model_scale=args.model_scale,
                  empty_genes=args.impute_empty_genes, verbose=not args.quiet)
     d = res.data
     absent = (f", {len(res.absent_genes):,} of them genes absent from the file (first: "
@@ -304,7 +145,7 @@ def _experiment_data(args: argparse.Namespace):
     """DATA (or the bundled demo) and the preprocessing of evaluate/sweep (chosen on each training fold)."""
     from .workflow import PreprocessingOptions, read_data
 
-    data = read_data(args.data, _read_options(args))
+    data = read_data(args.data, read_options(args))
     pre = PreprocessingOptions(log10p1=False if args.no_log else None, protein_coding_only=False,
                                drop_constant=True, top_variable=args.top_genes)
     return data, pre.resolve(already_log=data.transform == "log10p1")
@@ -425,12 +266,12 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--no-html", action="store_true",
                    help="do not write the interactive page OUTPUT/embedding.html (it needs bokeh: "
                         "pip install 'factembed[interactive]')")
-    _add_read_options(f)
+    add_read_options(f)
     sc = f.add_argument_group("scaling (see docs/scaling.md)")
     sc.add_argument("--backed", action="store_true",
                     help="stream the matrix from disk in row blocks instead of loading it (.npy, .h5, .h5ad, "
                          ".zarr); genes are used as stored, log10(x + 1) is applied per block unless --no-log")
-    sc.add_argument("--distributed", type=_processes, default=None, metavar="NPROC",
+    sc.add_argument("--distributed", type=parse_processes, default=None, metavar="NPROC",
                     help="train with NPROC data-parallel processes on this machine (runs torchrun); "
                          "'torchrun': join the process group of a torchrun you started (several machines: "
                          "'torchrun ... -m factembed fit DATA -o MODEL --distributed torchrun' on each)")
@@ -476,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--distributed", choices=("torchrun",), default=None,
                    help="'torchrun': run as one rank of a torchrun you started; the samples are split over "
                         "the ranks and rank 0 writes the output")
-    _add_read_options(t)
+    add_read_options(t)
     t.set_defaults(func=cmd_transform)
 
     im = sub.add_parser("impute", help="fill the missing values of a file with the decoder (NA values and the "
@@ -496,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also fill genes that the file has but observes in no sample (by default an error naming "
                          "the gene: such a column is more often broken than absent)")
     im.add_argument("--quiet", action="store_true", help="no progress bars")
-    _add_read_options(im)
+    add_read_options(im)
     im.set_defaults(func=cmd_impute)
 
     r = sub.add_parser("reconstruct", help="decode an embedding table into full profiles")
@@ -520,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="cross-validated FE vs PCA vs UMAP: accuracy, distance preservation")
     e.add_argument("data", help="expression file, or 'demo' for the bundled HSMM data")
-    e.add_argument("--dims", type=_int_tuple, default=(2, 4, 8, 16, 32, 64),
+    e.add_argument("--dims", type=int_tuple, default=(2, 4, 8, 16, 32, 64),
                    help="embedding dimensions, comma separated (default 2,4,8,16,32,64)")
     e.add_argument("--folds", type=int, default=5, help="stratified CV folds (default %(default)s)")
     e.add_argument("--task", action="append", default=None, metavar="KIND:COLUMN",
@@ -546,7 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--missing", choices=("error", "ignore"), default="error",
                    help="NA values: 'ignore' leaves them out of FE's training and inference; PCA, UMAP and the "
                         "profile distances see them filled with the training fold's gene means (default error)")
-    _add_read_options(e)
+    add_read_options(e)
     add_config_options(e)
     e.set_defaults(func=cmd_evaluate)
 
@@ -560,11 +401,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-figures", action="store_true", help="tables only (draw later with 'factembed plot')")
     s.add_argument("--no-log", action="store_true", help="do not apply log10(x + 1) (values already on log scale)")
     s.add_argument("--top-genes", type=int, default=None, help="keep only the K most variable genes")
-    _add_read_options(s)
+    add_read_options(s)
     add_config_options(s)
-    s.add_argument("--l2", dest="l2_grid", type=_float_list, default=[0.0, 1e-8, 1e-7, 1e-6, 1e-5],
+    s.add_argument("--l2", dest="l2_grid", type=float_list, default=[0.0, 1e-8, 1e-7, 1e-6, 1e-5],
                    help="L2 values (grid columns), comma separated (default 0,1e-8,1e-7,1e-6,1e-5)")
-    s.add_argument("--gene-dims", type=_int_tuple, default=(10, 25, 50, 75, 100, 1000),
+    s.add_argument("--gene-dims", type=int_tuple, default=(10, 25, 50, 75, 100, 1000),
                    help="gene-embedding sizes (grid rows), comma separated (default 10,25,50,75,100,1000)")
     s.set_defaults(func=cmd_sweep)
 
