@@ -121,3 +121,47 @@ def row_blocks(matrix: Any, rows: int):
             yield a, matrix[a:a + rows]
         else:
             yield a, matrix.read_rows(a, a + rows)
+
+
+def align_genes(mat: Any, genes: np.ndarray | None, names: np.ndarray | None, n_features: int, what: str,
+                estimator: str = "FactorizedEmbeddings") -> Any:
+    """``mat`` (validated by :func:`as_matrix`) on a fitted model's genes: columns matched by
+    name when both the input's ``genes`` and the model's ``names`` are known (every model gene
+    must be there), then the count checked against ``n_features``."""
+    if genes is not None and names is not None and not np.array_equal(genes, names):
+        pos = {g: k for k, g in enumerate(genes)}
+        missing = [g for g in names if g not in pos]
+        if missing:
+            raise FEInputError(f"{what} lacks {len(missing)} of the model's {len(names)} genes "
+                               f"(first: {', '.join(map(str, missing[:5]))})")
+        cols = np.array([pos[g] for g in names], dtype=np.int64)
+        mat = take_genes(mat, cols)
+    if mat.shape[1] != n_features:
+        raise FEInputError(f"{what} has {mat.shape[1]} genes but the model was fitted on "
+                           f"{n_features} ({what} has {mat.shape[1]} features, but "
+                           f"{estimator} is expecting {n_features} features as input)")
+    return mat
+
+
+def align_genes_missing(X: Any, names: np.ndarray | None, n_features: int, what: str
+                        ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    """:func:`align_genes` for data with missing values: NaN entries pass (infinities do not)
+    and the model's genes that a DataFrame lacks become NaN columns.  Returns the float32
+    matrix on the model's genes, the mask of those absent genes (None when none), the sample
+    names and the input's gene names (when known)."""
+    arr, samples, genes = check_matrix(X, what=what, allow_nan=True)
+    absent = None
+    if genes is not None and names is not None and not np.array_equal(genes, names):
+        pos = {g: k for k, g in enumerate(genes)}
+        idx = np.array([pos.get(str(g), -1) for g in names], dtype=np.int64)
+        present = idx >= 0
+        if not present.any():
+            raise FEInputError(f"{what} has none of the model's {len(names)} genes (first model genes: "
+                               f"{', '.join(map(str, names[:5]))})")
+        out = np.full((arr.shape[0], len(names)), np.nan, dtype=np.float32)
+        out[:, present] = arr[:, idx[present]]
+        arr = out
+        absent = None if present.all() else ~present
+    if arr.shape[1] != n_features:
+        raise FEInputError(f"{what} has {arr.shape[1]} genes but the model was fitted on {n_features}")
+    return arr, absent, samples, genes

@@ -26,7 +26,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from .config import FEConfig
 from .errors import FEInputError
 from ._impute import empty_gene_mask, fill_missing, frame_output
-from ._inputs import as_matrix, is_anndata, row_blocks, take_genes
+from ._inputs import align_genes, align_genes_missing, as_matrix, is_anndata, row_blocks
 from .infer import ROW_BLOCK, embed_new_samples, reconstruct
 from .model import FactorizedEmbeddingNet
 from .model_files import META_FILE, WEIGHTS_FILE, read_model_files, write_model_files
@@ -196,45 +196,13 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
 
     def _align_matrix(self, mat: Any, genes: np.ndarray | None, what: str) -> Any:
         """:meth:`_align` of a matrix already validated by :func:`~factembed._inputs.as_matrix`."""
-        names = getattr(self, "feature_names_in_", None)
-        if genes is not None and names is not None and not np.array_equal(genes, names):
-            pos = {g: k for k, g in enumerate(genes)}
-            missing = [g for g in names if g not in pos]
-            if missing:
-                raise FEInputError(f"{what} lacks {len(missing)} of the model's {len(names)} genes "
-                                   f"(first: {', '.join(map(str, missing[:5]))})")
-            cols = np.array([pos[g] for g in names], dtype=np.int64)
-            mat = take_genes(mat, cols)
-        if mat.shape[1] != self.n_features_in_:
-            raise FEInputError(f"{what} has {mat.shape[1]} genes but the model was fitted on "
-                               f"{self.n_features_in_} ({what} has {mat.shape[1]} features, but "
-                               f"{type(self).__name__} is expecting {self.n_features_in_} features as input)")
-        return mat
+        return align_genes(mat, genes, getattr(self, "feature_names_in_", None), self.n_features_in_, what,
+                           type(self).__name__)
 
     def _align_missing(self, X: Any, what: str) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None,
                                                           np.ndarray | None]:
-        """``_align`` for data with missing values: NaN entries pass (infinities do not)
-        and the model's genes that a DataFrame lacks become NaN columns.  Returns the
-        float32 matrix on the model's genes, the mask of those absent genes (None when
-        none), the sample names and the input's gene names (when known)."""
-        arr, samples, genes = check_matrix(X, what=what, allow_nan=True)
-        names = getattr(self, "feature_names_in_", None)
-        absent = None
-        if genes is not None and names is not None and not np.array_equal(genes, names):
-            pos = {g: k for k, g in enumerate(genes)}
-            idx = np.array([pos.get(str(g), -1) for g in names], dtype=np.int64)
-            present = idx >= 0
-            if not present.any():
-                raise FEInputError(f"{what} has none of the model's {len(names)} genes (first model genes: "
-                                   f"{', '.join(map(str, names[:5]))})")
-            out = np.full((arr.shape[0], len(names)), np.nan, dtype=np.float32)
-            out[:, present] = arr[:, idx[present]]
-            arr = out
-            absent = None if present.all() else ~present
-        if arr.shape[1] != self.n_features_in_:
-            raise FEInputError(f"{what} has {arr.shape[1]} genes but the model was fitted on "
-                               f"{self.n_features_in_}")
-        return arr, absent, samples, genes
+        """``_align`` for data with missing values (:func:`~factembed._inputs.align_genes_missing`)."""
+        return align_genes_missing(X, getattr(self, "feature_names_in_", None), self.n_features_in_, what)
 
     # -- fitting --------------------------------------------------------------------
     def fit(self, X: Any, y: Any = None, *, sample_names: Any = None, gene_names: Any = None,
