@@ -103,6 +103,20 @@ def planted_expression(n: int = 2000, m: int = TCGA_GENES, *, n_groups: int = 33
     return X, np.array([f"group_{k}" for k in labels])
 
 
+def scaled_batch(n: int, m: int, scale: float) -> dict:
+    """The :class:`FEConfig` fields of the default (fast) recipe's batch with ``scale`` times
+    its pairs per step for an ``n x m`` matrix: both sides x sqrt(scale), within the matrix."""
+    import math
+
+    from factembed import FEConfig
+    from factembed.recipes import plan_training
+
+    base = plan_training(FEConfig(training="fast"), n, m)
+    root = math.sqrt(float(scale))
+    return {"batch_samples": max(1, min(n, round(base.batch_samples * root))),
+            "batch_genes": max(1, min(m, round((base.batch_genes or m) * root)))}
+
+
 class RecipeTraining:
     """One training recipe run through the library's own pieces (``plan_training``, the
     batch plan, ``make_optimizer``, ``train``), seeded as ``FactorizedEmbeddings.fit``

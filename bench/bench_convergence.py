@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import RecipeTraining, Tee, machine_line, out_path, parser, planted_expression, write_text
+from _common import RecipeTraining, Tee, machine_line, out_path, parser, planted_expression, scaled_batch, write_text
 
 
 def load(name: str, args):
@@ -165,7 +165,7 @@ def plot(results: dict, path) -> None:
     import matplotlib.pyplot as plt
     names = [k for k in results if "reference_final_mse" in results[k]]      # finished comparisons only
     if not names:                       # one recipe alone (--recipes fast): its figures are in the text
-        return
+        return False
     fig, axes = plt.subplots(2, len(names), figsize=(4.2 * len(names), 6.5), squeeze=False)
     for col, name in enumerate(names):
         for run_ in results[name]["runs"]:
@@ -193,6 +193,7 @@ def plot(results: dict, path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
+    return True
 
 
 def main() -> None:
@@ -220,6 +221,9 @@ def main() -> None:
     p.add_argument("--fast-options", type=json.loads, default=None,
                    help='JSON of FEConfig fields for the defaults\' run, to try a variant, '
                         'e.g. \'{"batch_samples": 16, "batch_genes": 312, "n_steps": 5429}\'')
+    p.add_argument("--pairs-scale", type=float, default=None,
+                   help="the defaults' batch with this many times their pairs per step (both sides x its square "
+                        "root, from each data set's shape; --fast-options fields win), e.g. 4 for a GPU recipe")
     args = p.parse_args()
     if args.quick:
         args.datasets, args.planted_n, args.planted_m, args.evals = "planted", 60, 50, 2
@@ -238,16 +242,19 @@ def main() -> None:
         X, labels = load(name, args)
         say(f"{key}: {X.shape[0]:,} x {X.shape[1]:,}")
         runs = []
+        fast_options = args.fast_options
+        if args.pairs_scale is not None:
+            fast_options = {**scaled_batch(*X.shape, args.pairs_scale), **(fast_options or {})}
         for t in recipes:
-            if t == "fast" and "n_steps" not in (args.fast_options or {}):
+            if t == "fast" and "n_steps" not in (fast_options or {}):
                 runs.append(run_auto(X, labels, args.seed, args.quick, args.device, args.precision, say=say,
-                                     options=args.fast_options))
+                                     options=fast_options))
             else:
                 runs.append(run(X, labels, t, args.seed,
                                 (args.reference_evals or args.evals) if t == "reference" else args.evals,
                                 args.quick, args.device, args.precision,
                                 max_steps=args.reference_steps if t == "reference" else None, say=say,
-                                options=None if t == "reference" else args.fast_options))
+                                options=None if t == "reference" else fast_options))
             # nothing lost if a long run dies: the finished runs are on disk
             write_text(stem.with_suffix(".json"), json.dumps({**previous, **results, key: {
                 "shape": list(X.shape), "runs": runs, "partial": True}}, indent=1))
@@ -284,8 +291,7 @@ def main() -> None:
                if reach is not None else "(not reached)"))
     results = {**previous, **results}
     write_text(stem.with_suffix(".json"), json.dumps(results, indent=1))
-    plot(results, stem.with_suffix(".png"))
-    drawn = stem.with_suffix(".png").exists()
+    drawn = plot(results, stem.with_suffix(".png"))
     say(f"wrote {stem.with_suffix('.json')}" + (f" and {stem.with_suffix('.png')}" if drawn else ""))
     say.save(stem.with_suffix(".txt"))
 

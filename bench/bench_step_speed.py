@@ -19,8 +19,8 @@ from __future__ import annotations
 import json
 import time
 
-from _common import (TCGA_GENES, TCGA_SAMPLES, RecipeTraining, Tee, machine_line, out_path, parser, tcga_like,
-                     write_text)
+from _common import (TCGA_GENES, TCGA_SAMPLES, RecipeTraining, Tee, machine_line, out_path, parser, scaled_batch,
+                     tcga_like, write_text)
 
 _LAUNCH = ("cudaLaunchKernel", "cudaGraphLaunch", "cudaMemcpyAsync", "cudaMemsetAsync", "cuLaunchKernel",
            "cudaLaunchKernelExC")
@@ -100,19 +100,11 @@ def pairs_scaling(X, device: str, steps: int, windows: int, scales: list[float],
     each x sqrt(s)): ms per step and per million pairs, against s = 1.  Where a step costs the
     same whatever it holds, more pairs per step are free, and a GPU recipe with bigger steps may
     reach the same quality sooner (bench_convergence --fast-options decides that, not this)."""
-    import math
-
-    from factembed import FEConfig
-    from factembed.recipes import plan_training
-
-    n, m = X.shape
-    base = plan_training(FEConfig(training="fast"), n, m)
     rows, first = [], None
     for s in scales:
-        b = max(1, min(n, round(base.batch_samples * math.sqrt(s))))
-        bg = max(1, min(m, round((base.batch_genes or m) * math.sqrt(s))))
-        r = steps_per_second(X, "fast", device, "fp32", steps, windows,
-                             options={"batch_samples": b, "batch_genes": bg})
+        shape = scaled_batch(*X.shape, s)
+        b, bg = shape["batch_samples"], shape["batch_genes"]
+        r = steps_per_second(X, "fast", device, "fp32", steps, windows, options=shape)
         r["pairs_scale"] = s
         ms = 1e3 / r["it_s_median"]
         first = first or ms

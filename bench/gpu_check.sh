@@ -64,10 +64,8 @@ if [ -z "$QUICK" ]; then      # the rest of the suite, CUDA visible (in parallel
   grep -E "passed|failed|error" "$LOG" | tail -6 > "$OUT/tests.txt"
 fi
 if [ "$(left)" -gt 60 ]; then   # a GPU recipe? the defaults with 4x the pairs per step (each side x2), same rule
-  X4=$("$PY" -c "from factembed import FEConfig; from factembed.recipes import plan_training as p
-t = p(FEConfig(), $N, 19962); print('{\"batch_samples\": %d, \"batch_genes\": %d}' % (2 * t.batch_samples, 2 * t.batch_genes))")
   phase gpu-recipe-x4 "$(left)" "$PY" bench/bench_convergence.py --device "$DEVICE" --datasets planted --planted-n "$N" \
-    --planted-m 19962 --recipes fast --fast-options "$X4" --evals 10 --key planted_full_x4 --merge --out "$OUT" $QUICK
+    --planted-m 19962 --recipes fast --pairs-scale 4 --evals 10 --key planted_full_x4 --merge --out "$OUT" $QUICK
 fi
 if [ "$(left)" -gt 60 ]; then
   phase bf16-defaults "$(left)" "$PY" bench/bench_convergence.py --device "$DEVICE" --datasets planted --planted-n "$N" \
