@@ -97,7 +97,7 @@ def test_steady_loop_never_synchronises(graphs):
     feed = step_mod.make_feed(TensorRows(X), sampler, CUDA)
     assert isinstance(feed, step_mod.ResidentFeed)
     step = step_mod.make_step(net, fused, opt, device=CUDA, masked=False, graphs=graphs)
-    records = torch.empty((40, 6), device=CUDA)
+    records = torch.empty((40, 7), device=CUDA)
     batch = feed.prepare(10)
     for j in range(10):                          # warm-up and capture (with its check) outside
         records[j].copy_(step(batch(j)))

@@ -132,7 +132,7 @@ class FusedProfileLoss:
         self.compiled = compiled   # run the block pass TorchScript-compiled (no GIL) where available
         self.nan_targets = nan_targets
         self.workspaces: list[_Workspace] = []
-        self.last_stats: torch.Tensor | None = None  # [sum y, sum y^2, sum x*y]
+        self.last_stats: torch.Tensor | None = None  # [sum y, sum y^2, sum x*y] over the observed targets
 
     def __call__(self, S: torch.Tensor, G: "torch.Tensor | GeneLayer", X: torch.Tensor,
                  layers: list[tuple[torch.Tensor, torch.Tensor]], weight_grads: bool = True,
@@ -298,13 +298,16 @@ def _gene_block_pass(inp: _PassInputs, starts: List[int], sizes: List[int], buf:
         if not same:
             y = y.to(acc)
         x = X[:, j0:j0 + c]
-        if inp.nan_targets:                     # a missing target: the prediction itself (zero error)
-            x = torch.where(torch.isnan(x), y, x)
+        y_seen = y                              # the predictions of observed targets (for the stats)
+        if inp.nan_targets:                     # a missing target: the prediction itself (zero error),
+            missing = torch.isnan(x)            # and nothing to the sums of the batch Pearson r
+            x = torch.where(missing, y, x)
+            y_seen = y.masked_fill(missing, 0.0)
         diff = y - x
         stats[0] += (diff * diff * scale).sum()
-        stats[1] += y.sum()
-        stats[2] += (y * y).sum()
-        stats[3] += (x * y).sum()
+        stats[1] += y_seen.sum()
+        stats[2] += (y_seen * y_seen).sum()
+        stats[3] += (x * y_seen).sum()
         # ---- backward ---------------------------------------------------------------
         dy = buf.dy[:P]
         torch.mul(diff, scale2, out=dy.view(B, c))

@@ -199,7 +199,7 @@ def resident_on(device: torch.device, X: torch.Tensor) -> bool:
 class EagerStep:
     """One optimisation step, run op by op: the loss of the batch and its gradients
     (the fused kernel), ``before_step()`` (e.g. a data-parallel all-reduce), Adam; returns
-    the step's record ``[loss, sum x, sum x^2, sum y, sum y^2, sum xy]`` (a device tensor:
+    the step's record ``[loss, sum x, sum x^2, sum y, sum y^2, sum xy, count]`` (a device tensor:
     no host synchronisation)."""
 
     def __init__(self, net, fused, optimizer, masked: bool, before_step: Callable[[], None] | None = None) -> None:
@@ -222,9 +222,18 @@ class EagerStep:
         return loss
 
     def record(self, loss: torch.Tensor, xb: torch.Tensor) -> torch.Tensor:
-        xs = xb.nan_to_num(0.0) if self.masked else xb   # r pools the observed targets
+        """``[loss, sum x, sum x^2, sum y, sum y^2, sum xy, count]`` over exactly the entries
+        the step trained on (held-out and missing targets left out of every sum and of the
+        count; the kernel's sums of the predictions ``y`` leave them out too)."""
+        if self.masked:
+            seen = ~torch.isnan(xb)
+            xs = xb.nan_to_num(0.0)
+            count = seen.sum().to(xb.dtype).reshape(1)
+        else:
+            xs = xb
+            count = torch.full((1,), float(xb.numel()), dtype=xb.dtype, device=xb.device)
         return torch.cat([loss.detach().reshape(1), xs.sum().reshape(1), (xs * xs).sum().reshape(1),
-                          self.fused.last_stats])
+                          self.fused.last_stats.to(xb.dtype), count])
 
     def __call__(self, batch: StepBatch) -> torch.Tensor:
         self.optimizer.zero_grad(set_to_none=True)

@@ -349,26 +349,25 @@ def train(net: FactorizedEmbeddingNet, X: torch.Tensor | RowSource, *, n_steps: 
     bar.done = start_step
     t0 = time.perf_counter() - (history.seconds[-1] if history.seconds else 0.0)
     walk = getattr(sampler, "genes", None)
-    pairs = sampler.b * (source.shape[1] if walk is None else walk.k)
     feeder = make_feed(source, sampler, device, validation, feed)
     step_fn = make_step(net, fused, optimizer, device=device, masked=masked, before_step=before_step,
                         graphs=graphs)
     size = int(chunk_steps or CHUNK_STEPS.get(device.type, CHUNK_STEPS["cuda"]))
     if hasattr(feeder, "chunk_limit"):
         size = min(size, feeder.chunk_limit(sampler.b))
-    records = torch.empty((size, 6), dtype=torch.float32, device=device)
+    records = torch.empty((size, 7), dtype=torch.float32, device=device)
 
     def drain(first: int, last: int, launched: list[float]) -> None:
         # One host transfer per chunk: the only synchronisation with the device.
         values = records[:last - first + 1].tolist()
         launched[-1] = time.perf_counter() - t0           # the chunk is done: its wall time
-        for j, (loss_v, x_sum, x_sq, y_sum, y_sq, xy) in enumerate(values):
+        for j, (loss_v, x_sum, x_sq, y_sum, y_sq, xy, count) in enumerate(values):
             step = first + j
             if not math.isfinite(loss_v):
                 raise FloatingPointError(
                     f"training diverged at step {step}: loss is {loss_v}; "
                     f"try a smaller lr (now {lr}) or a larger l2 (now {l2})")
-            r = pearson_from_stats(x_sum, x_sq, y_sum, y_sq, xy, pairs)
+            r = pearson_from_stats(x_sum, x_sq, y_sum, y_sq, xy, count)
             history.step.append(step)
             history.loss.append(loss_v)
             history.pearson_r.append(r)
