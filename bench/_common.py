@@ -139,6 +139,11 @@ class RecipeTraining:
         self.gen = torch.Generator().manual_seed(seed * 1_000_003)          # as FactorizedEmbeddings.fit
         torch.manual_seed(seed)
         self.net = FactorizedEmbeddingNet(n, m, cfg.sample_dim, cfg.gene_dim, cfg.hidden, generator=self.gen)
+        if self.plan.init == "pca":                                        # as FactorizedEmbeddings.fit
+            from factembed.train import TensorRows
+            from factembed.warm_start import pca_warm_start
+            pca_warm_start(self.net, TensorRows(torch.from_numpy(X)),
+                           torch.Generator().manual_seed(seed * 1_000_003 + 4))
         self.device = resolve_device(cfg.device)
         self.dtype = resolve_precision(cfg.precision, self.device)
         self.net.to(self.device)

@@ -229,3 +229,16 @@ def test_the_default_auto_fit_decays_the_learning_rates_once_then_stops():
     assert "learning rates x0.1 at step" in reason and "stopped at step" in reason, reason
     decay_step = int(reason.split("learning rates x0.1 at step ")[1].split(")")[0].replace(",", ""))
     assert decay_step < fe.history_["step"][-1] < 25_000
+
+
+def test_the_progress_bar_of_an_auto_fit_shows_no_total_and_the_held_out_mse(capsys):
+    from factembed import FactorizedEmbeddings
+    rng = np.random.default_rng(2)
+    X = (rng.normal(size=(30, 2)) @ rng.normal(size=(2, 60)) + 0.2 * rng.normal(size=(30, 60))).astype(np.float32)
+    FactorizedEmbeddings(gene_dim=4, hidden=(8,), random_state=0, verbose=True).fit(X)
+    err = capsys.readouterr().err
+    assert "held-out=" in err and "trend=" in err and "/200 steps" in err
+    assert "25000" not in err and "25,000" not in err         # no total of the step cap, no ETA to it
+    FactorizedEmbeddings(gene_dim=4, hidden=(8,), n_steps=40, random_state=0, verbose=True).fit(X)
+    err = capsys.readouterr().err
+    assert "40/40" in err and "held-out" not in err          # a fixed length keeps its total

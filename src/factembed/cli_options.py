@@ -28,6 +28,8 @@ CONFIG_HELP = {
     "n_steps": "training steps: 'auto' (until the MSE of held-out entries improves less than 0.2%% over 1,000 "
                "steps, twice: learning rates /10 the first time; at most 25,000) or a number (exactly that many, no validation) (default: fast 'auto', "
                "reference 40 passes over the samples, clipped to 2,000..100,000)",
+    "init": "start point of training: 'pca' (sample embedding from the first principal components, output "
+            "bias at the data's mean) or 'random' (the study's draw) (default: fast 'pca', reference 'random')",
     "infer_steps": "Adam steps when embedding new samples (default %(default)s)",
     "infer_lr": "Adam step when embedding new samples: 'auto' (a quarter of the distance from each sample's "
                 "start point to its nearest training neighbour) or a number, the same for every sample "
@@ -89,7 +91,8 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
             kind = int
         else:
             kind = str
-        extra = {"choices": TRAININGS} if f.name == "training" else {}
+        extra = {"choices": TRAININGS} if f.name == "training" else {"choices": ("pca", "random")} \
+            if f.name == "init" else {}
         group.add_argument(opt, dest=f.name, type=kind, default=default, help=CONFIG_HELP[f.name], **extra)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 

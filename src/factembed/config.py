@@ -35,6 +35,10 @@ class FEConfig:
     ``sample_lr_scale`` (the sample table's learning rate as a multiple of ``lr``),
     ``n_steps``; each ``None`` means the recipe's choice.
 
+    Start point: ``init`` ("pca": sample embedding from the first principal components,
+    output bias at the data's mean level; "random": the study's draw; ``None``: the
+    recipe's, fast "pca", reference "random"; see :mod:`factembed.warm_start`).
+
     Inference of new samples: ``infer_steps`` Adam steps at ``infer_lr`` (cosine decay
     to 0; ``"auto"``, the default: each sample's step is a quarter of the distance from its
     start point to the nearest other training sample, so that it follows the embedding's
@@ -63,6 +67,7 @@ class FEConfig:
     training: str = "fast"
     batch_genes: int | None = None
     sample_lr_scale: float | None = None
+    init: str | None = None
     infer_steps: int = 50
     infer_lr: float | str = "auto"
     infer_genes: int = 512
@@ -109,6 +114,9 @@ class FEConfig:
                 raise ValueError(f"{name} must be a finite non-negative number, got {v!r}")
         if self.lr == 0 or self.infer_lr == 0 or self.sample_lr_scale == 0:
             raise ValueError("learning rates must be > 0")
+        if self.init not in (None, "pca", "random"):
+            raise ValueError(f"init must be 'pca', 'random' or None (the recipe's: fast 'pca', reference "
+                             f"'random'), got {self.init!r}")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {self.precision!r}")
         if not isinstance(self.device, str):

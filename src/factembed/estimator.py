@@ -33,7 +33,7 @@ from .model_files import META_FILE, WEIGHTS_FILE, read_model_files, write_model_
 from .recipes import plan_training
 from .runner import batch_plan, make_checkpointer, run_training
 from .sources import BackedSource as BackedSourceBase
-from .train import BatchSampler, as_float32_tensor, resolve_device, resolve_precision
+from .train import BatchSampler, TensorRows, as_float32_tensor, resolve_device, resolve_precision
 from ._validation import _is_sparse, check_matrix, check_observed, observed_counts
 
 #: parameters that do not change the trained model (may differ on resume)
@@ -126,7 +126,7 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
     gene_embedding_ : (n_genes, gene_dim) ndarray.
     history_ : dict of lists ``step, loss, pearson_r, seconds``, one entry per step;
         with validation (``n_steps="auto"``) also ``val_step, val_loss``, the held-out
-        entries' MSE every 100 steps.
+        entries' MSE every ``training_plan_.val_every`` steps (100 on large matrices).
     stop_reason_ : why training stopped (``n_steps="auto"``; None otherwise).
     validation_ : ``{"mse", "pearson_r", "entries", "fraction"}`` of the kept state on
         the held-out validation entries (``n_steps="auto"``; None otherwise).
@@ -137,7 +137,7 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
     def __init__(self, sample_dim: int = 2, gene_dim: int = 100, hidden: tuple[int, ...] = (100, 50, 50),
                  l2: float = 1e-7, lr: float | None = None, batch_samples: int | None = None,
                  n_steps: int | None = None, training: str = "fast", batch_genes: int | None = None,
-                 sample_lr_scale: float | None = None, infer_steps: int = 50, infer_lr: float | str = "auto", infer_genes: int = 512,
+                 sample_lr_scale: float | None = None, init: str | None = None, infer_steps: int = 50, infer_lr: float | str = "auto", infer_genes: int = 512,
                  init_genes: int = 2048, device: str = "auto", precision: str = "fp32",
                  gene_chunk: int | None = None, random_state: int | None = None, verbose: bool = True):
         self.sample_dim = sample_dim
@@ -150,6 +150,7 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
         self.training = training
         self.batch_genes = batch_genes
         self.sample_lr_scale = sample_lr_scale
+        self.init = init
         self.infer_steps = infer_steps
         self.infer_lr = infer_lr
         self.infer_genes = infer_genes
@@ -274,8 +275,12 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
         if self.random_state is not None:
             torch.manual_seed(int(self.random_state))
         net = FactorizedEmbeddingNet(n, m, cfg.sample_dim, cfg.gene_dim, cfg.hidden, generator=gen)
-        net.to(device)
         plan = plan_training(cfg, n, m)
+        if plan.init == "pca":
+            from .warm_start import pca_warm_start
+            pca_warm_start(net, TensorRows(source) if isinstance(source, torch.Tensor) else source,
+                           self._generator(salt=4))
+        net.to(device)
         n_steps = plan.n_steps
         gene_seed = int(torch.randint(0, 2**62, (1,), generator=self._generator(salt=2)))
 
@@ -289,12 +294,11 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
         self.training_plan_ = plan
         validation = stop_rule = None
         if plan.auto_stop:
-            from .train import TensorRows
             from .validation import StopRule, ValidationSet, default_fraction
             val_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=self._generator(salt=3)))
             validation = ValidationSet(TensorRows(source) if isinstance(source, torch.Tensor) else source,
-                                       seed=val_seed, fraction=default_fraction(n, m))
-            stop_rule = StopRule()
+                                       seed=val_seed, fraction=default_fraction(n, m), every=plan.val_every)
+            stop_rule = StopRule(patience=plan.patience, min_steps=plan.patience)
         try:
             outcome = run_training(net, source, n_steps=n_steps, lr=plan.lr, sample_lr=plan.sample_lr, l2=cfg.l2,
                                    batch_samples=plan.batch_samples, generator=gen, new_sampler=new_sampler,

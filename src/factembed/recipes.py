@@ -19,10 +19,12 @@ pairs (figures and how they were measured: ``bench/README.md``, "Time to quality
   hundreds of genes; the gene table and the decoder keep ``lr``.
 * **Its own length: until converged** (``n_steps=None``, the default, or ``"auto"``).
   A seeded hash of (sample, gene) holds out 1.5-5% of the entries (at least ~4,000) as
-  validation entries, left out of every step; their MSE is measured every 100 steps,
-  the first time it has not improved by 0.2% over 1,000 steps every learning rate is
-  divided by 10 (``StopRule.decays = 1``), the second time training stops (never before
-  500 steps, at most ``AUTO_MAX_STEPS`` = 25,000), keeping the last state
+  validation entries, left out of every step; their MSE is measured ten times per
+  *patience* window, the first time it has not improved by 0.2% over the patience every
+  learning rate is divided by 10 (``StopRule.decays = 1``), the second time training
+  stops (never before one patience window twice, at most ``AUTO_MAX_STEPS`` = 25,000),
+  keeping the last state.  The patience is 8 passes over the entries within 200..1,000
+  steps (:func:`stop_patience`): 1,000 steps on large matrices, 200 on a small cohort
   (:mod:`factembed.validation` says why the last and not the best).  An explicit
   ``n_steps=N`` trains exactly N steps without validation.  The pass-count rule this
   replaces (20 passes over the pairs, 500..25,000 steps) never looked at the data: it
@@ -47,6 +49,31 @@ FAST_SAMPLE_LR_SCALE = 10.0
 AUTO_MAX_STEPS = 25_000
 REFERENCE_BATCH_SAMPLES = 4
 REFERENCE_LR = 5e-3
+#: the stop rule's patience in passes over the matrix's entries, within
+#: [PATIENCE_MIN, PATIENCE_MAX] steps (see :func:`stop_patience`)
+PATIENCE_PASSES = 8.0
+PATIENCE_MIN = 200
+PATIENCE_MAX = 1000
+#: validation measurements per patience window, at most every VAL_EVERY_MAX steps
+VAL_PER_PATIENCE = 10
+VAL_EVERY_MAX = 100
+
+
+def stop_patience(n_samples: int, n_genes: int, pairs_per_step: int) -> tuple[int, int]:
+    """``(patience, validation period)`` in steps of the auto stop for an ``n x m`` matrix
+    trained ``pairs_per_step`` (sample, gene) pairs per step (all ranks together).
+
+    The patience is :data:`PATIENCE_PASSES` passes over the entries, within
+    [:data:`PATIENCE_MIN`, :data:`PATIENCE_MAX`] steps: a large matrix (TCGA's 10,344 x
+    19,962 makes a pass in ~2,600 steps; 500 x 20,000 in ~125) keeps the fixed 1,000 steps,
+    a small cohort (63 x 2,308: a pass in ~16 steps) judges "flat" over 200, where 1,000
+    steps twice were most of its run.  The validation MSE is measured
+    :data:`VAL_PER_PATIENCE` times per window (every 100 steps for a 1,000-step window)."""
+    per_pass = float(n_samples) * float(n_genes) / max(1, int(pairs_per_step))
+    patience = int(min(PATIENCE_MAX, max(PATIENCE_MIN, round(PATIENCE_PASSES * per_pass))))
+    every = max(10, min(VAL_EVERY_MAX, patience // VAL_PER_PATIENCE))
+    patience = max(every, patience // every * every)
+    return patience, every
 
 
 @dataclass(frozen=True)
@@ -59,12 +86,16 @@ class TrainingPlan:
     sample_lr: float              # sample table
     n_steps: int                  # exactly these steps, or at most these with auto_stop
     auto_stop: bool = False       # n_steps="auto": stop when the validation MSE is flat
+    patience: int = PATIENCE_MAX  # auto_stop: steps over which "flat" is judged (see stop_patience)
+    val_every: int = VAL_EVERY_MAX  # auto_stop: steps between two validation measurements
+    init: str = "random"          # the start point: "pca" or "random" (factembed.warm_start)
 
     def describe(self) -> str:
         genes = "all genes" if self.batch_genes is None else f"{self.batch_genes:,} genes"
-        steps = f"until the validation MSE is flat, at most {self.n_steps:,}" if self.auto_stop else f"{self.n_steps:,}"
+        steps = (f"until the validation MSE is flat over {self.patience:,} steps, at most {self.n_steps:,}"
+                 if self.auto_stop else f"{self.n_steps:,}")
         return (f"{self.training} training: {steps} steps of {self.batch_samples} profiles x {genes}, "
-                f"lr {self.lr:g} (sample table {self.sample_lr:g})")
+                f"lr {self.lr:g} (sample table {self.sample_lr:g}), {self.init} start")
 
 
 def plan_training(cfg: FEConfig, n_samples: int, n_genes: int, world: int = 1) -> TrainingPlan:
@@ -87,7 +118,10 @@ def plan_training(cfg: FEConfig, n_samples: int, n_genes: int, world: int = 1) -
         n_steps = explicit_steps or AUTO_MAX_STEPS
     if auto:
         n_steps = AUTO_MAX_STEPS
-    return TrainingPlan(cfg.training, int(b), bg, float(lr), float(lr * scale), int(n_steps), auto)
+    patience, every = stop_patience(n, m, b * world * (m if bg is None else bg))
+    init = cfg.init or ("random" if cfg.training == "reference" else "pca")
+    return TrainingPlan(cfg.training, int(b), bg, float(lr), float(lr * scale), int(n_steps), auto,
+                        patience, every, init)
 
 
 def fast_batch_shape(n: int, m: int, batch_samples: int | None = None,

@@ -242,9 +242,11 @@ def make_optimizer(params, lr: float, l2: float, device: torch.device,
 
 
 class _Progress:
-    """A tqdm bar refreshed at most a few times a second (no per-step overhead)."""
+    """A tqdm bar refreshed at most a few times a second (no per-step overhead).
+    ``total=None`` (a fit that stops when its validation curve is flat): no total and no
+    ETA, only the steps done; :meth:`held_out` adds the held-out MSE and its trend."""
 
-    def __init__(self, total: int, desc: str, enabled: bool) -> None:
+    def __init__(self, total: int | None, desc: str, enabled: bool) -> None:
         self.bar = None
         if enabled:
             from tqdm.auto import tqdm
@@ -252,6 +254,18 @@ class _Progress:
                             mininterval=0.5, smoothing=0.1)
         self.last = 0.0
         self.done = 0
+        self.val: dict[str, str] = {}
+        self.shown: dict[str, str] = {}
+
+    def held_out(self, steps: list[int], values: list[float], window: int) -> None:
+        """Show the last held-out MSE and its change over the last ``window`` steps."""
+        if self.bar is None or not values:
+            return
+        self.val = {"held-out": f"{values[-1]:.4g}"}
+        past = [v for s, v in zip(steps, values) if s <= steps[-1] - window]
+        if past and past[-1] > 0:
+            self.val["trend"] = f"{values[-1] / past[-1] - 1:+.1%}/{window:,} steps"
+        self.bar.set_postfix(refresh=False, **{**self.shown, **self.val})
 
     def update(self, step: int, loss: float, r: float) -> None:
         if self.bar is None:
@@ -261,7 +275,8 @@ class _Progress:
             shown = {"loss": f"{loss:.4g}"}
             if r is not None and math.isfinite(r):     # inference has no r: show none, not nan
                 shown["r"] = f"{r:.3f}"
-            self.bar.set_postfix(refresh=False, **shown)
+            self.shown = shown
+            self.bar.set_postfix(refresh=False, **shown, **self.val)
             self.last = now
         self.bar.update(step - self.done)
         self.done = step
@@ -345,7 +360,7 @@ def train(net: FactorizedEmbeddingNet, X: torch.Tensor | RowSource, *, n_steps: 
     masked = validation is not None or missing
     extra = {"nan_targets": True} if masked else {}   # a custom kernel need not know the option
     fused = (kernel or FusedProfileLoss)(gene_chunk=gene_chunk, compute_dtype=compute_dtype, workers=workers, **extra)
-    bar = _Progress(n_steps, "factembed fit", progress)
+    bar = _Progress(None if stop_rule is not None else n_steps, "factembed fit", progress)
     bar.done = start_step
     t0 = time.perf_counter() - (history.seconds[-1] if history.seconds else 0.0)
     walk = getattr(sampler, "genes", None)
@@ -385,6 +400,8 @@ def train(net: FactorizedEmbeddingNet, X: torch.Tensor | RowSource, *, n_steps: 
             validation.keep_best(net, step)      # a copy of the parameters: only when it is kept
         history.val_step.append(step)
         history.val_loss.append(value)
+        bar.held_out(history.val_step, history.val_loss,
+                     stop_rule.patience if stop_rule is not None else 10 * validation.every)
         act = None if stop_rule is None else stop_rule.action(history.val_step, history.val_loss)
         if act == "decay":                # a plateau before the stop: smaller steps, patience again
             for group in optimizer.param_groups:

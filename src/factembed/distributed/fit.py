@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -103,6 +104,12 @@ def fit_distributed(source: Any, *, config: FEConfig | dict, n_total: int, lo: i
         raise FEInputError(f"the ranks' shards {spans} do not tile the {n_total} samples")
     smallest = min(b - a for a, b in spans)      # checked on every rank: all raise together
     plan = plan_training(cfg, n_total, m, world)
+    if plan.init == "pca":
+        # not built yet for shards: the axes would have to be agreed between the ranks
+        if cfg.init == "pca":
+            raise FEInputError("init='pca' is not available for data-parallel fits yet; "
+                               "use init='random' (the default there)")
+        plan = dataclasses.replace(plan, init="random")
     if smallest < plan.batch_samples:
         raise FEInputError(f"a rank holds only {smallest} samples, fewer than batch_samples="
                            f"{plan.batch_samples}; use fewer processes or a smaller batch")
@@ -136,8 +143,9 @@ def fit_distributed(source: Any, *, config: FEConfig | dict, n_total: int, lo: i
             t.copy_(buf.cpu())
         validation = ValidationSet(TensorRows(source) if isinstance(source, torch.Tensor) else source,
                                    seed=validation_seed(seed), fraction=default_fraction(n_total, m),
-                                   max_entries=max(1000, 50_000 // world), offset=lo, reduce=reduce)
-        stop_rule = StopRule()
+                                   max_entries=max(1000, 50_000 // world), offset=lo, reduce=reduce,
+                                   every=plan.val_every)
+        stop_rule = StopRule(patience=plan.patience, min_steps=plan.patience)
     t0 = time.perf_counter()
     outcome = run_training(net, source, n_steps=n_steps, lr=plan.lr, sample_lr=plan.sample_lr, l2=cfg.l2,
                            batch_samples=plan.batch_samples,

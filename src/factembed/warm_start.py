@@ -1,0 +1,85 @@
+"""The start point of a fit: ``init="pca"`` (the fast recipe's default) or ``"random"``.
+
+``"random"`` is the study's: every embedding ~ N(0, 0.1^2), the decoder's layers uniform
+(:meth:`~factembed.model.FactorizedEmbeddingNet.reset_parameters`).  ``"pca"`` starts from
+what a linear model already knows, as openTSNE and umap-learn start their layouts:
+
+* the **sample embedding** is the samples' scores on the first ``sample_dim`` principal
+  components of the (gene-centred) matrix, scaled so that the first coordinate has the
+  random start's sd (0.1): the same scale, with the layout of PCA instead of noise;
+* the decoder's **output bias** is the mean of the observed values, so that the first
+  steps do not spend themselves moving the output from 0 to the data's level (log2
+  microarray values sit at 5-14: Adam moves a bias by about ``lr`` per step).
+
+The principal axes come from a seeded randomised range finder on at most ``max_rows``
+rows (every row of a smaller matrix); the scores of every sample then take one pass over
+the rows, in blocks, so an on-disk source is read once and never held in memory.  Missing
+values (NaN) count as their gene's mean.  Figures (steps and held-out quality with and
+without it): ``bench/README.md``, "A cohort of a hundred samples in seconds".
+"""
+
+from __future__ import annotations
+
+import torch
+
+#: the rows the principal axes are estimated from (a seeded subset of a larger matrix)
+MAX_ROWS = 2048
+#: rows read per block when the scores of every sample are computed
+BLOCK_ROWS = 1024
+INITS = ("pca", "random")
+
+
+def _rows(source, index: torch.Tensor) -> torch.Tensor:
+    return source.rows(index).to("cpu", torch.float64)
+
+
+def principal_axes(source, k: int, generator: torch.Generator, max_rows: int = MAX_ROWS,
+                   power_iterations: int = 4) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """``(gene means (m,), axes (m, k), mean of the observed values)`` of the rows of
+    ``source`` (any object with ``shape`` and ``rows(index)``), from at most ``max_rows``
+    of them; float64.  ``k`` is cut to what the rows can hold."""
+    n, m = (int(v) for v in source.shape)
+    pick = torch.arange(n) if n <= max_rows else torch.randperm(n, generator=generator)[:max_rows].sort().values
+    X = torch.cat([_rows(source, pick[i:i + BLOCK_ROWS]) for i in range(0, len(pick), BLOCK_ROWS)])
+    seen = ~torch.isnan(X)
+    counts = seen.sum(0)
+    means = torch.where(counts > 0, X.nan_to_num(0.0).sum(0) / counts.clamp_min(1), torch.zeros(()))
+    level = float(X[seen].mean()) if bool(seen.any()) else 0.0
+    C = torch.where(seen, X - means, torch.zeros(()))
+    k = max(1, min(int(k), C.shape[0] - 1, m))
+    q = min(k + 8, min(C.shape))
+    Q = torch.linalg.qr(C @ torch.randn(m, q, generator=generator, dtype=torch.float64)).Q
+    for _ in range(power_iterations):
+        Q = torch.linalg.qr(C @ torch.linalg.qr(C.T @ Q).Q).Q
+    _, _, Vh = torch.linalg.svd(Q.T @ C, full_matrices=False)
+    return means, Vh[:k].T.contiguous(), level
+
+
+def pca_scores(source, means: torch.Tensor, axes: torch.Tensor) -> torch.Tensor:
+    """Every sample's scores on ``axes`` (one pass over the rows in blocks; NaN counts as
+    the gene's mean): ``(n, k)`` float64."""
+    n = int(source.shape[0])
+    out = []
+    for start in range(0, n, BLOCK_ROWS):
+        X = _rows(source, torch.arange(start, min(n, start + BLOCK_ROWS)))
+        out.append(torch.nan_to_num(X - means, nan=0.0) @ axes)
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def pca_warm_start(net, source, generator: torch.Generator) -> None:
+    """Set ``net``'s sample embedding to the PCA scores of ``source``'s rows (scaled to the
+    random start's sd, 0.1, on the first axis) and its output bias to the data's mean level
+    (see the module's docstring).  ``source`` holds exactly ``net``'s samples, in order."""
+    if tuple(source.shape) != (net.n_samples, net.n_genes):
+        raise ValueError(f"the warm start needs the {net.n_samples} x {net.n_genes} training matrix, "
+                         f"got {tuple(source.shape)}")
+    d = net.sample_dim
+    means, axes, level = principal_axes(source, d, generator)
+    Z = pca_scores(source, means, axes)
+    scale = float(Z[:, 0].std()) if Z.shape[0] > 1 else 0.0
+    emb = net.sample_embedding
+    if scale > 0:
+        Z = Z * (0.1 / scale)
+        emb[:, :Z.shape[1]] = Z.to(emb.dtype).to(emb.device)    # axes beyond the data's rank keep their draw
+    net.layers[-1].bias.fill_(level)
