@@ -42,7 +42,8 @@ def test_pca_start_is_sklearns_pca_scores_scaled_and_the_bias_the_mean(max_rows,
         assert abs(r) > (0.9999 if max_rows > 120 else 0.99), (k, r)
     ratio = np.std(Z[:, 1]) / np.std(Z[:, 0])
     assert ratio == pytest.approx(np.std(want[:, 1]) / np.std(want[:, 0]), rel=1e-3 if max_rows > 120 else 0.05)
-    assert net.layers[-1].bias.item() == pytest.approx(float(X.mean()), rel=1e-5)
+    # the mean of the rows the axes come from (all of them, or the seeded subset)
+    assert net.layers[-1].bias.item() == pytest.approx(float(X.mean()), rel=1e-5 if max_rows > 120 else 1e-2)
 
 
 def test_pca_start_with_missing_values_uses_gene_means_and_is_seeded():

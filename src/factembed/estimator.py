@@ -45,6 +45,12 @@ PROGRESS_MIN_SAMPLES = 1000
 _BLOCK_ELEMENTS = 1 << 24
 
 
+def _rows_per_block(n_genes: int) -> int:
+    """Rows read at a time from a sparse or backed input of ``n_genes`` columns."""
+    rows = max(1, _BLOCK_ELEMENTS // max(1, int(n_genes)))
+    return max(ROW_BLOCK, rows // ROW_BLOCK * ROW_BLOCK)
+
+
 def checkpoint_meta(cfg: FEConfig, n_samples: int, n_genes: int, **more: Any) -> dict:
     """What a checkpoint must match to be resumed: the hyper-parameters that shape the
     trained model (not the run-time ones, nor ``n_steps``: a run may be extended) and
@@ -279,7 +285,7 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
         if plan.init == "pca":
             from .warm_start import pca_warm_start
             pca_warm_start(net, TensorRows(source) if isinstance(source, torch.Tensor) else source,
-                           self._generator(salt=4))
+                           self._generator(salt=4), block_rows=_rows_per_block(m))
         net.to(device)
         n_steps = plan.n_steps
         gene_seed = int(torch.randint(0, 2**62, (1,), generator=self._generator(salt=2)))
@@ -391,8 +397,7 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
             _close_opened(mat)
 
     def _block_rows(self) -> int:
-        rows = max(1, _BLOCK_ELEMENTS // max(1, self.n_features_in_))
-        return max(ROW_BLOCK, rows // ROW_BLOCK * ROW_BLOCK)
+        return _rows_per_block(self.n_features_in_)
 
     def _embed(self, mat: Any, missing: bool = False) -> np.ndarray:
         """Embeddings of the rows of a float32 array or a row-block reader (``missing``:

@@ -22,62 +22,70 @@ from __future__ import annotations
 
 import torch
 
-#: the rows the principal axes are estimated from (a seeded subset of a larger matrix)
-MAX_ROWS = 2048
+#: the rows the principal axes are estimated from (a seeded subset of a larger matrix; held
+#: in memory as float32: 82 MB at 20,000 genes)
+MAX_ROWS = 1024
 #: rows read per block when the scores of every sample are computed
 BLOCK_ROWS = 1024
 INITS = ("pca", "random")
 
 
 def _rows(source, index: torch.Tensor) -> torch.Tensor:
-    return source.rows(index).to("cpu", torch.float64)
+    return source.rows(index).to("cpu", torch.float32)
 
 
-def principal_axes(source, k: int, generator: torch.Generator, max_rows: int = MAX_ROWS,
-                   power_iterations: int = 4) -> tuple[torch.Tensor, torch.Tensor, float]:
+def principal_axes(source, k: int, generator: torch.Generator, max_rows: int | None = None,
+                   power_iterations: int = 4, block_rows: int | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor, float]:
     """``(gene means (m,), axes (m, k), mean of the observed values)`` of the rows of
     ``source`` (any object with ``shape`` and ``rows(index)``), from at most ``max_rows``
-    of them; float64.  ``k`` is cut to what the rows can hold."""
+    of them (default :data:`MAX_ROWS`), read ``block_rows`` at a time (default
+    :data:`BLOCK_ROWS`); float32 products, float64 sums.  ``k`` is cut to what the rows can hold."""
     n, m = (int(v) for v in source.shape)
+    max_rows = MAX_ROWS if max_rows is None else int(max_rows)
+    block = BLOCK_ROWS if block_rows is None else max(1, int(block_rows))
     pick = torch.arange(n) if n <= max_rows else torch.randperm(n, generator=generator)[:max_rows].sort().values
-    X = torch.cat([_rows(source, pick[i:i + BLOCK_ROWS]) for i in range(0, len(pick), BLOCK_ROWS)])
+    X = torch.cat([_rows(source, pick[i:i + block]) for i in range(0, len(pick), block)])
     seen = ~torch.isnan(X)
     counts = seen.sum(0)
-    means = torch.where(counts > 0, X.nan_to_num(0.0).sum(0) / counts.clamp_min(1), torch.zeros(()))
-    level = float(X[seen].mean()) if bool(seen.any()) else 0.0
+    sums = X.nan_to_num(0.0).double().sum(0)
+    means = torch.where(counts > 0, sums / counts.clamp_min(1), torch.zeros((), dtype=torch.float64)).float()
+    level = float(sums.sum() / counts.sum().clamp_min(1))
     C = torch.where(seen, X - means, torch.zeros(()))
     k = max(1, min(int(k), C.shape[0] - 1, m))
     q = min(k + 8, min(C.shape))
-    Q = torch.linalg.qr(C @ torch.randn(m, q, generator=generator, dtype=torch.float64)).Q
+    Q = torch.linalg.qr(C @ torch.randn(m, q, generator=generator)).Q
     for _ in range(power_iterations):
         Q = torch.linalg.qr(C @ torch.linalg.qr(C.T @ Q).Q).Q
-    _, _, Vh = torch.linalg.svd(Q.T @ C, full_matrices=False)
-    return means, Vh[:k].T.contiguous(), level
+    _, _, Vh = torch.linalg.svd((Q.T @ C).double(), full_matrices=False)
+    return means, Vh[:k].T.float().contiguous(), level
 
 
-def pca_scores(source, means: torch.Tensor, axes: torch.Tensor) -> torch.Tensor:
-    """Every sample's scores on ``axes`` (one pass over the rows in blocks; NaN counts as
-    the gene's mean): ``(n, k)`` float64."""
+def pca_scores(source, means: torch.Tensor, axes: torch.Tensor, block_rows: int | None = None) -> torch.Tensor:
+    """Every sample's scores on ``axes`` (one pass over the rows, ``block_rows`` at a time;
+    NaN counts as the gene's mean): ``(n, k)`` float32."""
     n = int(source.shape[0])
+    block = BLOCK_ROWS if block_rows is None else max(1, int(block_rows))
     out = []
-    for start in range(0, n, BLOCK_ROWS):
-        X = _rows(source, torch.arange(start, min(n, start + BLOCK_ROWS)))
+    for start in range(0, n, block):
+        X = _rows(source, torch.arange(start, min(n, start + block)))
         out.append(torch.nan_to_num(X - means, nan=0.0) @ axes)
     return torch.cat(out)
 
 
 @torch.no_grad()
-def pca_warm_start(net, source, generator: torch.Generator) -> None:
+def pca_warm_start(net, source, generator: torch.Generator, block_rows: int | None = None) -> None:
     """Set ``net``'s sample embedding to the PCA scores of ``source``'s rows (scaled to the
     random start's sd, 0.1, on the first axis) and its output bias to the data's mean level
-    (see the module's docstring).  ``source`` holds exactly ``net``'s samples, in order."""
+    (see the module's docstring).  ``source`` holds exactly ``net``'s samples, in order; it is
+    read ``block_rows`` rows at a time (a sparse or backed source is never made dense whole)."""
     if tuple(source.shape) != (net.n_samples, net.n_genes):
         raise ValueError(f"the warm start needs the {net.n_samples} x {net.n_genes} training matrix, "
                          f"got {tuple(source.shape)}")
     d = net.sample_dim
-    means, axes, level = principal_axes(source, d, generator)
-    Z = pca_scores(source, means, axes)
-    scale = float(Z[:, 0].std()) if Z.shape[0] > 1 else 0.0
+    means, axes, level = principal_axes(source, d, generator, block_rows=block_rows)
+    Z = pca_scores(source, means, axes, block_rows=block_rows)
+    scale = float(Z[:, 0].double().std()) if Z.shape[0] > 1 else 0.0
     emb = net.sample_embedding
     if scale > 0:
         Z = Z * (0.1 / scale)
