@@ -238,7 +238,7 @@ def test_the_progress_bar_of_an_auto_fit_shows_no_total_and_the_held_out_mse(cap
     X = (rng.normal(size=(30, 2)) @ rng.normal(size=(2, 60)) + 0.2 * rng.normal(size=(30, 60))).astype(np.float32)
     FactorizedEmbeddings(gene_dim=4, hidden=(8,), random_state=0, verbose=True).fit(X)
     err = capsys.readouterr().err
-    assert "held-out=" in err and "trend=" in err and "/100 steps" in err
+    assert "held-out=" in err and "trend=" in err and "/150 steps" in err
     assert "25000" not in err and "25,000" not in err         # no total of the step cap, no ETA to it
     FactorizedEmbeddings(gene_dim=4, hidden=(8,), n_steps=40, random_state=0, verbose=True).fit(X)
     err = capsys.readouterr().err

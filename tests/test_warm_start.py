@@ -96,14 +96,14 @@ def test_stop_patience_follows_the_passes_and_keeps_large_matrices_unchanged():
     # 500 x 20,000 (45 x 1,777 pairs a step, a pass in ~125 steps): 4 passes
     mid = plan_training(FEConfig(), 500, 20_000)
     assert (mid.patience, mid.val_every) == (500, 50)
-    # a small cohort: 4 passes, at least 100 steps, ten measurements per window
+    # a small cohort: 4 passes, at least 150 steps, ten measurements per window
     khan = plan_training(FEConfig(), 63, 2_308)
-    assert (khan.patience, khan.val_every) == (100, 10)
+    assert (khan.patience, khan.val_every) == (150, 15)
     demo = plan_training(FEConfig(), 271, 5_000)          # a pass in ~68 steps
     assert (demo.patience, demo.val_every) == (270, 27)
-    assert stop_patience(100, 100, 10**6) == (100, 10)
+    assert stop_patience(100, 100, 10**6) == (150, 15)
     # a data-parallel fit counts the pairs of every rank
-    assert stop_patience(1000, 1000, 4000)[0] == 1000 and stop_patience(1000, 1000, 4 * 10**5)[0] == 100
+    assert stop_patience(1000, 1000, 4000)[0] == 1000 and stop_patience(1000, 1000, 4 * 10**5)[0] == 150
 
 
 def test_an_auto_fit_measures_and_stops_on_the_plans_schedule():
@@ -111,7 +111,7 @@ def test_an_auto_fit_measures_and_stops_on_the_plans_schedule():
     fe = FactorizedEmbeddings(gene_dim=4, hidden=(8,), random_state=0, verbose=False).fit(X)
     plan = fe.training_plan_
     steps = fe.history_["val_step"]
-    assert plan.patience == 100 and np.all(np.diff(steps[:-1]) == plan.val_every)
-    assert "over the last 100 steps" in fe.stop_reason_ and "learning rates x0.1 at step" in fe.stop_reason_
+    assert plan.patience == 150 and np.all(np.diff(steps[:-1]) == plan.val_every)
+    assert "over the last 150 steps" in fe.stop_reason_ and "learning rates x0.1 at step" in fe.stop_reason_
     decay = int(fe.stop_reason_.split("x0.1 at step ")[1].split(")")[0].replace(",", ""))
-    assert decay + 100 <= fe.n_steps_ < 25_000                # a stop a patience after the decay
+    assert decay + 150 <= fe.n_steps_ < 25_000                # a stop a patience after the decay

@@ -23,9 +23,9 @@ pairs (figures and how they were measured: ``bench/README.md``, "Time to quality
   *patience* window, the first time it has not improved by 0.2% over the patience every
   learning rate is divided by 10 (``StopRule.decays = 1``), the second time training
   stops (never before one patience window twice, at most ``AUTO_MAX_STEPS`` = 25,000),
-  keeping the last state.  The patience is 4 passes over the entries within 100..1,000
+  keeping the last state.  The patience is 4 passes over the entries within 150..1,000
   steps (:func:`stop_patience`): 1,000 steps on large matrices (from ~2,000 x 20,000 up),
-  100 on a cohort of ~60 x 2,000 (:mod:`factembed.validation` says why the last and not
+  150 on a cohort of ~60 x 2,000 (:mod:`factembed.validation` says why the last and not
   the best).  An explicit
   ``n_steps=N`` trains exactly N steps without validation.  The pass-count rule this
   replaces (20 passes over the pairs, 500..25,000 steps) never looked at the data: it
@@ -53,7 +53,7 @@ REFERENCE_LR = 5e-3
 #: the stop rule's patience in passes over the matrix's entries, within
 #: [PATIENCE_MIN, PATIENCE_MAX] steps (see :func:`stop_patience`)
 PATIENCE_PASSES = 4.0
-PATIENCE_MIN = 100
+PATIENCE_MIN = 150
 PATIENCE_MAX = 1000
 #: validation measurements per patience window, at most every VAL_EVERY_MAX steps
 VAL_PER_PATIENCE = 10
@@ -67,9 +67,9 @@ def stop_patience(n_samples: int, n_genes: int, pairs_per_step: int) -> tuple[in
     The patience is :data:`PATIENCE_PASSES` passes over the entries, within
     [:data:`PATIENCE_MIN`, :data:`PATIENCE_MAX`] steps: a large matrix (TCGA's 10,344 x
     19,962 makes a pass in ~2,600 steps; 2,000 x 19,962 in ~500) keeps the fixed 1,000
-    steps, a small cohort (63 x 2,308: a pass in ~16 steps) judges "flat" over 100, where
-    1,000 steps twice were most of its run (500 x 20,000: 500 steps; 100 x 12,000: 100).
-    Figures that chose 4 passes and 100 steps: ``bench/README.md``, "A cohort of a
+    steps, a small cohort (63 x 2,308: a pass in ~16 steps) judges "flat" over 150, where
+    1,000 steps twice were most of its run (500 x 20,000: 500 steps; 100 x 12,000: 150).
+    Figures that chose 4 passes and 150 steps: ``bench/README.md``, "A cohort of a
     hundred samples in seconds".  The validation MSE is measured
     :data:`VAL_PER_PATIENCE` times per window (every 100 steps for a 1,000-step window)."""
     per_pass = float(n_samples) * float(n_genes) / max(1, int(pairs_per_step))
