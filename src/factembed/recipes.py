@@ -69,8 +69,8 @@ def stop_patience(n_samples: int, n_genes: int, pairs_per_step: int) -> tuple[in
     19,962 makes a pass in ~2,600 steps; 2,000 x 19,962 in ~500) keeps the fixed 1,000
     steps, a small cohort (63 x 2,308: a pass in ~16 steps) judges "flat" over 150, where
     1,000 steps twice were most of its run (500 x 20,000: 500 steps; 100 x 12,000: 150).
-    Figures that chose 4 passes and 150 steps: ``bench/README.md``, "A cohort of a
-    hundred samples in seconds".  The validation MSE is measured
+    Figures that chose 4 passes and 150 steps: ``bench/README.md``, "Patience of
+    four passes within 150..1,000 steps".  The validation MSE is measured
     :data:`VAL_PER_PATIENCE` times per window (every 100 steps for a 1,000-step window)."""
     per_pass = float(n_samples) * float(n_genes) / max(1, int(pairs_per_step))
     patience = int(min(PATIENCE_MAX, max(PATIENCE_MIN, round(PATIENCE_PASSES * per_pass))))
