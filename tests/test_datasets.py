@@ -14,7 +14,7 @@ import pytest
 from factembed import datasets
 from factembed.datasets import data_dir, fetch_tcga_pancan, load_demo, read_xena_matrix
 from factembed.errors import FEInputError
-from factembed.io import Preprocessing
+from factembed.preprocessing import Preprocessing
 
 # --------------------------------------------------------------------------
 # bundled demo

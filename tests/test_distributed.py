@@ -133,7 +133,7 @@ def test_distributed_transform_equals_single_process(two_ranks):
 
 
 def test_cli_fit_distributed_two_processes(tmp_path, capfd, monkeypatch):
-    """``factembed fit --distributed 2`` runs torchrun, which runs factembed.distributed."""
+    """``factembed fit --distributed 2`` runs torchrun, which runs factembed.cli_rank."""
     from factembed import FactorizedEmbeddings
     from factembed.cli import main
     X, _ = planted(n=60, m=40)

@@ -8,7 +8,8 @@ from conftest import planted
 from factembed import FactorizedEmbeddings
 from factembed import evaluate as ev
 from factembed.config import FEConfig
-from factembed.io import ExpressionData, Preprocessing, write_expression
+from factembed.io import ExpressionData, write_expression
+from factembed.preprocessing import Preprocessing
 
 TINY_FE = FEConfig(gene_dim=8, hidden=(16, 8), n_steps=300, batch_samples=8, infer_steps=20, random_state=0,
                    verbose=False)

@@ -14,7 +14,8 @@ from factembed import evaluate as ev
 from factembed import evaluate_tasks as et
 from factembed.config import FEConfig
 from factembed.errors import FEInputError
-from factembed.io import ExpressionData, Preprocessing, read_expression
+from factembed.io import ExpressionData, read_expression
+from factembed.preprocessing import Preprocessing
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -62,7 +62,7 @@ def test_errors_name_the_flags_not_python_spellings(table, capsys):
 
 
 def test_python_callers_keep_the_python_spelling():
-    from factembed.io import Preprocessing
+    from factembed.preprocessing import Preprocessing
     X, samples, genes = _raw()
     X[1, 2] = -3
     with pytest.raises(ValueError, match=r"Preprocessing\(log10p1=False\)") as info:

@@ -107,7 +107,7 @@ def test_ordered_labels_get_an_ordered_palette_and_plain_log_ticks(tmp_path):
     pal = plot.label_palette(["0h", "24h", "48h", "72h"])
     viridis = matplotlib.colormaps["viridis"]
     assert pal["0h"] == viridis(0.0) and list(pal) == ["0h", "24h", "48h", "72h"]
-    assert plot._order_labels(["24h", "0h", "120h"]) == ["0h", "24h", "120h"]
+    assert plot.order_labels(["24h", "0h", "120h"]) == ["0h", "24h", "120h"]
     cats = plot.label_palette(["a", "b"])
     assert cats["a"] == plot.label_colors(2)[0]
 

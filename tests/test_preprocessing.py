@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from factembed.errors import FEInputError
-from factembed.io import ExpressionData, FittedPreprocessing, Preprocessing, align_genes
+from factembed.io import ExpressionData
+from factembed.preprocessing import FittedPreprocessing, Preprocessing, align_genes
 from factembed.io._data import _compact_columns_inplace
 from factembed.preprocessing import GeneStats, select_genes
 from factembed._validation import _log10p1_inplace
@@ -128,7 +129,8 @@ def test_compact_columns_inplace():
 def test_apply_without_copy_reuses_the_buffer():
     """fit_apply(copy=False) compacts the kept genes inside the input's own buffer."""
     import numpy as np
-    from factembed.io import ExpressionData, Preprocessing
+    from factembed.io import ExpressionData
+    from factembed.preprocessing import Preprocessing
     rng = np.random.default_rng(0)
     X = rng.random((50, 40)).astype(np.float32) * 10
     X[:, [3, 17]] = 5.0                                   # constant genes are dropped
@@ -237,9 +239,10 @@ def test_select_genes():
         [True, False, False, True, True]
 
 
-def test_preprocessing_imports_without_a_cycle():
-    """factembed.preprocessing imports factembed.io; factembed.io resolves the
-    preprocessing names lazily, so either can be imported first."""
-    code = ("import factembed.preprocessing as p, factembed.io as io; "
-            "assert io.Preprocessing is p.Preprocessing and io.align_genes is p.align_genes")
+def test_io_sits_below_the_preprocessing():
+    """factembed.preprocessing builds on factembed.io, never the other way: the io package
+    does not serve the preprocessing's names (they live in factembed.preprocessing)."""
+    code = ("import factembed.io as io, factembed.preprocessing as p; "
+            "assert not hasattr(io, 'Preprocessing') and not hasattr(io, 'align_genes'); "
+            "assert p.Preprocessing and p.align_genes")
     subprocess.run([sys.executable, "-c", code], check=True)

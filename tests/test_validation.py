@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 from factembed import estimator
 from factembed._validation import check_matrix, count_nonfinite, first_bad_value
 from factembed.errors import FEInputError
-from factembed.io import ExpressionData, Preprocessing
+from factembed.io import ExpressionData
+from factembed.preprocessing import Preprocessing
 from factembed.sources import NpySource
 
 

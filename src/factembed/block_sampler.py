@@ -1,25 +1,37 @@
 """The block sampler: batches of rows of a file on disk, drawn so that reads stay sequential.
 
-A :class:`BlockSampler` cuts the rows of a :class:`factembed.sources.BackedSource` into
+A :class:`BlockSampler` cuts the rows of a :class:`BlockSource` (any object with ``shape``,
+``read_block`` and ``stage``: :class:`factembed.sources.BackedSource` is one) into
 *blocks* of ``block_rows`` contiguous rows (one sequential read of a few MiB each); each
 pass visits the blocks in a random order, ``blocks_per_window`` blocks at a time; the rows
 of one such *window* are permuted and cut into batches, while a background thread reads
 the next window.  :func:`plan_blocks` sizes blocks and windows from a memory budget.
-The sources (``sources.py``) own the reading; this module owns the order of the rows.
+The sources (``sources.py``) own the reading; this module owns the order of the rows and
+imports nothing of the package (the sources import it, never the other way).
 """
 
 from __future__ import annotations
 
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 import torch
 
-if TYPE_CHECKING:                       # sources.py imports this module
-    from .sources import BackedSource
+__all__ = ["BlockSampler", "BlockSource", "plan_blocks", "DEFAULT_MEMORY_BUDGET", "MIN_READ_BYTES"]
 
-__all__ = ["BlockSampler", "plan_blocks", "DEFAULT_MEMORY_BUDGET", "MIN_READ_BYTES"]
+
+class BlockSource(Protocol):
+    """What a :class:`BlockSampler` needs of the rows it orders."""
+
+    @property
+    def shape(self) -> tuple[int, int]: ...
+
+    def read_block(self, a: int, b: int, out: np.ndarray) -> None:
+        """Rows ``a:b`` into ``out`` (float32, ``(b - a, n_genes)``), checked and transformed."""
+
+    def stage(self, index: torch.Tensor, rows: torch.Tensor) -> None:
+        """Keep ``rows`` (the rows of ``index``, just drawn) for the next ``rows(index)``."""
 
 #: Bytes of row buffers a :class:`BlockSampler` may hold at once (all windows in flight).
 DEFAULT_MEMORY_BUDGET = 256 << 20
@@ -59,7 +71,7 @@ class _Window:
 
 
 class BlockSampler:
-    """Batches of ``batch_samples`` row indices of a :class:`BackedSource`, drawn so
+    """Batches of ``batch_samples`` row indices of a :class:`BlockSource`, drawn so
     that the data are read sequentially.
 
     Each pass over the rows visits the blocks in a fresh random order.  Consecutive
@@ -76,7 +88,7 @@ class BlockSampler:
     let a checkpointed run resume with the same batches.
     """
 
-    def __init__(self, source: BackedSource, batch_samples: int, generator: torch.Generator, *,
+    def __init__(self, source: BlockSource, batch_samples: int, generator: torch.Generator, *,
                  memory_budget: int | None = None, block_rows: int | None = None,
                  blocks_per_window: int | None = None, prefetch: int = 1) -> None:
         self.source = source
@@ -119,7 +131,7 @@ class BlockSampler:
         buf = np.empty((total, self.source.shape[1]), dtype=np.float32)
         o = 0
         for a, b in runs:
-            self.source._read_block(a, b, buf[o:o + b - a])
+            self.source.read_block(a, b, buf[o:o + b - a])
             o += b - a
         gidx = np.concatenate([np.arange(a, b, dtype=np.int64) for a, b in runs])
         return _Window(buf, gidx)
@@ -184,7 +196,7 @@ class BlockSampler:
         self.consumed += self.b
         idx = torch.from_numpy(np.concatenate(idx_parts) if len(idx_parts) > 1 else idx_parts[0])
         rows = torch.from_numpy(np.concatenate(row_parts) if len(row_parts) > 1 else row_parts[0])
-        self.source._staged = (idx, rows)
+        self.source.stage(idx, rows)
         return idx
 
     def __iter__(self):

@@ -54,17 +54,12 @@ from ._files import atomic_output, write_text_atomic
 from . import evaluate_tasks as _tasks
 from .config import FEConfig
 from .evaluate_tasks import TaskSpec, make_classifier, make_folds, parse_task  # noqa: F401 (public here)
+from .evaluate_tasks import ACCURACY_METRICS, CLASSIFIERS, EMBEDDING_TASK, METRIC_ORDER  # noqa: F401 (public here)
+from .evaluate_report import (evaluation_figures, interval_table, method_order,  # noqa: F401 (public here)
+                              metric_by_dim_table, summarize, summary_table, write_outputs)
 
 DEFAULT_DIMS = (2, 4, 8, 16, 32, 64)
 DEFAULT_METHODS = ("fe", "pca", "umap")
-CLASSIFIERS = ("knn", "logreg", "mlp")
-ACCURACY_METRICS = tuple(f"{c}_accuracy" for c in CLASSIFIERS)
-METRIC_ORDER = (ACCURACY_METRICS + tuple(f"{c}_{m}" for m in ("balanced_accuracy", "macro_f1") for c in CLASSIFIERS)
-                + ("c_index", "c_index_pooled", "c_index_low", "c_index_high")
-                + tuple(f"{r}_{m}" for m in ("r2", "spearman_r") for r in _tasks.REGRESSORS)
-                + ("distance_r", "recon_r", "n_test", "fit_seconds", "embed_seconds"))
-#: the task of the rows that do not depend on a task (distances, reconstruction, times)
-EMBEDDING_TASK = "embedding"
 COLUMNS = ["fold", "method", "dim", "task", "metric", "value"]
 
 
@@ -506,7 +501,7 @@ the pooled c-index interval of survival tasks (about 0.75 ms each per cell on 20
     rows += pooled
     seconds = time.perf_counter() - t0
     df = pd.DataFrame(rows, columns=COLUMNS)
-    order = {m: i for i, m in enumerate(_method_order(df["method"].unique()))}
+    order = {m: i for i, m in enumerate(method_order(df["method"].unique()))}
     morder = {m: i for i, m in enumerate(METRIC_ORDER)}
     torder = {t.name: i for i, t in enumerate(resolved)}
     df = df.sort_values(["fold", "method", "dim", "task", "metric"],
@@ -523,15 +518,10 @@ the pooled c-index interval of survival tasks (about 0.75 ms each per cell on 20
               "tasks": resolved, "seconds": seconds, "chance": chance, "chances": chances, "written": []}
     if output is None:
         return result
-    from .evaluate_report import write_outputs
     result["written"] = write_outputs(output, result, data=data, methods=methods, dims=dims, n_folds=n_folds,
                                       jobs=jobs, seed=seed, n_pairs=n_pairs, fe_config=fe_config,
                                       preprocessing=preprocessing, figures=figures, title=title)
     return result
-
-
-from .evaluate_report import (_method_order, _to_markdown, evaluation_figures, interval_table,  # noqa: E402,F401
-                              metric_by_dim_table, summarize, summary_table)
 
 
 class _CallableModule(type(json)):

@@ -13,13 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ._files import atomic_output, write_text_atomic
-
-EMBEDDING_TASK = "embedding"
-
-
-def _metric_order():
-    from .evaluate import METRIC_ORDER
-    return METRIC_ORDER
+from .evaluate_tasks import EMBEDDING_TASK, METRIC_ORDER
 
 
 def summarize(df) -> "Any":
@@ -30,7 +24,7 @@ def summarize(df) -> "Any":
     return out
 
 
-def _method_order(methods) -> list[str]:
+def method_order(methods) -> list[str]:
     pref = ["fe", "pca", "umap", "full"]
     return sorted(methods, key=lambda m: (pref.index(m) if m in pref else len(pref), m))
 
@@ -50,13 +44,13 @@ def summary_table(df, metrics: Sequence[str] | None = None, fmt: str = "{:.3f} Â
     s = summarize(df)
     if "task" in s.columns and task is None and s.loc[s["task"] != EMBEDDING_TASK, "task"].nunique() > 1:
         s["metric"] = [m if t == EMBEDDING_TASK else f"{t}/{m}" for t, m in zip(s["task"], s["metric"])]
-        rank = {m: i for i, m in enumerate(_metric_order())}
+        rank = {m: i for i, m in enumerate(METRIC_ORDER)}
         metrics = metrics or sorted(set(s["metric"]), key=lambda m: (rank.get(m.split("/")[-1], 99), m))
-    metrics = [m for m in (metrics or _metric_order()) if m in set(s["metric"])]
+    metrics = [m for m in (metrics or METRIC_ORDER) if m in set(s["metric"])]
     s["text"] = [fmt.format(m, 0.0 if not np.isfinite(sd) else sd) for m, sd in zip(s["mean"], s["sd"])]
     wide = s.pivot_table(index=["method", "dim"], columns="metric", values="text", aggfunc="first")
     wide = wide.reindex(columns=metrics)
-    order = _method_order(wide.index.get_level_values(0).unique())
+    order = method_order(wide.index.get_level_values(0).unique())
     wide = wide.reindex(pd.MultiIndex.from_tuples(
         sorted(wide.index, key=lambda t: (order.index(t[0]), t[1])), names=["method", "dim"]))
     return wide.fillna("-")
@@ -68,7 +62,7 @@ def metric_by_dim_table(df, metric: str, fmt: str = "{:.3f} Â± {:.3f}", task: st
     s = s[s["metric"] == metric]
     s = s.assign(text=[fmt.format(m, 0.0 if not np.isfinite(sd) else sd) for m, sd in zip(s["mean"], s["sd"])])
     wide = s.pivot_table(index="method", columns="dim", values="text", aggfunc="first")
-    wide = wide.reindex(_method_order(wide.index))
+    wide = wide.reindex(method_order(wide.index))
     return wide.fillna("-")
 
 
@@ -78,7 +72,7 @@ def interval_table(df, task: str, fmt: str = "{:.3f} [{:.3f}, {:.3f}]"):
     s = s.pivot_table(index=["method", "dim"], columns="metric", values="value", aggfunc="first").reset_index()
     s["text"] = [fmt.format(a, b, c) for a, b, c in zip(s["c_index_pooled"], s["c_index_low"], s["c_index_high"])]
     wide = s.pivot_table(index="method", columns="dim", values="text", aggfunc="first")
-    return wide.reindex(_method_order(wide.index)).fillna("-")
+    return wide.reindex(method_order(wide.index)).fillna("-")
 
 
 def _to_markdown(table) -> str:
@@ -121,11 +115,11 @@ def write_outputs(output, result: dict, *, data, methods, dims, n_folds, jobs, s
             md += ["### c-index of the pooled test folds [bootstrap 95% interval]", "",
                    _to_markdown(interval_table(df, t.name)), ""]
         sub = df[(df["task"] == t.name) & (df["fold"] >= 0)]
-        for metric in [m for m in _metric_order() if m in set(sub["metric"]) and m != "n_test"]:
+        for metric in [m for m in METRIC_ORDER if m in set(sub["metric"]) and m != "n_test"]:
             md += [f"### {metric}", "", _to_markdown(metric_by_dim_table(sub, metric)), ""]
     emb = df[df["task"] == EMBEDDING_TASK]
     md += ["## embedding (task-independent)", ""]
-    for metric in [m for m in _metric_order() if m in set(emb["metric"])]:
+    for metric in [m for m in METRIC_ORDER if m in set(emb["metric"])]:
         md += [f"### {metric}", "", _to_markdown(metric_by_dim_table(emb, metric)), ""]
     write_text_atomic(out / "summary.md", "\n".join(md))
     written.append(out / "summary.md")
@@ -161,7 +155,7 @@ def plot_kaplan_meier(km: dict, path, *, title: str, pdf: bool = True) -> list[P
     from . import plot
     from .evaluate_tasks import survival_y
     plt = plot._plt()
-    methods = _method_order({m for m, _ in km})
+    methods = method_order({m for m, _ in km})
     dims = sorted({d for _, d in km})
     fig, axes = plt.subplots(len(methods), len(dims), figsize=(2.8 * len(dims) + 0.8, 2.5 * len(methods) + 0.8),
                              squeeze=False, sharex=True, sharey=True)
@@ -266,7 +260,7 @@ def evaluation_figures(out: str | os.PathLike, *, df=None, extras: dict | None =
                                              title=f"{t['name']}: pooled test folds split at the training fold's "
                                                    f"median predicted risk" + suffix)
     panels = []
-    for (m, d), e in sorted(extras.items(), key=lambda kv: (_method_order([kv[0][0], "fe", "pca", "umap", "full"])
+    for (m, d), e in sorted(extras.items(), key=lambda kv: (method_order([kv[0][0], "fe", "pca", "umap", "full"])
                                                              .index(kv[0][0]), kv[0][1])):
         if m == "full" or "d_emb" not in e:
             continue

@@ -39,6 +39,14 @@ from .errors import FEInputError
 KINDS = ("classification", "regression", "survival")
 CLASSIFIERS = ("knn", "logreg", "mlp")
 REGRESSORS = ("knn", "ridge")
+ACCURACY_METRICS = tuple(f"{c}_accuracy" for c in CLASSIFIERS)
+#: the order of the metrics in the tables (evaluate's results and the report's summaries)
+METRIC_ORDER = (ACCURACY_METRICS + tuple(f"{c}_{m}" for m in ("balanced_accuracy", "macro_f1") for c in CLASSIFIERS)
+                + ("c_index", "c_index_pooled", "c_index_low", "c_index_high")
+                + tuple(f"{r}_{m}" for m in ("r2", "spearman_r") for r in REGRESSORS)
+                + ("distance_r", "recon_r", "n_test", "fit_seconds", "embed_seconds"))
+#: the task of the rows that do not depend on a task (distances, reconstruction, times)
+EMBEDDING_TASK = "embedding"
 _MISSING_TEXT = {"", "na", "nan", "none", "null", "n/a"}
 #: bootstrap resamples of the pooled c-index interval
 N_BOOTSTRAP = 1000

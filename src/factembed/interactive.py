@@ -4,7 +4,7 @@ inlined, so it opens offline).
 * the sample embedding (two chosen dimensions), pan / wheel zoom / box select, WebGL; hover
   shows the sample name and every annotation column;
 * a selector colours the points by any annotation column: categorical columns get the
-  PNGs' palettes (:func:`factembed.plot.label_palette`, time courses ordered), numeric
+  PNGs' palettes (:func:`factembed.palette.label_palette`, time courses ordered), numeric
   columns with many values a continuous palette; a click on a legend entry hides or shows
   that class;
 * newly embedded samples (``transform``) drawn over the training samples as triangles,
@@ -78,11 +78,11 @@ def _column_kind(values) -> str:
 def _categorical(values) -> tuple[np.ndarray, list[str]]:
     """(int32 codes, class names in display order): the PNGs' order (quantities sorted by
     value, else alphabetical); beyond :data:`MAX_CLASSES` the rarest classes are "other"."""
-    from .plot import _order_labels
+    from .palette import order_labels
 
     text = np.asarray(["NA" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)
                        for v in values], dtype=object)
-    order = _order_labels(text) if len(text) else []
+    order = order_labels(text) if len(text) else []
     if len(order) > MAX_CLASSES:
         uniq, counts = np.unique(text, return_counts=True)
         keep = set(uniq[np.argsort(-counts, kind="stable")][:MAX_CLASSES - 1])
@@ -280,7 +280,7 @@ def _coords(Z: np.ndarray, dx: int, dy: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _class_colors(classes: Sequence[str]) -> list[str]:
-    from .plot import label_palette
+    from .palette import label_palette
 
     pal = label_palette([c for c in classes if c != "other"])
     return [_hex(pal[c]) if c in pal else "#b0b0b0" for c in classes]

@@ -4,11 +4,12 @@ paths written.  matplotlib runs on the non-interactive Agg backend."""
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
+
+from .palette import label_colors, label_palette, order_labels, ordered_labels  # noqa: F401 (public here)
 
 
 def _plt():
@@ -16,59 +17,6 @@ def _plt():
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
     return plt
-
-
-def label_colors(n: int) -> list:
-    """``n`` distinguishable colours: tab10/tab20 for few labels, then tab20 + tab20b +
-    tab20c (60 colours) so that the study's 33 cancer types stay distinct."""
-    import matplotlib
-    if n <= 10:
-        cmap = matplotlib.colormaps["tab10"]
-        return [cmap(i) for i in range(n)]
-    pool = []
-    for name in ("tab20", "tab20b", "tab20c"):
-        cmap = matplotlib.colormaps[name]
-        pool.extend(cmap(i) for i in range(20))
-    if n <= len(pool):
-        return pool[:n]
-    hsv = matplotlib.colormaps["hsv"]
-    return pool + [hsv(i / (n - len(pool))) for i in range(n - len(pool))]
-
-
-#: a number with an optional unit (``0h``, ``24 h``, ``3d``, ``10min``, ``day 3`` is not one)
-_QUANTITY = re.compile(r"^\s*([-+]?\d+(?:\.\d+)?)\s*([A-Za-z]{0,5})\s*$")
-
-
-def _quantity(label: str) -> tuple[float, str] | None:
-    m = _QUANTITY.match(label)
-    return None if m is None else (float(m.group(1)), m.group(2).lower())
-
-
-def ordered_labels(labels: Sequence) -> bool:
-    """True when the labels are quantities of one unit (time points ``0h, 24h, 48h``,
-    doses ``1, 10, 100``): their order means something, so they get an ordered palette."""
-    uniq = list(dict.fromkeys(str(x) for x in labels))
-    parsed = [_quantity(u) for u in uniq]
-    return len(uniq) >= 2 and all(p is not None for p in parsed) and len({p[1] for p in parsed}) == 1
-
-
-def _order_labels(labels: Sequence) -> list:
-    uniq = list(dict.fromkeys(str(x) for x in labels))
-    if ordered_labels(uniq):
-        return sorted(uniq, key=lambda s: _quantity(s)[0])
-    return sorted(uniq)
-
-
-def label_palette(order: Sequence[str]) -> dict:
-    """Label -> colour: an ordered palette (viridis, dark to light) for ordered labels
-    (:func:`ordered_labels`), distinct categorical colours (:func:`label_colors`) otherwise."""
-    order = list(order)
-    if ordered_labels(order):
-        import matplotlib
-        cmap = matplotlib.colormaps["viridis"]
-        steps = np.linspace(0.0, 0.85, len(order)) if len(order) > 1 else [0.0]
-        return {lab: cmap(float(t)) for lab, t in zip(order, steps)}
-    return dict(zip(order, label_colors(len(order))))
 
 
 def _save(fig, path: str | os.PathLike, pdf: bool) -> list[Path]:
@@ -92,7 +40,7 @@ def draw_embedding(ax, Z: np.ndarray, labels: Sequence | None, *, marker: str = 
         ax.scatter(Z[:, 0], Z[:, 1], s=size, c="0.3", marker=marker, linewidths=0)
         return {}
     labels = np.asarray([str(x) for x in labels])
-    order = _order_labels(labels)
+    order = order_labels(labels)
     if colors is None:
         colors = label_palette(order)
     for lab in order:
@@ -146,7 +94,7 @@ def plot_transform(train_Z: np.ndarray, new_Z: np.ndarray, labels: Sequence | No
         new_Z = np.column_stack([new_Z[:, 0], np.zeros(len(new_Z))])
     fig, ax = plt.subplots(figsize=(7, 5.2))
     known = [v for v in (train_labels, labels) if v is not None]
-    colors = label_palette(_order_labels([str(x) for v in known for x in v])) if known else None
+    colors = label_palette(order_labels([str(x) for v in known for x in v])) if known else None
     draw_embedding(ax, train_Z, train_labels, size=6, colors=colors)
     if train_labels is not None:
         for coll in ax.collections:
@@ -256,12 +204,6 @@ def _method_style(method: str, k: int = 0):
     return matplotlib.colormaps["tab10"](4 + k % 6), "D", method
 
 
-def _legend_outside(ax, labels: Sequence, title: str | None = None) -> None:
-    n = len(set(map(str, labels)))
-    ax.legend(title=title, loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8,
-              ncol=1 if n <= 20 else 2, frameon=False, markerscale=1.5)
-
-
 def plot_train_test_embedding(Z_train: np.ndarray, y_train: Sequence | None, Z_test: np.ndarray,
                               y_test: Sequence | None, path: str | os.PathLike, *,
                               title: str = "Embedding after inference of the test samples",
@@ -278,7 +220,7 @@ def plot_train_test_embedding(Z_train: np.ndarray, y_train: Sequence | None, Z_t
     colors = None
     if y_train is not None or y_test is not None:
         allv = list(y_train if y_train is not None else []) + list(y_test if y_test is not None else [])
-        order = _order_labels(allv)
+        order = order_labels(allv)
         colors = label_palette(order)
     draw_embedding(ax, Z_train, y_train, size=10, colors=colors)
     draw_embedding(ax, Z_test, y_test, marker="^", size=34, hollow=True, colors=colors)
@@ -493,7 +435,7 @@ def plot_legend_sheet(labels: Sequence, path: str | os.PathLike, *, title: str =
                       colors: Mapping | None = None, pdf: bool = True) -> list[Path]:
     """A separate sheet with one coloured marker per label (for grids of small panels)."""
     plt = _plt()
-    order = _order_labels(labels)
+    order = order_labels(labels)
     colors = colors or label_palette(order)
     from matplotlib.lines import Line2D
     handles = [Line2D([], [], linestyle="", marker="o", markersize=8, color=colors[k], label=k) for k in order]
@@ -516,7 +458,7 @@ def plot_sweep_scatter_grid(embeddings: Mapping, labels: Sequence | None, gene_d
     fig, axes = _grid_axes(len(gene_dims), len(l2s))
     colors = None
     if labels is not None:
-        order = _order_labels(labels)
+        order = order_labels(labels)
         colors = label_palette(order)
     for i, gd in enumerate(gene_dims):
         for j, l2 in enumerate(l2s):

@@ -177,7 +177,7 @@ class BackedSource:
     def _read_raw(self, a: int, b: int, out: np.ndarray) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _read_block(self, a: int, b: int, out: np.ndarray) -> None:
+    def read_block(self, a: int, b: int, out: np.ndarray) -> None:
         """Rows ``a:b`` (local numbering) into ``out``, checked and transformed."""
         if self._cols is None:
             self._read_raw(self._lo + a, self._lo + b, out)
@@ -214,7 +214,7 @@ class BackedSource:
         start, stop = max(0, int(start)), min(self._n, int(stop))
         out = np.empty((max(0, stop - start), self._m), dtype=np.float32)
         if stop > start:
-            self._read_block(start, stop, out)
+            self.read_block(start, stop, out)
         return out
 
     def iter_blocks(self, rows: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
@@ -246,10 +246,15 @@ class BackedSource:
         s = self.gene_stats()
         return s.mean, s.var
 
+    def stage(self, index: torch.Tensor, rows: torch.Tensor) -> None:
+        """Keep ``rows``, the rows of ``index`` that a :class:`BlockSampler` has just read,
+        for the next ``rows(index)`` call with that same index tensor."""
+        self._staged = (index, rows)
+
     def rows(self, index: torch.Tensor) -> torch.Tensor:
         """float32 rows ``index`` (local numbering).  The batch that the source's
-        :class:`BlockSampler` just drew is served from memory; any other request is
-        read from disk (rows grouped into contiguous runs)."""
+        :class:`BlockSampler` just drew (:meth:`stage`) is served from memory; any other
+        request is read from disk (rows grouped into contiguous runs)."""
         staged = self._staged
         if staged is not None and staged[0] is index:
             self._staged = None
@@ -264,7 +269,7 @@ class BackedSource:
             o = 0
             for run in np.split(uniq, breaks):
                 a, b = int(run[0]), int(run[-1]) + 1
-                self._read_block(a, b, buf[o:o + b - a])
+                self.read_block(a, b, buf[o:o + b - a])
                 o += b - a
         if len(uniq) == len(idx) and np.array_equal(uniq, idx):
             return torch.from_numpy(buf)

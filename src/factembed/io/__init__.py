@@ -28,9 +28,10 @@ Modules, one concern each:
 * :mod:`.labels`: :func:`read_sample_labels`, :func:`read_sample_table`;
 * :mod:`.tables`: :func:`write_embedding_table`, :func:`write_embedding_h5ad`.
 
-:class:`Preprocessing`, :class:`FittedPreprocessing` and :func:`align_genes`
-live in :mod:`factembed.preprocessing` and :func:`write_bytes_atomic` in
-:mod:`factembed._files`; they are importable from here as before.
+This package sits below the preprocessing and imports nothing of it:
+:class:`Preprocessing`, :class:`FittedPreprocessing` and :func:`align_genes` are
+:mod:`factembed.preprocessing`'s (which builds on :class:`ExpressionData`);
+:func:`write_bytes_atomic` is :mod:`factembed._files`' one atomic writer, importable here.
 """
 
 from __future__ import annotations
@@ -47,27 +48,6 @@ __all__ = [
     "write_expression",
     "write_embedding_table",
     "write_embedding_h5ad",
-    "Preprocessing",
-    "FittedPreprocessing",
-    "align_genes",
     "LABEL_KEY",
     "EMBEDDING_KEY",
 ]
-
-# factembed.preprocessing imports ExpressionData from this package, so its names
-# are resolved on first access rather than imported here (no import cycle).
-_FROM_PREPROCESSING = frozenset({"Preprocessing", "FittedPreprocessing", "align_genes"})
-
-
-def __getattr__(name: str):
-    if name in _FROM_PREPROCESSING:
-        from .. import preprocessing
-
-        value = getattr(preprocessing, name)
-        globals()[name] = value  # later lookups skip this function
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | _FROM_PREPROCESSING)

@@ -172,7 +172,7 @@ def open_backed(request: FitRequest):
 
 
 def select_from_stats(source, stats, preprocessing: PreprocessingOptions, log: bool):
-    """The :class:`~factembed.io.FittedPreprocessing` of a backed source from its
+    """The :class:`~factembed.preprocessing.FittedPreprocessing` of a backed source from its
     per-gene statistics: the same gene selection an in-memory fit makes."""
     from ..preprocessing import Preprocessing
     pre = Preprocessing(log10p1=log, protein_coding_only=preprocessing.protein_coding_only,

@@ -199,7 +199,7 @@ def _launch_distributed(request: FitRequest, echo: Echo) -> FitResult:
     echo(f"running {nproc} data-parallel process(es) under torchrun")
     t0 = time.perf_counter()
     try:
-        rc = run_torchrun(nproc, ["-m", "factembed.distributed", str(req_path)])
+        rc = run_torchrun(nproc, ["-m", "factembed.cli_rank", str(req_path)])
     finally:
         shutil.rmtree(prep, ignore_errors=True)     # the prepared matrix is a full copy of the data
     if rc != 0:

@@ -44,7 +44,7 @@ class ReadOptions:
 
 @dataclass
 class PreprocessingOptions:
-    """The preprocessing a fit applies (see :class:`factembed.io.Preprocessing`);
+    """The preprocessing a fit applies (see :class:`factembed.preprocessing.Preprocessing`);
     ``log10p1=None`` applies log10(x + 1) unless the file says its values already are."""
     log10p1: bool | None = None
     protein_coding_only: bool = True
