@@ -13,6 +13,7 @@ pytest.importorskip("bokeh", reason="bokeh (the interactive extra) is not instal
 
 from factembed import interactive as ia  # noqa: E402
 from factembed.cli import main  # noqa: E402
+from factembed.genes import nearest_genes  # noqa: E402
 from factembed.io import ExpressionData, write_expression  # noqa: E402
 
 FAST = ["--steps", "150", "--gene-dim", "8", "--hidden", "16,8", "--infer-steps", "20", "--seed", "0", "--quiet"]
@@ -22,9 +23,9 @@ FAST = ["--steps", "150", "--gene-dim", "8", "--hidden", "16,8", "--infer-steps"
 # without a browser
 # --------------------------------------------------------------------------------------
 
-def test_gene_neighbours_are_similar_genes(fitted_small):
+def test_nearest_genes_are_similar_genes(fitted_small):
     fe, _, _ = fitted_small
-    nb = ia.gene_neighbours(fe.gene_embedding_, k=7, block=64)     # several blocks
+    nb = nearest_genes(fe.gene_embedding_, k=7, block=64)     # several blocks
     assert nb.shape == (fe.n_features_in_, 7)
     for j in (0, 5, 123, fe.n_features_in_ - 1):
         assert list(nb[j]) == list(fe.similar_genes(j, k=7).index)

@@ -22,6 +22,7 @@ import numpy as np
 
 from ._validation import _is_sparse, check_matrix, check_sparse
 from .errors import FEInputError
+from .io._data import gene_positions
 
 
 def is_anndata(X: Any) -> bool:
@@ -129,12 +130,11 @@ def align_genes(mat: Any, genes: np.ndarray | None, names: np.ndarray | None, n_
     name when both the input's ``genes`` and the model's ``names`` are known (every model gene
     must be there), then the count checked against ``n_features``."""
     if genes is not None and names is not None and not np.array_equal(genes, names):
-        pos = {g: k for k, g in enumerate(genes)}
-        missing = [g for g in names if g not in pos]
+        cols = gene_positions(genes, names)
+        missing = [str(g) for g, c in zip(names, cols) if c < 0]
         if missing:
             raise FEInputError(f"{what} lacks {len(missing)} of the model's {len(names)} genes "
-                               f"(first: {', '.join(map(str, missing[:5]))})")
-        cols = np.array([pos[g] for g in names], dtype=np.int64)
+                               f"(first: {', '.join(missing[:5])})")
         mat = take_genes(mat, cols)
     if mat.shape[1] != n_features:
         raise FEInputError(f"{what} has {mat.shape[1]} genes but the model was fitted on "
@@ -152,8 +152,7 @@ def align_genes_missing(X: Any, names: np.ndarray | None, n_features: int, what:
     arr, samples, genes = check_matrix(X, what=what, allow_nan=True)
     absent = None
     if genes is not None and names is not None and not np.array_equal(genes, names):
-        pos = {g: k for k, g in enumerate(genes)}
-        idx = np.array([pos.get(str(g), -1) for g in names], dtype=np.int64)
+        idx = gene_positions(genes, names)
         present = idx >= 0
         if not present.any():
             raise FEInputError(f"{what} has none of the model's {len(names)} genes (first model genes: "

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import FEInputError
+from .errors import FEInputError, one_line
 
 __all__ = ["check_matrix", "check_sparse", "first_bad_value", "count_nonfinite", "observed_counts",
            "check_observed", "CHECK_ELEMENTS"]
@@ -34,11 +34,6 @@ __all__ = ["check_matrix", "check_sparse", "first_bad_value", "count_nonfinite",
 CHECK_ELEMENTS = 1 << 22
 #: ``1 / ln(10)`` in float32: ``log10(x + 1) = log1p(x) * _LOG10_E``.
 _LOG10_E = np.float32(1.0 / math.log(10.0))
-
-
-def _one_line(exc: BaseException) -> str:
-    """An exception's message on one line (its type name when it has none)."""
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _nonfinite_name(v: float) -> str:
@@ -204,7 +199,7 @@ def check_matrix(X: Any, *, what: str = "X", min_samples: int = 1, n_genes: int 
         try:
             arr = np.asarray(arr, dtype=np.float64)
         except ValueError as exc:
-            raise FEInputError(f"{what} must be numeric, got dtype object ({_one_line(exc)})") from None
+            raise FEInputError(f"{what} must be numeric, got dtype object ({one_line(exc)})") from None
     elif not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
         raise FEInputError(f"{what} must be numeric, got dtype {arr.dtype}")
     if np.iscomplexobj(arr):

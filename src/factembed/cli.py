@@ -62,7 +62,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if "knn_accuracy" in extra:
         acc, chance = extra["knn_accuracy"], extra["knn_chance"]
     else:
-        acc, chance = knn_accuracy(res.estimator.embedding_, res.labels)
+        score = knn_accuracy(res.estimator.embedding_, res.labels)
+        acc, chance = score.mean, score.chance
     print(f"demo: {res.n_samples} cells x {res.n_genes} genes, {res.estimator.n_steps_ / res.seconds:.0f} it/s")
     _print_fit(res)
     print(f"5-fold kNN accuracy of the time point (0/24/48/72 h) from the 2-D embedding: {acc:.3f} "

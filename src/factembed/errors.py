@@ -23,8 +23,11 @@ import os
 __all__ = ["FEInputError", "MissingColumnError", "FEWarning"]
 
 
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split("\n"))
+def one_line(text: object) -> str:
+    """A message (or an exception's) on one line, runs of white space as one space; an
+    exception without a message gives its type name."""
+    line = " ".join(str(text).split())
+    return line or (type(text).__name__ if isinstance(text, BaseException) else "")
 
 
 def _with_hint(message: str, hint: str | None) -> str:
@@ -48,7 +51,7 @@ class FEInputError(ValueError):
 
     def __init__(self, message: str, path: str | os.PathLike | None = None, *,
                  hint: str | None = None, cli_hint: str | None = None):
-        message = _one_line(message)
+        message = one_line(message)
         self.path = None if path is None else os.fspath(path)
         self.problem = message
         self.hint = hint
@@ -80,7 +83,7 @@ class FEWarning(UserWarning):
     :class:`FEInputError`); ``str(w)`` is the Python one."""
 
     def __init__(self, message: str, *, hint: str | None = None, cli_hint: str | None = None):
-        self.problem = _one_line(message)
+        self.problem = one_line(message)
         self.hint = hint
         self.cli_hint = cli_hint if cli_hint is not None else hint
         super().__init__(_with_hint(self.problem, hint))

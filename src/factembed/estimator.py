@@ -25,6 +25,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 
 from .config import FEConfig
 from .errors import FEInputError
+from .genes import cosine_similarity, rank_by_similarity
 from ._impute import empty_gene_mask, fill_missing, frame_output
 from ._inputs import align_genes, align_genes_missing, as_matrix, is_anndata, row_blocks
 from .infer import ROW_BLOCK, embed_new_samples, reconstruct
@@ -521,12 +522,8 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
         names = getattr(self, "feature_names_in_", None)
         m = self.n_features_in_
         j = _gene_position(gene, names, m)
-        G = self.gene_embedding_.astype(np.float64)
-        norms = np.linalg.norm(G, axis=1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            sims = (G @ G[j]) / (norms * norms[j])
-        sims[j] = np.nan
-        order = np.argsort(np.where(np.isnan(sims), np.inf, -sims), kind="stable")
+        sims = cosine_similarity(self.gene_embedding_, [j])[0]
+        order = rank_by_similarity(sims)
         order = order[order != j][:min(int(k), m - 1)]
         index = np.asarray(names, dtype=object)[order] if names is not None else order
         return pd.Series(sims[order], index=pd.Index(index, name="gene"), name="cosine_similarity")

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -341,3 +341,31 @@ def pooled_c_index(time, event, risk, seed: int = 0, n_boot: int = N_BOOTSTRAP) 
             continue
     lo, hi = np.percentile(vals, [2.5, 97.5]) if vals else (np.nan, np.nan)
     return est, float(lo), float(hi)
+
+
+class KnnAccuracy(NamedTuple):
+    mean: float     # accuracy over the folds
+    sd: float       # its sd over the folds (ddof 1; 0 for one fold)
+    chance: float   # the majority class's share
+
+
+def knn_accuracy(Z: np.ndarray, labels: Sequence, folds: int = 5, k: int = 5,
+                 seed: int | None = None) -> KnnAccuracy:
+    """Stratified ``folds``-fold cross-validated accuracy of a ``k``-NN classifier of
+    ``labels`` from the embedding ``Z``: the one kNN score of the package (the fit's
+    figure and summary, the sweep's cells).  ``seed=None``: the folds in sample order
+    (scikit-learn's default); an int shuffles them with that seed.  At most as many
+    folds as the largest class has samples; a smaller class only warns in scikit-learn,
+    silenced here."""
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.neighbors import KNeighborsClassifier
+
+    labels = np.asarray(labels)
+    _, counts = np.unique(labels, return_counts=True)
+    n_folds = int(min(folds, counts.max()))
+    cv = StratifiedKFold(n_folds, shuffle=seed is not None, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # classes smaller than the number of folds
+        scores = cross_val_score(KNeighborsClassifier(k), Z, labels, cv=cv)
+    sd = float(scores.std(ddof=1)) if len(scores) > 1 else 0.0
+    return KnnAccuracy(float(scores.mean()), sd, float(counts.max() / counts.sum()))

@@ -25,6 +25,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from .genes import nearest_genes
+
 INSTALL_HINT = "pip install 'factembed[interactive]'"
 #: at most this many classes get their own colour and legend entry; the rest are "other"
 MAX_CLASSES = 60
@@ -100,31 +102,6 @@ def nearest_training(Z_train: np.ndarray, Z_new: np.ndarray, names: Sequence[str
     idx = NearestNeighbors(n_neighbors=k).fit(Z_train).kneighbors(Z_new, return_distance=False)
     names = np.asarray([str(s) for s in names], dtype=object)
     return [", ".join(names[row]) for row in idx]
-
-
-def gene_neighbours(G: np.ndarray, k: int = 10, block: int = 2048) -> np.ndarray:
-    """``(m, k)`` int32: each gene's ``k`` nearest genes by cosine similarity of the gene
-    embeddings, most similar first, the gene itself excluded (the order of
-    :meth:`~factembed.FactorizedEmbeddings.similar_genes`), computed in row blocks."""
-    G = np.asarray(G, dtype=np.float64)
-    m = len(G)
-    k = max(0, min(int(k), m - 1))
-    norms = np.linalg.norm(G, axis=1)
-    Gn = G / np.where(norms > 0, norms, 1.0)[:, None]
-    out = np.empty((m, k), dtype=np.int32)
-    for a in range(0, m, block):
-        sims = Gn[a:a + block] @ Gn.T
-        sims[norms[a:a + block] == 0] = np.nan
-        sims[:, norms == 0] = np.nan
-        rows = np.arange(sims.shape[0])
-        sims[rows, a + rows] = np.nan
-        key = np.where(np.isnan(sims), np.inf, -sims)
-        if k == 0:
-            continue
-        part = np.argpartition(key, k - 1, axis=1)[:, :k]
-        order = np.lexsort((part, np.take_along_axis(key, part, axis=1)), axis=1)
-        out[a:a + block] = np.take_along_axis(part, order, axis=1)
-    return out
 
 
 def gene_pca(G: np.ndarray) -> np.ndarray:
@@ -332,7 +309,7 @@ def _gene_view(G, genes, k: int, controls: list):
     if len(names) != m:
         raise ValueError(f"{len(names)} gene names for a gene embedding of {m} genes")
     P = gene_pca(G)
-    nb = gene_neighbours(G, k)
+    nb = nearest_genes(G, k)
     src = ColumnDataSource({"x": P[:, 0].astype(np.float32), "y": P[:, 1].astype(np.float32), "gene": names},
                            name=GENE_SOURCE)
     hi = ColumnDataSource({"x": [], "y": [], "gene": [], "text": []}, name="fe_gene_highlight")

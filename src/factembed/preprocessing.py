@@ -30,6 +30,7 @@ from .io._data import (
     _first_duplicate,
     _preview,
     _to_str_array,
+    gene_positions,
 )
 
 __all__ = ["Preprocessing", "FittedPreprocessing", "GeneStats", "select_genes", "align_genes"]
@@ -48,9 +49,7 @@ __all__ = ["Preprocessing", "FittedPreprocessing", "GeneStats", "select_genes", 
 def _gene_positions(data: ExpressionData, genes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """Column of each wanted gene in ``data`` (-1 when absent) and the wanted names."""
     wanted = _to_str_array(genes)
-    pos = {g: i for i, g in enumerate(data.genes.tolist())}
-    idx = np.fromiter((pos.get(g, -1) for g in wanted.tolist()), dtype=np.int64, count=len(wanted))
-    return idx, wanted
+    return gene_positions(data.genes.tolist(), wanted.tolist()), wanted
 
 
 def _missing_genes_error(missing: Sequence[str], total: int, source: str | None) -> FEInputError:

@@ -48,9 +48,9 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from ._validation import _log10p1_inplace, _nonfinite_name, _one_line, first_bad_value
+from ._validation import _log10p1_inplace, _nonfinite_name, first_bad_value
 from .block_sampler import DEFAULT_MEMORY_BUDGET, BlockSampler, plan_blocks
-from .errors import FEInputError, MissingColumnError
+from .errors import FEInputError, MissingColumnError, one_line
 from .io.hdf5 import _open_h5
 
 __all__ = [
@@ -323,7 +323,7 @@ class NpySource(BackedSource):
             try:
                 arr = np.load(path, mmap_mode="r", allow_pickle=False)
             except (ValueError, OSError, EOFError) as exc:
-                raise FEInputError(f"not a readable .npy file (truncated or corrupt?): {_one_line(exc)}",
+                raise FEInputError(f"not a readable .npy file (truncated or corrupt?): {one_line(exc)}",
                                    path) from None
             if not isinstance(arr, np.ndarray):
                 raise FEInputError("expected a .npy array", path)
@@ -391,7 +391,7 @@ def _h5_names(f, key: str, path: str) -> np.ndarray | None:
     try:
         return _names(ds[()])
     except (OSError, RuntimeError) as exc:
-        raise FEInputError(f"cannot read dataset {key!r}: {_one_line(exc)}", path) from None
+        raise FEInputError(f"cannot read dataset {key!r}: {one_line(exc)}", path) from None
 
 
 def _h5_read_rows(ds, a: int, b: int, out: np.ndarray) -> None:
@@ -453,7 +453,7 @@ class H5Source(_H5Backed):
             else:
                 _h5_read_rows(self._ds, a, b, out)
         except (OSError, RuntimeError, TypeError) as exc:
-            raise FEInputError(f"cannot read rows {a}-{b} (truncated or corrupt?): {_one_line(exc)}",
+            raise FEInputError(f"cannot read rows {a}-{b} (truncated or corrupt?): {one_line(exc)}",
                                self.path) from None
 
 
@@ -520,7 +520,7 @@ class H5adSource(_H5Backed):
             rows = np.repeat(np.arange(b - a), np.diff(indptr[a:b + 1]))
             out[rows, cols] = vals
         except (OSError, RuntimeError) as exc:
-            raise FEInputError(f"cannot read X rows {a}-{b} (truncated or corrupt?): {_one_line(exc)}",
+            raise FEInputError(f"cannot read X rows {a}-{b} (truncated or corrupt?): {one_line(exc)}",
                                self.path) from None
 
 
@@ -544,7 +544,7 @@ class ZarrSource(BackedSource):
         try:
             z = zarr.open(store, mode="r") if path is not None else store
         except Exception as exc:
-            raise FEInputError(f"not a readable Zarr store: {_one_line(exc)}", path) from None
+            raise FEInputError(f"not a readable Zarr store: {one_line(exc)}", path) from None
         samples = genes = labels = None
         if hasattr(z, "shape") and hasattr(z, "dtype"):
             arr = z
@@ -569,7 +569,7 @@ class ZarrSource(BackedSource):
         try:
             out[...] = self._arr[a:b]
         except Exception as exc:
-            raise FEInputError(f"cannot read rows {a}-{b}: {_one_line(exc)}", self.path) from None
+            raise FEInputError(f"cannot read rows {a}-{b}: {one_line(exc)}", self.path) from None
 
 
 def _is_zarr_dir(path: Path) -> bool:

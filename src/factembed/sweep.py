@@ -30,6 +30,7 @@ import numpy as np
 
 from ._files import atomic_output, write_bytes_atomic, write_text_atomic
 from .config import FEConfig
+from .evaluate_tasks import knn_accuracy
 from .model_files import META_FILE, WEIGHTS_FILE
 
 RESULT_FILE = "result.json"
@@ -79,19 +80,6 @@ def load_cell(cell_dir: Path) -> dict | None:
     return result
 
 
-def cv_accuracy(Z: np.ndarray, labels: np.ndarray, folds: int = 5, seed: int = 0) -> tuple[float, float]:
-    """Stratified ``folds``-fold CV accuracy (mean, sd) of a kNN (k = 5) on ``Z``."""
-    from sklearn.model_selection import StratifiedKFold, cross_val_score
-    from sklearn.neighbors import KNeighborsClassifier
-    _, counts = np.unique(labels, return_counts=True)
-    k = int(min(folds, counts.max()))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # classes smaller than the number of folds
-        scores = cross_val_score(KNeighborsClassifier(5), Z, labels,
-                                 cv=StratifiedKFold(k, shuffle=True, random_state=seed))
-    return float(scores.mean()), float(scores.std(ddof=1)) if len(scores) > 1 else 0.0
-
-
 def fit_cell(X: np.ndarray, gene_dim: int, l2: float, config: FEConfig, cell_dir: Path, *,
              labels: np.ndarray | None = None, cv_folds: int = 5, extra: dict | None = None) -> dict:
     """Train one cell and write its files (result.json last)."""
@@ -115,7 +103,7 @@ def fit_cell(X: np.ndarray, gene_dim: int, l2: float, config: FEConfig, cell_dir
               "embedding_sd": float(np.asarray(Z).std()),
               "config": cfg.to_dict(), "files": [META_FILE, WEIGHTS_FILE, EMBEDDING_FILE]}
     if labels is not None and Z.shape[0] >= 2 * cv_folds:
-        acc, sd = cv_accuracy(Z, labels, cv_folds, seed=cfg.random_state or 0)
+        acc, sd, _ = knn_accuracy(Z, labels, cv_folds, seed=cfg.random_state or 0)
         result.update(accuracy=acc, accuracy_sd=sd, cv_folds=cv_folds)
     write_bytes_atomic(cell_dir / RESULT_FILE, json.dumps(result, indent=1).encode())
     result["embedding"] = Z

@@ -267,3 +267,11 @@ def _check_data(data: Any, what: str = "data") -> ExpressionData:
     if not isinstance(data, ExpressionData):
         raise TypeError(f"{what} must be an ExpressionData, got {type(data).__name__}")
     return data
+
+
+def gene_positions(have: Sequence, want: Sequence) -> np.ndarray:
+    """int64 column of each name of ``want`` among the names ``have`` (-1 where absent;
+    names compared as text): the one gene matching of the package (the preprocessing's
+    ``align_genes``, new data on a fitted model's genes)."""
+    pos = {str(g): i for i, g in enumerate(have)}
+    return np.fromiter((pos.get(str(g), -1) for g in want), dtype=np.int64, count=len(want))

@@ -11,8 +11,7 @@ import warnings
 
 import numpy as np
 
-from .._validation import _one_line
-from ..errors import FEInputError, MissingColumnError
+from ..errors import FEInputError, MissingColumnError, one_line
 from ._data import LABEL_KEY, _CHUNK_ELEMENTS, ExpressionData, _chunk_rows, _preview, _to_str_array
 from .hdf5 import _h5_strings, _open_h5
 
@@ -102,7 +101,7 @@ def _read_h5ad(path: str, label_column: str | None, chunk_rows: int) -> Expressi
                     t = uns["factembed_transform"][()]
                     transform = t.decode() if isinstance(t, bytes) else str(t)
         except KeyError as exc:
-            raise FEInputError(f"cannot read AnnData content (corrupt?): {_one_line(exc)}", path) from None
+            raise FEInputError(f"cannot read AnnData content (corrupt?): {one_line(exc)}", path) from None
     if legacy:
         return _read_h5ad_with_anndata(path, label_column, chunk_rows)
     return _finish_anndata(path, X, samples, genes, obs, var, label_column, transform)
@@ -147,7 +146,7 @@ def _read_h5ad_matrix(elem, n: int, m: int, path: str, chunk_rows: int) -> np.nd
                 b = min(n, a + step)
                 X[a:b] = elem[a:b]
         except (OSError, RuntimeError) as exc:
-            raise FEInputError(f"cannot read X rows {a}-{b} (truncated or corrupt?): {_one_line(exc)}", path) from None
+            raise FEInputError(f"cannot read X rows {a}-{b} (truncated or corrupt?): {one_line(exc)}", path) from None
         return X
     enc = elem.attrs.get("encoding-type", elem.attrs.get("h5sparse_format", ""))
     if isinstance(enc, bytes):
@@ -187,7 +186,7 @@ def _read_h5ad_matrix(elem, n: int, m: int, path: str, chunk_rows: int) -> np.nd
                 X[idx, rows] = vals
             a = b
     except (OSError, RuntimeError) as exc:
-        raise FEInputError(f"cannot read sparse X (truncated or corrupt?): {_one_line(exc)}", path) from None
+        raise FEInputError(f"cannot read sparse X (truncated or corrupt?): {one_line(exc)}", path) from None
     return X
 
 
@@ -198,7 +197,7 @@ def _read_h5ad_with_anndata(path: str, label_column: str | None, chunk_rows: int
     try:
         adata = anndata.read_h5ad(path, backed="r")
     except Exception as exc:  # anndata raises many types for bad files
-        raise FEInputError(f"cannot read AnnData file: {_one_line(exc)}", path) from None
+        raise FEInputError(f"cannot read AnnData file: {one_line(exc)}", path) from None
     try:
         n, m = adata.shape
         X = np.empty((n, m), dtype=np.float32)

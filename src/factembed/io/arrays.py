@@ -8,8 +8,7 @@ import zlib
 
 import numpy as np
 
-from .._validation import _one_line
-from ..errors import FEInputError, MissingColumnError
+from ..errors import FEInputError, MissingColumnError, one_line
 from ._data import LABEL_KEY, ExpressionData, _chunk_rows, _to_str_array
 
 
@@ -17,7 +16,7 @@ def _read_npy(path: str, samples_as_rows: bool | None, chunk_rows: int) -> Expre
     try:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
-        raise FEInputError(f"not a readable .npy file (truncated or corrupt?): {_one_line(exc)}", path) from None
+        raise FEInputError(f"not a readable .npy file (truncated or corrupt?): {one_line(exc)}", path) from None
     if arr.ndim != 2:
         raise FEInputError(f"array must be 2-D, got shape {arr.shape}", path)
     if arr.dtype.kind not in "biuf":
@@ -39,7 +38,7 @@ def _read_npz(path: str) -> ExpressionData:
     try:
         z = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise FEInputError(f"not a readable .npz file (truncated or corrupt?): {_one_line(exc)}", path) from None
+        raise FEInputError(f"not a readable .npz file (truncated or corrupt?): {one_line(exc)}", path) from None
 
     try:
         with z:
@@ -58,11 +57,11 @@ def _read_npz(path: str) -> ExpressionData:
             obs = {k[4:]: z[k] for k in keys if k.startswith("obs:")}
             var = {k[4:]: z[k] for k in keys if k.startswith("var:")}
     except (zipfile.BadZipFile, EOFError, OSError, zlib.error) as exc:
-        raise FEInputError(f"corrupt .npz archive: {_one_line(exc)}", path) from None
+        raise FEInputError(f"corrupt .npz archive: {one_line(exc)}", path) from None
     except ValueError as exc:
         if isinstance(exc, FEInputError):
             raise
-        raise FEInputError(f"cannot load array from .npz (object arrays are not allowed): {_one_line(exc)}", path) from None
+        raise FEInputError(f"cannot load array from .npz (object arrays are not allowed): {one_line(exc)}", path) from None
     return ExpressionData(X, samples, genes, labels, biotypes, source=path, transform=transform or None,
                           obs=obs, var=var)
 
@@ -77,7 +76,7 @@ def _read_parquet(path: str, samples_as_rows: bool | None, label_column: str | N
     try:
         df = pd.read_parquet(path)
     except Exception as exc:
-        raise FEInputError(f"cannot read parquet file: {_one_line(exc)}", path) from None
+        raise FEInputError(f"cannot read parquet file: {one_line(exc)}", path) from None
     if not isinstance(df.index, pd.RangeIndex):
         df = df.reset_index()
     ids = _to_str_array(df.iloc[:, 0].to_numpy())

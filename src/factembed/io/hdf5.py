@@ -13,8 +13,7 @@ import os
 
 import numpy as np
 
-from .._validation import _one_line
-from ..errors import FEInputError
+from ..errors import FEInputError, one_line
 from ._data import ExpressionData, _chunk_rows, _to_str_array
 
 
@@ -28,14 +27,14 @@ def _open_h5(path: str):
     try:
         return h5py.File(path, "r")
     except OSError as exc:
-        raise FEInputError(f"not a readable HDF5 file (truncated or corrupt?): {_one_line(exc)}", path) from None
+        raise FEInputError(f"not a readable HDF5 file (truncated or corrupt?): {one_line(exc)}", path) from None
 
 
 def _h5_strings(ds, path: str, what: str) -> np.ndarray:
     try:
         raw = ds[()]
     except (OSError, RuntimeError, KeyError) as exc:
-        raise FEInputError(f"cannot read dataset {what!r} (truncated or corrupt?): {_one_line(exc)}", path) from None
+        raise FEInputError(f"cannot read dataset {what!r} (truncated or corrupt?): {one_line(exc)}", path) from None
     raw = np.asarray(raw)
     if raw.ndim == 0:
         raw = raw.reshape(1)
@@ -94,7 +93,7 @@ def _read_h5(path: str, samples_as_rows: bool | None, chunk_rows: int) -> Expres
                     else:
                         X[:, a:b] = block.T
             except (OSError, RuntimeError) as exc:
-                raise FEInputError(f"cannot read dataset 'data' rows {a}-{b} (truncated or corrupt?): {_one_line(exc)}", path) from None
+                raise FEInputError(f"cannot read dataset 'data' rows {a}-{b} (truncated or corrupt?): {one_line(exc)}", path) from None
             labels = _h5_strings(f["labels"], path, "labels") if "labels" in f else None
             biotypes = _h5_strings(f["biotypes"], path, "biotypes") if "biotypes" in f else None
             transform = f.attrs.get("transform")
@@ -105,7 +104,7 @@ def _read_h5(path: str, samples_as_rows: bool | None, chunk_rows: int) -> Expres
             for k, v in _h5_sample_datasets(f, ns, path).items():
                 obs.setdefault(k, v)
         except KeyError as exc:  # h5py raises KeyError for broken links
-            raise FEInputError(f"cannot read HDF5 content (corrupt?): {_one_line(exc)}", path) from None
+            raise FEInputError(f"cannot read HDF5 content (corrupt?): {one_line(exc)}", path) from None
     return ExpressionData(X, samples, genes, labels, biotypes, source=path,
                           transform=str(transform) if transform else None, obs=obs, var=var)
 

@@ -8,8 +8,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .._validation import _one_line
-from ..errors import FEInputError, MissingColumnError
+from ..errors import FEInputError, MissingColumnError, one_line
 from ._data import LABEL_KEY, _first_duplicate, _preview, _to_str_array
 from ._paths import _check_input_file, _split_ext
 
@@ -57,7 +56,7 @@ def _read_table(path):
         meta = pd.read_csv(path, sep=sep, engine="python" if sep is None else "c", index_col=0,
                            dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, UnicodeDecodeError, EOFError, OSError, zlib.error) as exc:
-        raise FEInputError(f"cannot parse sample metadata table ({_one_line(exc)})", path) from None
+        raise FEInputError(f"cannot parse sample metadata table ({one_line(exc)})", path) from None
     except pd.errors.EmptyDataError:
         raise FEInputError("sample metadata table is empty", path) from None
     return meta

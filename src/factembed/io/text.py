@@ -14,8 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._validation import _one_line
-from ..errors import FEInputError, MissingColumnError
+from ..errors import FEInputError, MissingColumnError, one_line
 from ._data import LABEL_KEY, ExpressionData, _chunk_rows, _compact_columns_inplace, _first_duplicate, _preview
 
 
@@ -101,9 +100,9 @@ def _scan_text(path: str, sep: str | None, gz: bool) -> _TableScan:
                     raise FEInputError(f"line {lineno} has an empty id in the first column", path)
                 ids.append(rid)
     except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
-        raise FEInputError(f"corrupt or truncated gzip stream: {_one_line(exc)}", path) from None
+        raise FEInputError(f"corrupt or truncated gzip stream: {one_line(exc)}", path) from None
     except OSError as exc:
-        raise FEInputError(f"cannot read file: {_one_line(exc)}", path) from None
+        raise FEInputError(f"cannot read file: {one_line(exc)}", path) from None
     if not ids:
         raise FEInputError("no data rows below the header", path)
     if len(header) < 2:
@@ -235,11 +234,11 @@ def _read_text(
     except FEInputError:
         raise
     except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
-        raise FEInputError(f"corrupt or truncated gzip stream: {_one_line(exc)}", path) from None
+        raise FEInputError(f"corrupt or truncated gzip stream: {one_line(exc)}", path) from None
     except UnicodeDecodeError as exc:
-        raise FEInputError(f"not valid UTF-8 text: {_one_line(exc)}", path) from None
+        raise FEInputError(f"not valid UTF-8 text: {one_line(exc)}", path) from None
     except OSError as exc:
-        raise FEInputError(f"cannot read file: {_one_line(exc)}", path) from None
+        raise FEInputError(f"cannot read file: {one_line(exc)}", path) from None
     if r0 != len(ids):
         raise FEInputError(f"parsed {r0} data rows but the first pass counted {len(ids)} (multi-line quoted "
                            "fields are not supported)", path)

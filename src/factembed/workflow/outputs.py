@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from ..evaluate_tasks import knn_accuracy
 from ..model_files import META_FILE, WEIGHTS_FILE
 from .requests import FitRequest
 
@@ -62,9 +63,10 @@ def convergence_note(history: dict) -> str | None:
 
 
 def label_knn(Z: np.ndarray, labels: Any, max_samples: int = 20_000, seed: int = 0) -> tuple[float, float] | None:
-    """``knn_accuracy`` of the labels from the embedding (on a random subset of at most
-    ``max_samples`` samples), or ``None`` when the labels cannot be scored (one class, or
-    a class with fewer than 5 samples)."""
+    """``(accuracy, chance)`` of :func:`~factembed.evaluate_tasks.knn_accuracy` of the
+    labels from the embedding (on a random subset of at most ``max_samples`` samples), or
+    ``None`` when the labels cannot be scored (one class, or a class with fewer than 5
+    samples)."""
     if labels is None:
         return None
     labels = np.asarray(labels).astype(str)
@@ -77,7 +79,8 @@ def label_knn(Z: np.ndarray, labels: Any, max_samples: int = 20_000, seed: int =
         Z, labels = Z[pick], labels[pick]
         if np.unique(labels, return_counts=True)[1].min() < 5:
             return None
-    return knn_accuracy(Z, labels)
+    score = knn_accuracy(Z, labels)
+    return score.mean, score.chance
 
 
 def write_fit_outputs(fe, samples, labels, out: Path, extra: dict, title: str, *, html: bool = True) -> list[Path]:
@@ -143,14 +146,3 @@ def _extra(request: FitRequest, fitted, seconds: float, **more) -> dict:
 
 def _title(request: FitRequest) -> str:
     return request.title or f"FE of {request.data_name}"
-
-
-def knn_accuracy(Z: np.ndarray, labels: Any, folds: int = 5, k: int = 5) -> tuple[float, float]:
-    """``(mean 5-fold accuracy of a k-NN classifier of the labels from Z, chance level)``."""
-    from sklearn.model_selection import cross_val_score
-    from sklearn.neighbors import KNeighborsClassifier
-
-    labels = np.asarray(labels)
-    acc = float(cross_val_score(KNeighborsClassifier(k), Z, labels, cv=folds).mean())
-    chance = float(np.unique(labels, return_counts=True)[1].max() / len(labels))
-    return acc, chance
