@@ -124,7 +124,7 @@ def row_blocks(matrix: Any, rows: int):
             yield a, matrix.read_rows(a, a + rows)
 
 
-def align_genes(mat: Any, genes: np.ndarray | None, names: np.ndarray | None, n_features: int, what: str,
+def on_model_genes(mat: Any, genes: np.ndarray | None, names: np.ndarray | None, n_features: int, what: str,
                 estimator: str = "FactorizedEmbeddings") -> Any:
     """``mat`` (validated by :func:`as_matrix`) on a fitted model's genes: columns matched by
     name when both the input's ``genes`` and the model's ``names`` are known (every model gene
@@ -143,9 +143,9 @@ def align_genes(mat: Any, genes: np.ndarray | None, names: np.ndarray | None, n_
     return mat
 
 
-def align_genes_missing(X: Any, names: np.ndarray | None, n_features: int, what: str
+def on_model_genes_missing(X: Any, names: np.ndarray | None, n_features: int, what: str
                         ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
-    """:func:`align_genes` for data with missing values: NaN entries pass (infinities do not)
+    """:func:`on_model_genes` for data with missing values: NaN entries pass (infinities do not)
     and the model's genes that a DataFrame lacks become NaN columns.  Returns the float32
     matrix on the model's genes, the mask of those absent genes (None when none), the sample
     names and the input's gene names (when known)."""

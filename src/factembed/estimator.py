@@ -27,7 +27,7 @@ from .config import FEConfig
 from .errors import FEInputError
 from .genes import cosine_similarity, rank_by_similarity
 from ._impute import empty_gene_mask, fill_missing, frame_output
-from ._inputs import align_genes, align_genes_missing, as_matrix, is_anndata, row_blocks
+from ._inputs import on_model_genes, on_model_genes_missing, as_matrix, is_anndata, row_blocks
 from .infer import ROW_BLOCK, embed_new_samples, reconstruct
 from .model import FactorizedEmbeddingNet
 from .model_files import META_FILE, WEIGHTS_FILE, read_model_files, write_model_files
@@ -204,13 +204,13 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
 
     def _align_matrix(self, mat: Any, genes: np.ndarray | None, what: str) -> Any:
         """:meth:`_align` of a matrix already validated by :func:`~factembed._inputs.as_matrix`."""
-        return align_genes(mat, genes, getattr(self, "feature_names_in_", None), self.n_features_in_, what,
+        return on_model_genes(mat, genes, getattr(self, "feature_names_in_", None), self.n_features_in_, what,
                            type(self).__name__)
 
     def _align_missing(self, X: Any, what: str) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None,
                                                           np.ndarray | None]:
-        """``_align`` for data with missing values (:func:`~factembed._inputs.align_genes_missing`)."""
-        return align_genes_missing(X, getattr(self, "feature_names_in_", None), self.n_features_in_, what)
+        """``_align`` for data with missing values (:func:`~factembed._inputs.on_model_genes_missing`)."""
+        return on_model_genes_missing(X, getattr(self, "feature_names_in_", None), self.n_features_in_, what)
 
     # -- fitting --------------------------------------------------------------------
     def fit(self, X: Any, y: Any = None, *, sample_names: Any = None, gene_names: Any = None,

@@ -23,7 +23,7 @@ import torch
 
 from .kernel import FusedProfileLoss
 from .model import FactorizedEmbeddingNet
-from .train import _Progress
+from .train import GeneWalk, _Progress
 
 #: rows of new samples per block (bounds the activations of one block)
 ROW_BLOCK = 256
@@ -44,25 +44,6 @@ def _random_subset(m: int, k: int, generator: torch.Generator) -> torch.Tensor |
     if k >= m:
         return None
     return torch.randperm(m, generator=generator)[:k].sort().values
-
-
-class _GeneWalk:
-    """Gene subsets of ``k`` genes for successive inference steps, taken in turn from a
-    random permutation of all genes (a fresh one when it runs out), so that every gene is
-    used once before any is used twice; ``None`` (all genes) when ``k >= m``."""
-
-    def __init__(self, m: int, k: int, generator: torch.Generator) -> None:
-        self.m, self.k, self.gen = m, k, generator
-        self.perm, self.pos = None, m
-
-    def next(self) -> torch.Tensor | None:
-        if self.k >= self.m:
-            return None
-        if self.pos + self.k > self.m:
-            self.perm, self.pos = torch.randperm(self.m, generator=self.gen), 0
-        J = self.perm[self.pos:self.pos + self.k]
-        self.pos += self.k
-        return J.sort().values
 
 
 @torch.no_grad()
@@ -238,10 +219,11 @@ def embed_new_samples(net: FactorizedEmbeddingNet, X_new: torch.Tensor, *, steps
     bar = _Progress(steps, "factembed transform", progress)
     with torch.no_grad():
         G_all = net.gene_term(workers=workers)
-    genes = _GeneWalk(net.n_genes, infer_genes, generator)
+    # the training's walk through the genes (every gene once per cycle), sorted per step
+    genes = None if infer_genes >= net.n_genes else GeneWalk(net.n_genes, infer_genes, generator)
     try:
         for step in range(1, steps + 1):
-            J = genes.next()
+            J = None if genes is None else genes.next().sort().values
             G = G_all if J is None else G_all[J.to(dev)]
             opt.zero_grad(set_to_none=True)
             total = 0.0
