@@ -32,6 +32,14 @@ def is_anndata(X: Any) -> bool:
     return ad is not None and isinstance(X, ad.AnnData)
 
 
+def is_row_source(X: Any) -> bool:
+    """True for backed sources (objects with ``rows(index)`` and ``shape``), which
+    :meth:`FactorizedEmbeddings.fit` (and each rank of a data-parallel fit) streams instead of loading."""
+    import torch
+    return (hasattr(X, "rows") and hasattr(X, "shape") and not isinstance(X, (np.ndarray, torch.Tensor))
+            and not _is_sparse(X) and not is_anndata(X))
+
+
 class CsrRows:
     """An in-memory CSR matrix as a row source: :meth:`rows` and :meth:`read_rows`
     make dense (float32) only the rows asked for.  ``samples`` / ``genes``: names."""

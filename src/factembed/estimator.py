@@ -27,18 +27,17 @@ from .config import FEConfig
 from .errors import FEInputError
 from .genes import cosine_similarity, rank_by_similarity
 from ._impute import empty_gene_mask, fill_missing, frame_output
-from ._inputs import on_model_genes, on_model_genes_missing, as_matrix, is_anndata, row_blocks
+from ._inputs import as_matrix, is_anndata, is_row_source, on_model_genes, on_model_genes_missing, row_blocks
 from .infer import ROW_BLOCK, embed_new_samples, reconstruct
 from .model import FactorizedEmbeddingNet
 from .model_files import META_FILE, WEIGHTS_FILE, read_model_files, write_model_files
 from .recipes import plan_training
-from .runner import batch_plan, make_checkpointer, run_training
+from .runner import checkpoint_meta, fit_network, make_checkpointer
 from .sources import BackedSource as BackedSourceBase
-from .train import BatchSampler, TensorRows, as_float32_tensor, resolve_device, resolve_precision
+from .train import TensorRows, as_float32_tensor, resolve_device, resolve_precision
 from ._validation import _is_sparse, check_matrix, check_observed, observed_counts
 
 #: parameters that do not change the trained model (may differ on resume)
-_RUNTIME_PARAMS = ("verbose", "device", "infer_steps", "infer_lr", "infer_genes", "init_genes")
 #: ``transform`` / ``score`` draw a progress bar (when ``verbose``) only for at least this
 #: many samples: short calls stay quiet, as scanpy and umap-learn users expect
 PROGRESS_MIN_SAMPLES = 1000
@@ -50,14 +49,6 @@ def _rows_per_block(n_genes: int) -> int:
     """Rows read at a time from a sparse or backed input of ``n_genes`` columns."""
     rows = max(1, _BLOCK_ELEMENTS // max(1, int(n_genes)))
     return max(ROW_BLOCK, rows // ROW_BLOCK * ROW_BLOCK)
-
-
-def checkpoint_meta(cfg: FEConfig, n_samples: int, n_genes: int, **more: Any) -> dict:
-    """What a checkpoint must match to be resumed: the hyper-parameters that shape the
-    trained model (not the run-time ones, nor ``n_steps``: a run may be extended) and
-    the data shape (``more``: e.g. a data-parallel run's world size and rank)."""
-    return {"config": {k: v for k, v in cfg.to_dict().items() if k not in _RUNTIME_PARAMS + ("n_steps",)},
-            "n_samples": int(n_samples), "n_genes": int(n_genes), **more}
 
 
 def _is_dataframe(X: Any) -> bool:
@@ -80,13 +71,6 @@ def _output_array(X: Any, arr32: np.ndarray, copy: bool) -> np.ndarray:
     if dtype == np.float32:
         return arr32.copy() if np.shares_memory(arr32, src) else arr32
     return np.array(src, dtype=dtype, order="C", copy=True)
-
-
-def _is_row_source(X: Any) -> bool:
-    """True for backed sources (objects with ``rows(index)`` and ``shape``), which
-    :meth:`FactorizedEmbeddings.fit` streams instead of loading."""
-    return (hasattr(X, "rows") and hasattr(X, "shape") and not isinstance(X, (np.ndarray, torch.Tensor))
-            and not _is_sparse(X) and not is_anndata(X))
 
 
 #: scikit-learn estimator checks that FactorizedEmbeddings fails by design, with the reason
@@ -247,16 +231,16 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
             raise ValueError(f"missing must be 'error' or 'ignore', got {missing!r}")
         opened = None
         has_missing = False
-        if missing == "ignore" and (_is_sparse(X) or (_is_row_source(X) and not hasattr(X, "allow_nan"))
+        if missing == "ignore" and (_is_sparse(X) or (is_row_source(X) and not hasattr(X, "allow_nan"))
                                     or (is_anndata(X) and (getattr(X, "isbacked", False) or _is_sparse(X.X)))):
             raise FEInputError("missing='ignore' needs a dense matrix (an array, a DataFrame or an in-memory "
                                "AnnData with a dense X) or a backed source of factembed.sources: sparse input "
                                "cannot hold missing values")
         restore_nan = None
-        if _is_row_source(X) and missing == "ignore":
+        if is_row_source(X) and missing == "ignore":
             # a backed source: NaN passes its block checks for this fit; every step is masked
             restore_nan, X.allow_nan, has_missing = X.allow_nan, True, True
-        if _is_row_source(X):
+        if is_row_source(X):
             # a backed (on-disk) source: validated block by block as it is read
             source, samples, genes = X, getattr(X, "samples", None), getattr(X, "genes", None)
             if source.shape[0] < 2 or source.shape[1] < 1:
@@ -288,35 +272,23 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
             pca_warm_start(net, TensorRows(source) if isinstance(source, torch.Tensor) else source,
                            self._generator(salt=4), block_rows=_rows_per_block(m))
         net.to(device)
-        n_steps = plan.n_steps
         gene_seed = int(torch.randint(0, 2**62, (1,), generator=self._generator(salt=2)))
-
-        def new_sampler():
-            rows = source.make_sampler(plan.batch_samples, gen) if hasattr(source, "make_sampler") \
-                else BatchSampler(n, plan.batch_samples, gen)
-            return batch_plan(rows, m, plan, gene_seed)
-
         checkpointer = make_checkpointer(checkpoint_dir, checkpoint_every, checkpoint_meta(cfg, n, m),
                                          resume=resume)
         self.training_plan_ = plan
-        validation = stop_rule = None
-        if plan.auto_stop:
-            from .validation import StopRule, ValidationSet, default_fraction
-            val_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=self._generator(salt=3)))
-            validation = ValidationSet(TensorRows(source) if isinstance(source, torch.Tensor) else source,
-                                       seed=val_seed, fraction=default_fraction(n, m), every=plan.val_every)
-            stop_rule = StopRule(patience=plan.patience, min_steps=plan.patience)
+        val_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=self._generator(salt=3))) \
+            if plan.auto_stop else 0
         try:
-            outcome = run_training(net, source, n_steps=n_steps, lr=plan.lr, sample_lr=plan.sample_lr, l2=cfg.l2,
-                                   batch_samples=plan.batch_samples, generator=gen, new_sampler=new_sampler,
-                                   device=device, compute_dtype=dtype, gene_chunk=cfg.gene_chunk,
-                                   progress=cfg.verbose, checkpointer=checkpointer, resume=resume,
-                                   divergence_retries=divergence_retries, kernel=kernel, workers=workers,
-                                   validation=validation, stop_rule=stop_rule, missing=has_missing)
+            outcome, validation = fit_network(
+                net, source, plan, l2=cfg.l2, gene_chunk=cfg.gene_chunk, n_total=n, generator=gen,
+                gene_seed=gene_seed, val_seed=val_seed, device=device, compute_dtype=dtype,
+                progress=cfg.verbose, checkpointer=checkpointer, resume=resume,
+                divergence_retries=divergence_retries, kernel=kernel, workers=workers, missing=has_missing)
         finally:
             _close_opened(opened)     # a backed AnnData's file, opened here
             if restore_nan is not None:
                 X.allow_nan = restore_nan
+        n_steps = plan.n_steps
         history, lr = outcome.history, outcome.lr
         self.resumed_from_ = outcome.resumed_from
         self.lr_ = lr

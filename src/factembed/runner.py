@@ -23,7 +23,18 @@ import torch
 from .checkpoint import Checkpointer
 from .errors import FEInputError
 from .model import FactorizedEmbeddingNet
-from .train import BatchPlan, GeneWalk, History, make_optimizer, train
+from .train import BatchPlan, BatchSampler, GeneWalk, History, TensorRows, make_optimizer, train
+
+#: the config fields that do not shape the trained model: a checkpoint need not match them
+RUNTIME_PARAMS = ("verbose", "device", "infer_steps", "infer_lr", "infer_genes", "init_genes")
+
+
+def checkpoint_meta(cfg: Any, n_samples: int, n_genes: int, **more: Any) -> dict:
+    """What a checkpoint must match to be resumed: the hyper-parameters that shape the
+    trained model (not the run-time ones, nor ``n_steps``: a run may be extended) and
+    the data shape (``more``: e.g. a data-parallel run's world size and rank)."""
+    return {"config": {k: v for k, v in cfg.to_dict().items() if k not in RUNTIME_PARAMS + ("n_steps",)},
+            "n_samples": int(n_samples), "n_genes": int(n_genes), **more}
 
 
 def batch_plan(rows: Any, n_genes: int, plan: Any, gene_seed: int) -> BatchPlan:
@@ -42,6 +53,47 @@ class TrainingOutcome:
     lr: float                        # the learning rate finally used (lower after a divergence retry)
     resumed_from: int | None = None  # the checkpoint step a resumed run continued from
     checkpoint_dir: str | None = None
+
+
+def fit_network(net: FactorizedEmbeddingNet, source: Any, plan: Any, *, l2: float, gene_chunk: int | None,
+                n_total: int, generator: torch.Generator, gene_seed: int, val_seed: int,
+                device: torch.device, compute_dtype: torch.dtype, progress: bool,
+                checkpointer: Checkpointer | None = None, resume: bool = False, resume_state: Any = None,
+                offset: int = 0, world: int = 1, reduce: Callable[[torch.Tensor], None] | None = None,
+                before_step: Callable[[], None] | None = None, divergence_retries: int = 0,
+                kernel: Any = None, workers: int | None = None, missing: bool = False
+                ) -> tuple[TrainingOutcome, Any]:
+    """The one fit set-up of every path: the in-memory and backed fits of the estimator and
+    each rank of a data-parallel fit (``offset``: the rank's first global row, ``world``
+    ranks, ``reduce``: the all-reduce of the validation sums).  From the resolved
+    :class:`~factembed.recipes.TrainingPlan`: the batch sampler (the source's block sampler
+    when it has one) with the plan's gene walk, and for ``plan.auto_stop`` the held-out
+    validation entries of the whole ``n_total``-sample matrix and the stop rule; then
+    :func:`run_training`.  Returns its outcome and the validation set (``None`` without the
+    auto stop)."""
+    n_local, m = (int(v) for v in source.shape)
+
+    def new_sampler():
+        rows = source.make_sampler(plan.batch_samples, generator) if hasattr(source, "make_sampler") \
+            else BatchSampler(n_local, plan.batch_samples, generator)
+        return batch_plan(rows, m, plan, gene_seed)
+
+    validation = stop_rule = None
+    if plan.auto_stop:
+        from .validation import StopRule, ValidationSet, default_fraction
+        validation = ValidationSet(TensorRows(source) if isinstance(source, torch.Tensor) else source,
+                                   seed=val_seed, fraction=default_fraction(n_total, m),
+                                   max_entries=max(1000, 50_000 // max(1, int(world))), offset=offset,
+                                   reduce=reduce, every=plan.val_every)
+        stop_rule = StopRule(patience=plan.patience, min_steps=plan.patience)
+    outcome = run_training(net, source, n_steps=plan.n_steps, lr=plan.lr, sample_lr=plan.sample_lr, l2=l2,
+                           batch_samples=plan.batch_samples, generator=generator, new_sampler=new_sampler,
+                           device=device, compute_dtype=compute_dtype, gene_chunk=gene_chunk,
+                           progress=progress, checkpointer=checkpointer, resume=resume,
+                           resume_state=resume_state, before_step=before_step,
+                           divergence_retries=divergence_retries, kernel=kernel, workers=workers,
+                           validation=validation, stop_rule=stop_rule, missing=missing)
+    return outcome, validation
 
 
 def make_checkpointer(directory: str | os.PathLike | None, every: int, meta: dict, *,

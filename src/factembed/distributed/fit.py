@@ -77,15 +77,16 @@ def fit_distributed(source: Any, *, config: FEConfig | dict, n_total: int, lo: i
 
     ``missing="ignore"``: NaN entries are missing values, left out of every step's loss
     (a backed source must let them through: ``allow_nan``)."""
-    from ..estimator import FactorizedEmbeddings, _is_row_source, checkpoint_meta
+    from .._inputs import is_row_source
+    from ..estimator import FactorizedEmbeddings
     from ..recipes import plan_training
-    from ..runner import batch_plan, make_checkpointer, run_training
+    from ..runner import checkpoint_meta, fit_network, make_checkpointer
 
     cfg = config if isinstance(config, FEConfig) else FEConfig(**config)
     if missing not in ("error", "ignore"):
         raise ValueError(f"missing must be 'error' or 'ignore', got {missing!r}")
     rank, world = dist.get_rank(), dist.get_world_size()
-    if not _is_row_source(source):
+    if not is_row_source(source):
         arr = source.detach().cpu().numpy() if isinstance(source, torch.Tensor) else np.asarray(source)
         source = as_float32_tensor(arr)
     elif missing == "ignore" and hasattr(source, "allow_nan"):
@@ -118,41 +119,27 @@ def fit_distributed(source: Any, *, config: FEConfig | dict, n_total: int, lo: i
     seed = _agree_seed(cfg.random_state)
     net = build_shard_net(n_total, m, cfg, seed, lo, hi).to(device)
     broadcast_replicated(net, 0)
-    n_steps = plan.n_steps
     gen = rank_generator(seed, rank)
     hook = GradientAllReduce(net)
-
-    def new_sampler():
-        rows = source.make_sampler(plan.batch_samples, gen) if hasattr(source, "make_sampler") \
-            else BatchSampler(n_local, plan.batch_samples, gen)
-        return batch_plan(rows, m, plan, gene_seed(seed))
-
     checkpointer = make_checkpointer(None if checkpoint_dir is None else f"{checkpoint_dir}/rank-{rank}-of-{world}",
                                      checkpoint_every, checkpoint_meta(cfg, n_total, m, world_size=world, rank=rank,
                                                                        lo=lo, hi=hi), resume=resume)
     state = _common_checkpoint(checkpointer) if (checkpointer is not None and resume) else None
-    validation = stop_rule = None
-    if plan.auto_stop:
-        # the held-out entries of the whole matrix (global sample indices), their sums
-        # pooled over the ranks: every rank sees the same curve and stops at the same step
-        from ..validation import StopRule, ValidationSet, default_fraction
 
-        def reduce(t: torch.Tensor) -> None:
-            buf = t.to(_comm_device())
-            dist.all_reduce(buf)
-            t.copy_(buf.cpu())
-        validation = ValidationSet(TensorRows(source) if isinstance(source, torch.Tensor) else source,
-                                   seed=validation_seed(seed), fraction=default_fraction(n_total, m),
-                                   max_entries=max(1000, 50_000 // world), offset=lo, reduce=reduce,
-                                   every=plan.val_every)
-        stop_rule = StopRule(patience=plan.patience, min_steps=plan.patience)
+    def reduce(t: torch.Tensor) -> None:
+        # the validation sums pooled over the ranks: every rank sees the same curve and
+        # stops at the same step
+        buf = t.to(_comm_device())
+        dist.all_reduce(buf)
+        t.copy_(buf.cpu())
+
     t0 = time.perf_counter()
-    outcome = run_training(net, source, n_steps=n_steps, lr=plan.lr, sample_lr=plan.sample_lr, l2=cfg.l2,
-                           batch_samples=plan.batch_samples,
-                           generator=gen, new_sampler=new_sampler, device=device, compute_dtype=dtype,
-                           gene_chunk=cfg.gene_chunk, progress=cfg.verbose and rank == 0,
-                           checkpointer=checkpointer, before_step=hook, resume_state=state,
-                           validation=validation, stop_rule=stop_rule, missing=missing == "ignore")
+    outcome, validation = fit_network(
+        net, source, plan, l2=cfg.l2, gene_chunk=cfg.gene_chunk, n_total=n_total, generator=gen,
+        gene_seed=gene_seed(seed), val_seed=validation_seed(seed), device=device, compute_dtype=dtype,
+        progress=cfg.verbose and rank == 0, checkpointer=checkpointer, resume_state=state,
+        offset=lo, world=world, reduce=reduce, before_step=hook, missing=missing == "ignore")
+    n_steps = plan.n_steps
     history = outcome.history
     if plan.auto_stop and history.step:
         n_steps = history.step[-1]
