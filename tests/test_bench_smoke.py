@@ -4,6 +4,8 @@ The benchmarks print figures and are not pass/fail tests; this only checks that 
 run to the end and write their result files (to a temporary directory).  They run in
 this process (one torch import for all); bench_memory still starts its own child."""
 import runpy
+
+import pytest
 import numpy as np
 import sys
 from pathlib import Path
@@ -122,3 +124,37 @@ def test_bench_impute_runs_quick(tmp_path, monkeypatch):
     mem = pd.read_csv(tmp_path / "impute_memory_quick.csv")
     assert set(mem["call"]) == {"transform_complete", "transform_missing", "impute_inplace"}
     assert (tmp_path / "impute_quick.png").stat().st_size > 0 and (tmp_path / "impute_quick.txt").exists()
+
+
+def test_variant_starts_do_what_they_say(monkeypatch):
+    """bench/variant.py's start points (bench/README.md, "Khan's 8-D held-out distance r"):
+    no-bias keeps the output bias's draw and the PCA scores; bias-only keeps the random
+    embedding and sets the bias to the data's mean; whiten gives every axis sd 0.1."""
+    import torch
+    from sklearn.decomposition import PCA
+
+    from factembed.model import FactorizedEmbeddingNet
+    from factembed.train import TensorRows
+    monkeypatch.syspath_prepend(str(BENCH))
+    variant = runpy.run_path(str(BENCH / "variant.py"))
+    rng = np.random.default_rng(0)
+    U = rng.normal(size=(80, 3)) * np.array([3.0, 1.0, 0.3])     # three axes of falling variance
+    X = (6.0 + U @ rng.normal(size=(3, 120)) + 0.1 * rng.normal(size=(80, 120))).astype(np.float32)
+    rows = TensorRows(torch.from_numpy(X))
+    nets = {}
+    for mode in ("no-bias", "bias-only", "whiten"):
+        net = FactorizedEmbeddingNet(80, 120, 2, 5, (8, 4), generator=torch.Generator().manual_seed(0))
+        before = (net.sample_embedding.detach().clone(), net.layers[-1].bias.item())
+        variant["_start"](mode)(net, rows, torch.Generator().manual_seed(1))
+        nets[mode] = (net, before)
+    Z = PCA(2).fit_transform(X.astype(np.float64))
+    net, (emb0, bias0) = nets["no-bias"]
+    assert net.layers[-1].bias.item() == bias0
+    got = net.sample_embedding.detach().numpy()
+    assert abs(np.corrcoef(got[:, 0], Z[:, 0])[0, 1]) > 0.999 and np.std(got[:, 0], ddof=1) == \
+        pytest.approx(0.1, rel=1e-4)
+    net, (emb0, bias0) = nets["bias-only"]
+    assert torch.equal(net.sample_embedding.detach(), emb0)
+    assert net.layers[-1].bias.item() == pytest.approx(float(X.mean()), rel=1e-5)
+    net, _ = nets["whiten"]
+    assert np.std(net.sample_embedding.detach().numpy(), axis=0, ddof=1) == pytest.approx([0.1, 0.1], rel=1e-4)
