@@ -26,28 +26,6 @@ def test_bench_scripts_run_quick(tmp_path, monkeypatch, capsys):
     assert "(c)/(a)" in out and "GFLOP/s" in out and "peak RSS" in out
 
 
-def test_estimator_fit_uses_the_kernel_and_workers_it_is_given():
-    """bench_quality compares kernels and worker counts through FactorizedEmbeddings.fit:
-    the kernel it passes must be the one that runs, with the worker count it passes."""
-    import numpy as np
-
-    from factembed import FactorizedEmbeddings
-    from factembed.kernel import FusedProfileLoss
-    made = []
-
-    def kernel(**kw):
-        made.append(kw)
-        return FusedProfileLoss(**kw)
-
-    X = np.random.default_rng(0).random((30, 50), dtype=np.float32)
-    kw = dict(gene_dim=8, hidden=(16, 8), n_steps=20, random_state=5, verbose=False, device="cpu")
-    fe = FactorizedEmbeddings(**kw).fit(X, kernel=kernel, workers=1)
-    assert len(made) == 1 and made[0]["workers"] == 1
-    ref = FactorizedEmbeddings(**kw).fit(X, workers=1)
-    for (name, p), q in zip(fe.net_.state_dict().items(), ref.net_.state_dict().values()):
-        assert (p == q).all(), name          # the same kernel class by default: the same model
-
-
 def test_bench_convergence_trains_like_the_estimator(monkeypatch):
     """bench_convergence times the library's training in segments: its model must be the
     estimator's (same recipe, same seed), or its curves would measure something else."""

@@ -131,3 +131,25 @@ def test_estimator_defaults_are_the_config_defaults():
     from factembed import FactorizedEmbeddings
     from factembed.config import FEConfig
     assert FactorizedEmbeddings().get_params() == {f.name: f.default for f in fields(FEConfig)}
+
+
+def test_estimator_fit_uses_the_kernel_and_workers_it_is_given():
+    """bench_quality compares kernels and worker counts through FactorizedEmbeddings.fit:
+    the kernel it passes must be the one that runs, with the worker count it passes."""
+    import numpy as np
+
+    from factembed import FactorizedEmbeddings
+    from factembed.kernel import FusedProfileLoss
+    made = []
+
+    def kernel(**kw):
+        made.append(kw)
+        return FusedProfileLoss(**kw)
+
+    X = np.random.default_rng(0).random((30, 50), dtype=np.float32)
+    kw = dict(gene_dim=8, hidden=(16, 8), n_steps=20, random_state=5, verbose=False, device="cpu")
+    fe = FactorizedEmbeddings(**kw).fit(X, kernel=kernel, workers=1)
+    assert len(made) == 1 and made[0]["workers"] == 1
+    ref = FactorizedEmbeddings(**kw).fit(X, workers=1)
+    for (name, p), q in zip(fe.net_.state_dict().items(), ref.net_.state_dict().values()):
+        assert (p == q).all(), name          # the same kernel class by default: the same model

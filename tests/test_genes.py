@@ -1,9 +1,15 @@
-"""The one gene cosine similarity, against scikit-learn's."""
+"""The gene side: the one gene cosine similarity (against scikit-learn's) and similar_genes."""
 
 import numpy as np
+import pandas as pd
+import pytest
 from sklearn.metrics.pairwise import cosine_similarity as sk_cosine
 
+from factembed import FactorizedEmbeddings, FEInputError
 from factembed.genes import cosine_similarity, nearest_genes, rank_by_similarity
+from _small import counts as _counts
+
+TINY = dict(gene_dim=8, hidden=(16, 8), infer_steps=20, random_state=0, verbose=False, device="cpu")
 
 
 def _genes(m=300, d=6, seed=0):
@@ -40,3 +46,22 @@ def test_nearest_genes_follow_the_similarity_in_any_block_size():
 
 def test_rank_puts_nan_last():
     assert rank_by_similarity(np.array([0.1, np.nan, 0.9, -0.5])).tolist() == [2, 0, 3, 1]
+
+
+def test_similar_genes_by_cosine():
+    rng = np.random.default_rng(0)
+    X = _counts()
+    fe = FactorizedEmbeddings(n_steps=20, **TINY).fit(pd.DataFrame(X, columns=[f"G{j}" for j in range(40)]))
+    G = rng.normal(size=(40, 8)).astype(np.float32)
+    G[7] = 3 * G[3] + 0.01          # nearly parallel to G3: the top neighbour, whatever its length
+    fe.net_.gene_embedding.data = __import__("torch").from_numpy(G)
+    s = fe.similar_genes("G3", k=5)
+    assert isinstance(s, pd.Series) and len(s) == 5 and s.index[0] == "G7" and "G3" not in s.index
+    assert s.iloc[0] == pytest.approx(1.0, abs=1e-3) and s.is_monotonic_decreasing
+    Gn = G / np.linalg.norm(G, axis=1, keepdims=True)
+    assert s["G7"] == pytest.approx(float(Gn[3] @ Gn[7]), rel=1e-6)
+    assert len(fe.similar_genes("G3", k=100)) == 39
+    with pytest.raises(FEInputError, match="unknown gene 'g3'.*did you mean 'G3'"):
+        fe.similar_genes("g3")
+    with pytest.raises(ValueError, match="k must be"):
+        fe.similar_genes("G3", k=0)

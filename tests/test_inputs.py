@@ -1,5 +1,5 @@
 """What the estimator accepts: scikit-learn's estimator checks, sparse matrices, AnnData;
-the gene side (similar_genes); quiet transforms."""
+quiet transforms (the scanpy-style tools: test_tl.py; similar_genes: test_genes.py)."""
 import warnings
 
 import numpy as np
@@ -9,15 +9,9 @@ import scipy.sparse as sp
 
 from factembed import FactorizedEmbeddings, FEInputError
 from factembed import estimator as est_mod
+from _small import adata as _adata, counts as _counts
 
 TINY = dict(gene_dim=8, hidden=(16, 8), infer_steps=20, random_state=0, verbose=False, device="cpu")
-
-
-def _counts(n=60, m=40, seed=0, density=0.3):
-    rng = np.random.default_rng(seed)
-    X = rng.gamma(1.0, 1.0, (n, m)) * (rng.uniform(size=(n, m)) < density)
-    X[:, 0] += 1.0          # no all-zero row
-    return np.log10(X + 1).astype(np.float32)
 
 
 # --------------------------------------------------------------------------------------
@@ -114,16 +108,6 @@ def test_sparse_bad_value_is_located():
 # AnnData
 # --------------------------------------------------------------------------------------
 
-def _adata(X, sparse=False):
-    ad = pytest.importorskip("anndata")
-    n, m = X.shape
-    a = ad.AnnData(sp.csr_matrix(X) if sparse else X.copy())
-    a.obs_names = [f"cell{i}" for i in range(n)]
-    a.var_names = [f"gene{j}" for j in range(m)]
-    a.obs["group"] = pd.Categorical([f"g{i % 3}" for i in range(n)])
-    return a
-
-
 @pytest.mark.parametrize("sparse", [False, True])
 def test_estimator_takes_anndata_genes_by_var_names(sparse):
     X = _counts()
@@ -149,86 +133,9 @@ def test_backed_anndata_is_read_in_row_blocks(tmp_path):
     backed.file.close()
 
 
-def test_tl_fe_writes_obsm_varm_uns_and_embeds_new_cells(tmp_path):
-    import factembed
-    X = _counts(80, 40)
-    X[:, 5] = 0.0                        # a constant gene: left out, NaN row in varm
-    a = _adata(X, sparse=True)
-    a.var["highly_variable"] = np.arange(40) != 9       # scanpy's gene mask is honoured
-    fe = factembed.tl.fe(a, n_steps=40, gene_dim=8, hidden=(16, 8), infer_steps=20, verbose=False)
-    assert isinstance(fe, FactorizedEmbeddings) and fe.random_state == 0
-    assert a.obsm["X_fe"].shape == (80, 2)
-    np.testing.assert_array_equal(a.obsm["X_fe"], fe.embedding_)
-    G = a.varm["X_fe"]
-    assert G.shape == (40, 8) and np.isnan(G[[5, 9]]).all() and np.isfinite(np.delete(G, [5, 9], 0)).all()
-    uns = a.uns["fe"]
-    assert uns["n_genes_used"] == 38 and uns["params"]["gene_dim"] == 8 and uns["mask_var"] == "highly_variable"
-    assert uns["summary"]["n_steps"] == 40 and 0 < uns["summary"]["final_loss"]
-    a.write_h5ad(tmp_path / "fitted.h5ad")            # everything written is serialisable
-
-    new = _adata(_counts(20, 40, seed=3), sparse=False)
-    factembed.tl.fe_transform(new, fe, key_added="X_fe_new")
-    assert new.obsm["X_fe_new"].shape == (20, 2) and "X_fe_new" in new.uns
-    np.testing.assert_allclose(new.obsm["X_fe_new"], fe.transform(new), rtol=1e-6)
-    fe.save(tmp_path / "m")                           # from a saved model too
-    factembed.tl.fe_transform(new, tmp_path / "m")
-    np.testing.assert_allclose(new.obsm["X_fe"], new.obsm["X_fe_new"], rtol=1e-6)
-
-
-def test_tl_fe_leaves_the_callers_gene_mask_as_it_was():
-    """The constant genes are dropped from a copy of the mask, never from the caller's
-    array (nor from a read-only one, as pandas 3 hands out)."""
-    import factembed
-    X = _counts(50, 30)
-    X[:, 4] = 1.0
-    mask = np.ones(30, dtype=bool)
-    mask[7] = False
-    before = mask.copy()
-    fe = factembed.tl.fe(_adata(X, sparse=False), mask_var=mask, n_steps=10, gene_dim=4, hidden=(8,),
-                         infer_steps=5, verbose=False)
-    assert np.array_equal(mask, before)
-    assert fe.n_features_in_ == 28
-    frozen = before.copy()
-    frozen.flags.writeable = False
-    a = _adata(X, sparse=False)
-    factembed.tl.fe(a, mask_var=frozen, n_steps=10, gene_dim=4, hidden=(8,), infer_steps=5, verbose=False)
-    assert a.uns["fe"]["n_genes_used"] == 28
-
-
-def test_scanpy_plots_the_fe_basis(tmp_path):
-    sc = pytest.importorskip("scanpy")
-    import factembed
-    import matplotlib
-    matplotlib.use("Agg")
-    a = _adata(_counts(), sparse=True)
-    factembed.tl.fe(a, n_steps=30, gene_dim=8, hidden=(16, 8), verbose=False)
-    ax = sc.pl.embedding(a, basis="fe", color="group", show=False)
-    ax.figure.savefig(tmp_path / "fe.png")
-    assert (tmp_path / "fe.png").stat().st_size > 0
-
-
 # --------------------------------------------------------------------------------------
-# the gene side, quiet calls
+# quiet calls
 # --------------------------------------------------------------------------------------
-
-def test_similar_genes_by_cosine():
-    rng = np.random.default_rng(0)
-    X = _counts()
-    fe = FactorizedEmbeddings(n_steps=20, **TINY).fit(pd.DataFrame(X, columns=[f"G{j}" for j in range(40)]))
-    G = rng.normal(size=(40, 8)).astype(np.float32)
-    G[7] = 3 * G[3] + 0.01          # nearly parallel to G3: the top neighbour, whatever its length
-    fe.net_.gene_embedding.data = __import__("torch").from_numpy(G)
-    s = fe.similar_genes("G3", k=5)
-    assert isinstance(s, pd.Series) and len(s) == 5 and s.index[0] == "G7" and "G3" not in s.index
-    assert s.iloc[0] == pytest.approx(1.0, abs=1e-3) and s.is_monotonic_decreasing
-    Gn = G / np.linalg.norm(G, axis=1, keepdims=True)
-    assert s["G7"] == pytest.approx(float(Gn[3] @ Gn[7]), rel=1e-6)
-    assert len(fe.similar_genes("G3", k=100)) == 39
-    with pytest.raises(FEInputError, match="unknown gene 'g3'.*did you mean 'G3'"):
-        fe.similar_genes("g3")
-    with pytest.raises(ValueError, match="k must be"):
-        fe.similar_genes("G3", k=0)
-
 
 def test_transform_and_score_are_quiet_for_small_calls(capsys, monkeypatch):
     X = _counts()

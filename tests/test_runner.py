@@ -1,4 +1,4 @@
-"""Checkpoints, resume (in-process and after SIGKILL), divergence guard."""
+"""The training runner: checkpoints, resume (in-process and after SIGKILL), divergence guard."""
 import json
 
 import signal
