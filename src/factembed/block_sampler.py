@@ -6,7 +6,7 @@ A :class:`BlockSampler` cuts the rows of a :class:`BlockSource` (any object with
 pass visits the blocks in a random order, ``blocks_per_window`` blocks at a time; the rows
 of one such *window* are permuted and cut into batches, while a background thread reads
 the next window.  :func:`plan_blocks` sizes blocks and windows from a memory budget.
-The sources (``sources.py``) own the reading; this module owns the order of the rows and
+The sources (``factembed.sources``) own the reading; this module owns the order of the rows and
 imports nothing of the package (the sources import it, never the other way).
 """
 
