@@ -37,7 +37,6 @@ from .sources import BackedSource as BackedSourceBase
 from .train import TensorRows, as_float32_tensor, resolve_device, resolve_precision
 from ._validation import _is_sparse, check_matrix, check_observed, observed_counts
 
-#: parameters that do not change the trained model (may differ on resume)
 #: ``transform`` / ``score`` draw a progress bar (when ``verbose``) only for at least this
 #: many samples: short calls stay quiet, as scanpy and umap-learn users expect
 PROGRESS_MIN_SAMPLES = 1000

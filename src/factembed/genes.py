@@ -26,10 +26,14 @@ def cosine_similarity(G: np.ndarray, rows: Sequence[int] | np.ndarray) -> np.nda
     return sims
 
 
+def _order_key(sims: np.ndarray) -> np.ndarray:
+    """Ascending sort key of similarities: most similar first, NaN last."""
+    return np.where(np.isnan(sims), np.inf, -sims)
+
+
 def rank_by_similarity(sims: np.ndarray) -> np.ndarray:
     """Column order of each row of ``sims``, most similar first, NaN last (ties by column)."""
-    key = np.where(np.isnan(sims), np.inf, -sims)
-    return np.argsort(key, axis=-1, kind="stable")
+    return np.argsort(_order_key(sims), axis=-1, kind="stable")
 
 
 def nearest_genes(G: np.ndarray, k: int = 10, block: int = 2048) -> np.ndarray:
@@ -42,7 +46,7 @@ def nearest_genes(G: np.ndarray, k: int = 10, block: int = 2048) -> np.ndarray:
         return out
     for a in range(0, m, block):
         sims = cosine_similarity(G, np.arange(a, min(m, a + block)))
-        key = np.where(np.isnan(sims), np.inf, -sims)
+        key = _order_key(sims)
         part = np.argpartition(key, k - 1, axis=1)[:, :k]
         order = np.lexsort((part, np.take_along_axis(key, part, axis=1)), axis=1)
         out[a:a + block] = np.take_along_axis(part, order, axis=1)
