@@ -1,4 +1,4 @@
-"""Shared helpers of the benchmark scripts: synthetic TCGA-shaped data, timing windows,
+"""Shared helpers of the benchmark scripts: presets of the planted data (TCGA-shaped), timing windows,
 machine description and a contention probe.
 
 Every script is plain Python, prints its figures and writes them under
@@ -38,69 +38,35 @@ def parser(doc: str) -> argparse.ArgumentParser:
 
 
 def tcga_like(n: int = TCGA_SAMPLES, m: int = TCGA_GENES, *, rank: int = 16, n_types: int = 33,
-              noise: float = 0.25, seed: int = 0, return_labels: bool = False):
-    """A synthetic TCGA-shaped log10(TPM + 1)-like float32 matrix (``n x m``).
+              noise: float = 0.25, seed: int = 0, return_labels: bool = False, out: np.ndarray | None = None):
+    """A synthetic TCGA-shaped log10(TPM + 1)-like float32 matrix (``n x m``): the preset of
+    :func:`factembed.planted.make_planted` the speed benchmarks use (documented in
+    bench/README.md).  Every gene has a base level ``mu_j ~ Gamma(2, 0.6)`` (mean 1.2,
+    skewed), every sample belongs to one of ``n_types`` "cancer types" whose centre is a
+    random point of a ``rank``-dim latent space; a sample's latent vector is its type
+    centre plus N(0, 0.3^2) scatter, gene loadings are N(0, 0.15^2); ``X = max(0, mu + U V +
+    N(0, noise^2))``.  About 12% of the entries are clipped to 0 (unexpressed); values run
+    from 0 to ~10, mean ~1.25.  ``out``: a float32 array (e.g. a memory map) to fill."""
+    from factembed.planted import make_planted
 
-    Generator (documented in bench/README.md): every gene has a base level
-    ``mu_j ~ Gamma(2, 0.6)`` (mean 1.2, skewed), every sample belongs to one of
-    ``n_types`` "cancer types" whose centre is a random point of a ``rank``-dim latent
-    space; a sample's latent vector is its type centre plus N(0, 0.3^2) scatter, gene
-    loadings are N(0, 0.15^2); ``X = max(0, mu + U V + N(0, noise^2))``.  About 12% of the
-    entries are clipped to 0 (unexpressed); values run from 0 to ~10, mean ~1.25.
-    Built in row blocks so the peak memory is about the matrix itself.
-    """
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, n_types, n)
-    centres = rng.normal(0.0, 1.0, (n_types, rank)).astype(np.float32)
-    U = centres[labels] + rng.normal(0.0, 0.3, (n, rank)).astype(np.float32)
-    V = rng.normal(0.0, 0.15, (rank, m)).astype(np.float32)
-    mu = (rng.gamma(2.0, 0.6, m)).astype(np.float32)
-    X = np.empty((n, m), dtype=np.float32)
-    block = 512
-    for i in range(0, n, block):
-        rows = X[i:i + block]
-        np.matmul(U[i:i + block], V, out=rows)
-        rows += mu
-        rows += rng.standard_normal(rows.shape, dtype=np.float32) * np.float32(noise)
-        np.maximum(rows, 0.0, out=rows)
-    return (X, labels) if return_labels else X
+    P = make_planted(n, m, n_groups=n_types, latent_dim=rank, structure="linear", scatter=0.3,
+                     loading_sd=0.15, base="gamma", noise=noise, clip=True, seed=seed, out=out)
+    return (P.X, P.labels) if return_labels else P.X
 
 
 def planted_expression(n: int = 2000, m: int = TCGA_GENES, *, n_groups: int = 33, latent_dim: int = 4,
                        seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """A planted TCGA-like log10(TPM + 1) matrix with a *non-linear* low-dimensional
-    structure and 33 labelled groups: ``(X float32 n x m, group labels)``.
+    structure and 33 labelled groups: ``(X float32 n x m, group labels "group_k")``, the
+    preset of :func:`factembed.planted.make_planted` the quality benchmarks use (documented
+    in bench/README.md): group centres N(0, 1) in ``latent_dim`` dimensions, scatter
+    N(0, 0.35^2), a random tanh layer of 16 units, base levels ``Gamma(1.5, 0.7)`` capped at
+    6, loadings N(0, 0.35^2) x sqrt(base), heteroscedastic noise and dropouts."""
+    from factembed.planted import make_planted
 
-    Generator (documented in bench/README.md): each group has a centre in a
-    ``latent_dim``-dim space (N(0, 1)); a sample is its centre plus N(0, 0.35^2) scatter;
-    a random 2-layer map ``h = tanh(z A + a)`` (16 units) makes the latent non-linear;
-    gene ``j`` has a base level ``mu_j ~ Gamma(1.5, 0.7)`` (many low, a tail to ~5) and
-    loadings ``B_j ~ N(0, 0.35^2)`` scaled by ``sqrt(mu_j)`` (expressed genes vary more);
-    ``X = max(0, mu + h B + e)`` with heteroscedastic noise ``e ~ N(0, (0.08 + 0.12
-    sqrt(mu_j))^2)``, and dropouts: an entry whose level is below 0.5 is 0 with
-    probability ``exp(-4 level)``.  Built in row blocks.
-    """
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, n_groups, n)
-    centres = rng.normal(0.0, 1.0, (n_groups, latent_dim))
-    Z = centres[labels] + rng.normal(0.0, 0.35, (n, latent_dim))
-    A = rng.normal(0.0, 1.0, (latent_dim, 16))
-    a = rng.normal(0.0, 0.5, 16)
-    H = np.tanh(Z @ A + a).astype(np.float32)
-    mu = np.minimum(rng.gamma(1.5, 0.7, m), 6.0).astype(np.float32)
-    B = (rng.normal(0.0, 0.35, (16, m)) * np.sqrt(mu)).astype(np.float32)
-    sd = (0.08 + 0.12 * np.sqrt(mu)).astype(np.float32)
-    X = np.empty((n, m), dtype=np.float32)
-    for i in range(0, n, 256):
-        rows = X[i:i + 256]
-        np.matmul(H[i:i + 256], B, out=rows)
-        rows += mu
-        rows += rng.standard_normal(rows.shape, dtype=np.float32) * sd
-        low = rows < 0.5
-        drop = low & (rng.random(rows.shape, dtype=np.float32) < np.exp(-4.0 * np.maximum(rows, 0.0)))
-        rows[drop] = 0.0
-        np.maximum(rows, 0.0, out=rows)
-    return X, np.array([f"group_{k}" for k in labels])
+    P = make_planted(n, m, n_groups=n_groups, latent_dim=latent_dim, structure="nonlinear", scatter=0.35,
+                     loading_sd=0.35, base="gamma", clip=True, seed=seed)
+    return P.X, np.array([f"group_{k}" for k in P.labels])
 
 
 def scaled_batch(n: int, m: int, scale: float) -> dict:

@@ -27,7 +27,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 
-def planted(n: int, m: int = 19_962, gene_dim: int = 50, n_new: int = 500, seed: int = 0):
+def page_inputs(n: int, m: int = 19_962, gene_dim: int = 50, n_new: int = 500, seed: int = 0):
+    """What the page draws for a TCGA-shaped model: n sample positions in 33 planted clusters,
+    names, annotations, a random gene table and n_new new samples (no expression matrix)."""
     rng = np.random.default_rng(seed)
     centers = rng.normal(0, 4.0, (33, 2))
     lab = rng.integers(0, 33, n)
@@ -79,7 +81,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     print("samples  genes  new  size_MB  build_s  load_wall_s  bokeh_idle_s")
     for n in (int(v) for v in args.samples.split(",")):
-        Z, names, ann, G, genes, new = planted(n)
+        Z, names, ann, G, genes, new = page_inputs(n)
         path = out / f"page_{n}.html"
         t0 = time.perf_counter()
         embedding_page(Z, names, ann, gene_embedding=G, genes=genes, new=new, path=path, title=f"planted {n:,}")

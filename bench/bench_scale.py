@@ -2,8 +2,8 @@
 
 Subcommands (run with the project's venv python, from the repository root):
 
-  make-npy OUT --n N --m M         write a float32 .npy of N x M log-normal-like values
-                                   in chunks (np.lib.format.open_memmap), never in memory
+  make-npy OUT --n N --m M         write the TCGA-like planted matrix (N x M float32 .npy)
+                                   in row blocks (np.lib.format.open_memmap), never in memory
   rss DATA --steps K [--in-memory] fit K steps on DATA in a fresh subprocess and report
                                    its peak RSS (VmHWM) and it/s; backed unless --in-memory
   ab DATA --steps K                backed vs in-memory it/s, runs interleaved (same load)
@@ -39,26 +39,17 @@ ROOT = Path(__file__).resolve().parents[1]
 # data
 # --------------------------------------------------------------------------------------
 
-def make_npy(path: str, n: int, m: int, chunk_rows: int = 2000, seed: int = 0) -> None:
-    """A TCGA-like float32 matrix (log10(TPM+1)-like, low-rank structure plus noise),
-    written chunk by chunk so memory stays at one chunk."""
-    rng = np.random.default_rng(seed)
-    k = 8
-    V = rng.normal(size=(k, m)).astype(np.float32) * 0.5
-    base = (rng.gamma(1.5, 1.0, size=m)).astype(np.float32)
+def make_npy(path: str, n: int, m: int, seed: int = 0) -> None:
+    """The TCGA-like planted matrix (``_common.tcga_like``: ``factembed.planted``'s preset)
+    written into a memory-mapped .npy, one block of rows at a time, so memory stays at a
+    block.  (Before 2026-12-07 this script drew its own log-normal-like matrix; the speed
+    and memory figures of docs/scaling.md do not depend on the values.)"""
+    from _common import tcga_like
+
     out = np.lib.format.open_memmap(path + ".part", mode="w+", dtype=np.float32, shape=(n, m))
     t0 = time.perf_counter()
-    for a in range(0, n, chunk_rows):
-        b = min(n, a + chunk_rows)
-        U = rng.normal(size=(b - a, k)).astype(np.float32)
-        block = U @ V
-        block += base
-        block += rng.standard_normal(size=(b - a, m), dtype=np.float32) * 0.3
-        np.maximum(block, 0.0, out=block)
-        out[a:b] = block
-        out.flush()
-        if a // chunk_rows % 10 == 0:
-            print(f"  rows {b:,}/{n:,} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    tcga_like(n, m, seed=seed, out=out)
+    out.flush()
     del out
     os.replace(path + ".part", path)
     print(f"wrote {path}: {n:,} x {m:,} float32 = {n * m * 4 / 1e9:.1f} GB "

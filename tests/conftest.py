@@ -1,16 +1,14 @@
-import numpy as np
 import pytest
 
 
 def planted(n=240, m=300, k=4, rank=3, noise=0.1, seed=0):
-    """Low-rank matrix whose samples fall in k well-separated clusters."""
-    rng = np.random.default_rng(seed)
-    labels = np.arange(n) % k
-    centers = rng.normal(0, 1.0, (k, rank))
-    U = centers[labels] + 0.15 * rng.normal(size=(n, rank))
-    V = rng.normal(size=(rank, m))
-    X = (U @ V + noise * rng.normal(size=(n, m))).astype(np.float32)
-    return X, labels
+    """Low-rank matrix whose samples fall in k well-separated clusters (sample i in cluster
+    i % k): the tests' preset of the project's one generator, ``factembed.planted``."""
+    from factembed.planted import make_planted
+
+    P = make_planted(n, m, n_groups=k, latent_dim=rank, structure="linear", scatter=0.15, loading_sd=1.0,
+                     base=None, noise=noise, clip=False, balanced=True, seed=seed)
+    return P.X, P.labels
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,7 @@ imputation with the decoder (fe.impute, workflow.impute, `factembed impute`,
 
 References independent of the code under test: autograd on the masked loss (kernel),
 brute-force numpy distances (start point), Levenberg-Marquardt on each sample's
-observed genes (bench/_gn_reference.py; the optimum the inference should reach), and
+observed genes (factembed._inference_optimum; the optimum the inference should reach), and
 plain numpy for the values that must come back unchanged."""
 import copy
 import types
@@ -112,13 +112,8 @@ def test_start_point_of_a_sample_observed_outside_the_search_genes(fitted_small,
 
 
 def _observed_optimum(net, Z0, X, M):
-    """Levenberg-Marquardt on each sample's observed genes (bench/_gn_reference.py)."""
-    import importlib.util
-    from pathlib import Path
-    path = Path(__file__).resolve().parents[1] / "bench" / "_gn_reference.py"
-    spec = importlib.util.spec_from_file_location("_gn_reference", path)
-    ref = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ref)
+    """Levenberg-Marquardt on each sample's observed genes (factembed._inference_optimum)."""
+    from factembed import _inference_optimum as ref
     out = []
     for i in range(len(X)):
         obs = np.flatnonzero(~M[i])

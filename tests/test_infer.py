@@ -70,13 +70,8 @@ def test_gene_subsampled_refinement(fitted_small):
 
 
 def _full_gene_reference():
-    import importlib.util
-    from pathlib import Path
-    path = Path(__file__).resolve().parents[1] / "bench" / "_gn_reference.py"
-    spec = importlib.util.spec_from_file_location("_gn_reference", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    from factembed import _inference_optimum
+    return _inference_optimum
 
 
 def test_gn_reference_gradient_matches_autograd(fitted_small):

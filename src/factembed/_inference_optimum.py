@@ -1,4 +1,5 @@
-"""An independent reference for inference quality: the per-sample optimum of the
+"""An independent reference for inference quality (used by the tests and the inference
+benchmarks; it was ``bench/_gn_reference.py``): the per-sample optimum of the
 full-gene reconstruction loss, found by Levenberg-Marquardt (Gauss-Newton with
 damping and step acceptance) over *all* genes.
 
