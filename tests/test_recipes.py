@@ -1,6 +1,7 @@
 """Training recipes: the gene walk, gene-subset steps against an independent reference,
 the reference recipe as the study's training, the fast recipe's plan and its overrides."""
 import copy
+import math
 
 import numpy as np
 import pytest
@@ -87,7 +88,20 @@ def test_fast_recipe_plan_and_overrides():
     b, bg = fast_batch_shape(10_344, 19_962)
     assert abs(b * bg - 4 * 19_962) <= b and 0.8 < (b / bg) / (10_344 / 19_962) < 1.25
     plan = plan_training(FEConfig(), 700, 765)
-    assert plan.training == "fast" and plan.sample_lr == pytest.approx(10 * plan.lr)
+    assert plan.training == "fast" and plan.init == "pca"
+    # the sample table's step from the PCA start: 1.4 / sqrt(share of the samples in a step),
+    # within 3..10 (khan 3, pbmc 1.4 / sqrt(53 / 700) = 5.09, TCGA shape 10); 10 from a random start
+    assert plan.batch_samples == 53
+    assert plan.sample_lr == pytest.approx(10 * math.sqrt(203 / 10_344) / math.sqrt(53 / 700) * plan.lr)
+    assert 5.09 < plan.sample_lr / plan.lr < 5.11
+    assert plan_training(FEConfig(), 63, 2_308).sample_lr == pytest.approx(3 * plan.lr)
+    assert plan_training(FEConfig(), 10_344, 19_962).sample_lr == pytest.approx(10 * plan.lr)
+    assert plan_training(FEConfig(), 1_000_000, 20_000).sample_lr == pytest.approx(10 * plan.lr)
+    assert plan_training(FEConfig(init="random"), 700, 765).sample_lr == pytest.approx(10 * plan.lr)
+    assert plan_training(FEConfig(init="random", sample_lr_scale=2), 700, 765).sample_lr == pytest.approx(2 * plan.lr)
+    assert plan_training(FEConfig(sample_lr_scale=10), 700, 765).sample_lr == pytest.approx(10 * plan.lr)
+    # a data-parallel rank: the share of its own shard's samples
+    assert plan_training(FEConfig(), 1_400, 765, world=2).sample_lr == pytest.approx(plan.sample_lr)
     # its length: until the validation MSE is flat, at most AUTO_MAX_STEPS, at every size
     for n, m in ((63, 2_308), (700, 765), (10_344, 19_962)):
         p = plan_training(FEConfig(), n, m)
@@ -129,3 +143,23 @@ def test_fast_fit_trains_gene_subsets_and_reaches_the_planted_structure(planted_
     assert acc > 0.9, acc
     rec = fe.inverse_transform(fe.embedding_)
     assert np.corrcoef(rec.ravel(), X.ravel())[0, 1] > 0.9
+
+
+def test_adam_moves_an_intermittent_row_by_sqrt_of_its_share():
+    """The premise of recipes.sample_lr_scale: a parameter with a gradient in a share p of
+    the steps (a sample in p of the batches) moves about sqrt(p) x lr per step under Adam."""
+    gen = torch.Generator().manual_seed(0)
+    for p in (0.04, 0.25):
+        w = torch.zeros(1, requires_grad=True)
+        opt = torch.optim.Adam([w], lr=1e-3)
+        before, moves = 0.0, []
+        for t in range(6000):
+            opt.zero_grad()
+            hit = float(torch.rand(1, generator=gen)) < p
+            w.grad = torch.full((1,), -1.0 if hit else 0.0)
+            opt.step()
+            now = float(w.detach())
+            if t >= 2000:
+                moves.append(now - before)
+            before = now
+        assert abs(np.mean(moves) / 1e-3 - math.sqrt(p)) < 0.1 * math.sqrt(p), (p, np.mean(moves))

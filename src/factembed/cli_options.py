@@ -18,13 +18,13 @@ CONFIG_HELP = {
     "gene_dim": "size of each gene embedding (default %(default)s)",
     "hidden": "widths of the decoder's ReLU hidden layers, comma separated (default 100,50,50)",
     "l2": "weight of the L2 penalty on all parameters (default %(default)s)",
-    "training": "training recipe: 'fast' (gene-subset batches, 10x step for the sample table, trained until "
+    "training": "training recipe: 'fast' (gene-subset batches, PCA start, a 3-10x step for the sample table, trained until "
                 "the held-out validation MSE is flat) or 'reference' (the study's: 4 whole profiles per step, "
                 "lr 5e-3, 40 passes) (default %(default)s)",
     "lr": "Adam learning rate of the decoder and gene table (default 5e-3)",
     "batch_samples": "profiles per training step (default: the recipe's; reference 4)",
     "batch_genes": "genes per training step (default: the recipe's; reference: all)",
-    "sample_lr_scale": "learning rate of the sample table as a multiple of --lr (default: fast 10, reference 1)",
+    "sample_lr_scale": "learning rate of the sample table as a multiple of --lr (default: fast 3-10 from the PCA start, following the share of the samples in a step; 10 from --init random; reference 1)",
     "n_steps": "training steps: 'auto' (until the MSE of held-out entries improves less than 0.2%% over 1,000 "
                "steps, twice: learning rates /10 the first time; at most 25,000) or a number (exactly that many, no validation) (default: fast 'auto', "
                "reference 40 passes over the samples, clipped to 2,000..100,000)",

@@ -14,9 +14,19 @@ pairs (figures and how they were measured: ``bench/README.md``, "Time to quality
   per pass over the pairs and every gene embedding ``pairs / (n_genes x batch_samples)``
   times, so ``batch_samples / batch_genes = n_samples / n_genes`` gives both tables the
   same number of updates (``batch_samples`` within 8..256, ``batch_genes`` >= 32).
-* **A larger step for the sample table**: ``sample_lr = 10 x lr``.  A sample embedding
-  only moves when its sample is in the batch and holds 2 numbers pinned down by
-  hundreds of genes; the gene table and the decoder keep ``lr``.
+* **A larger step for the sample table.**  A sample embedding only moves when its
+  sample is in the batch and holds 2 numbers pinned down by hundreds of genes; the gene
+  table and the decoder keep ``lr``.  From a random start (``init="random"``) the sample
+  table's rate is ``10 x lr``.  From the PCA start (the default) the samples start where
+  PCA puts them, and the rate follows how often a sample is in a step
+  (:func:`sample_lr_scale`): Adam moves a row that has a gradient in a fraction ``p`` of
+  the steps by about ``sqrt(p)`` of its rate per step, so ``scale = 1.4 / sqrt(p)``
+  (exactly ``10 sqrt(203 / 10,344) / sqrt(p)``)
+  (``p = batch_samples / n_samples``) within 3..10 keeps the sample table's movement per
+  step at what 10x gives at TCGA's shape (10,344 samples, 203 per step), and stops a
+  small cohort's samples from jittering out of the layout PCA gave them (khan, 16 of 63
+  samples per step: 3x; the demo 4x; pbmc68k_reduced 5x; 500 x 20,000 4.7x).  Figures:
+  ``bench/README.md``, "The sample table's step from the PCA start".
 * **Its own length: until converged** (``n_steps=None``, the default, or ``"auto"``).
   A seeded hash of (sample, gene) holds out 1.5-5% of the entries (at least ~4,000) as
   validation entries, left out of every step; their MSE is measured ten times per
@@ -44,8 +54,14 @@ from dataclasses import dataclass
 
 from .config import FEConfig, auto_n_steps
 
-#: the fast recipe's sample-table learning rate, as a multiple of ``lr``
+#: the fast recipe's sample-table learning rate, as a multiple of ``lr``: from a random start,
+#: and the most :func:`sample_lr_scale` gives from the PCA start
 FAST_SAMPLE_LR_SCALE = 10.0
+#: from the PCA start: ``SAMPLE_STEP / sqrt(batch_samples / n_samples)`` within
+#: [PCA_SAMPLE_LR_MIN, FAST_SAMPLE_LR_SCALE]: 10 at TCGA's shape (203 of 10,344 samples
+#: per step), where the 10x rate was chosen; 1.4009
+SAMPLE_STEP = FAST_SAMPLE_LR_SCALE * math.sqrt(203 / 10_344)
+PCA_SAMPLE_LR_MIN = 3.0
 #: the most steps ``n_steps="auto"`` trains (it stops earlier when the validation MSE is flat)
 AUTO_MAX_STEPS = 25_000
 REFERENCE_BATCH_SAMPLES = 4
@@ -79,6 +95,15 @@ def stop_patience(n_samples: int, n_genes: int, pairs_per_step: int) -> tuple[in
     return patience, every
 
 
+def sample_lr_scale(batch_samples: int, n_samples: int) -> float:
+    """The fast recipe's sample-table rate (a multiple of ``lr``) from the PCA start for
+    ``batch_samples`` of ``n_samples`` samples per step (per rank): :data:`SAMPLE_STEP` /
+    sqrt(batch_samples / n_samples) within [:data:`PCA_SAMPLE_LR_MIN`,
+    :data:`FAST_SAMPLE_LR_SCALE`] (see the module's docstring)."""
+    p = max(1, int(batch_samples)) / max(1, int(n_samples))
+    return float(min(FAST_SAMPLE_LR_SCALE, max(PCA_SAMPLE_LR_MIN, SAMPLE_STEP / math.sqrt(min(1.0, p)))))
+
+
 @dataclass(frozen=True)
 class TrainingPlan:
     """The resolved training of one fit (per rank for a data-parallel fit)."""
@@ -108,6 +133,7 @@ def plan_training(cfg: FEConfig, n_samples: int, n_genes: int, world: int = 1) -
     auto = cfg.n_steps == "auto" or (cfg.n_steps is None and cfg.training == "fast")
     explicit_steps = None if auto else cfg.n_steps
     lr = cfg.lr if cfg.lr is not None else REFERENCE_LR
+    init = cfg.init or ("random" if cfg.training == "reference" else "pca")
     if cfg.training == "reference":
         b = cfg.batch_samples or REFERENCE_BATCH_SAMPLES
         bg = cfg.batch_genes
@@ -117,12 +143,12 @@ def plan_training(cfg: FEConfig, n_samples: int, n_genes: int, world: int = 1) -
         n_steps = explicit_steps or auto_n_steps(n, b * world)
     else:
         b, bg = fast_batch_shape(n // world, m, cfg.batch_samples, cfg.batch_genes)
-        scale = cfg.sample_lr_scale if cfg.sample_lr_scale is not None else FAST_SAMPLE_LR_SCALE
+        default_scale = sample_lr_scale(b, n // world) if init == "pca" else FAST_SAMPLE_LR_SCALE
+        scale = cfg.sample_lr_scale if cfg.sample_lr_scale is not None else default_scale
         n_steps = explicit_steps or AUTO_MAX_STEPS
     if auto:
         n_steps = AUTO_MAX_STEPS
     patience, every = stop_patience(n, m, b * world * (m if bg is None else bg))
-    init = cfg.init or ("random" if cfg.training == "reference" else "pca")
     return TrainingPlan(cfg.training, int(b), bg, float(lr), float(lr * scale), int(n_steps), auto,
                         patience, every, init)
 
