@@ -61,20 +61,22 @@ def frame_output(X: Any, arr: np.ndarray, absent: np.ndarray | None, names: np.n
 
 
 def fill_missing(out: np.ndarray, arr: np.ndarray, observed_per_row: np.ndarray, net,
-                 embed: Callable[[np.ndarray], np.ndarray]) -> None:
+                 embed: Callable[[np.ndarray, np.ndarray], np.ndarray], shift: torch.Tensor | None = None) -> None:
     """Replace the NaN of ``out`` (a copy of ``arr``, the float32 profiles with NaN) by the
-    decoder's values at the embeddings ``embed(rows)`` of the rows that have any, in
-    chunks of :data:`IMPUTE_CHUNK` rows."""
+    decoder's values at the embeddings ``embed(profiles, row numbers)`` of the rows that
+    have any, in chunks of :data:`IMPUTE_CHUNK` rows; ``shift``: every row's covariate term
+    (a model with covariates)."""
     n, m = arr.shape
     todo = np.flatnonzero(observed_per_row < m)
     fill_rows = int(min(ROW_BLOCK, max(1, IMPUTE_FILL_ELEMENTS // m)))   # decoded rows per fill block
     for c in range(0, len(todo), IMPUTE_CHUNK):
         idx = todo[c:c + IMPUTE_CHUNK]
         block = arr if len(idx) == n else np.ascontiguousarray(arr[idx])
-        Z = torch.from_numpy(embed(block))
+        Z = torch.from_numpy(embed(block, idx))
         for b in range(0, len(idx), fill_rows):
             r = idx[b:b + fill_rows]
-            R = reconstruct(net, Z[b:b + fill_rows]).numpy()
+            R = reconstruct(net, Z[b:b + fill_rows],
+                            shift=None if shift is None else shift[torch.from_numpy(r)]).numpy()
             sub = out[r]
             hole = np.isnan(sub)
             sub[hole] = R[hole]

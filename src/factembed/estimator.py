@@ -24,8 +24,10 @@ import torch
 from sklearn.base import BaseEstimator, TransformerMixin
 
 from .config import FEConfig
+from ._covariate_terms import covariate_shift, fit_covariates, level_frames, record_codes
+from .covariates import CovariateSpec
 from .errors import FEInputError
-from .genes import cosine_similarity, rank_by_similarity
+from .genes import cosine_similarity, gene_position, rank_by_similarity
 from ._impute import empty_gene_mask, fill_missing, frame_output
 from ._inputs import as_matrix, is_anndata, is_row_source, on_model_genes, on_model_genes_missing, row_blocks
 from .infer import ROW_BLOCK, embed_new_samples, reconstruct
@@ -199,7 +201,8 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
     def fit(self, X: Any, y: Any = None, *, sample_names: Any = None, gene_names: Any = None,
             checkpoint_dir: str | os.PathLike | None = None, checkpoint_every: int = 1000,
             resume: bool = False, divergence_retries: int = 0, kernel: Any = None,
-            workers: int | None = None, missing: str = "error") -> "FactorizedEmbeddings":
+            workers: int | None = None, missing: str = "error", covariates: Any = None,
+            covariate_dims: dict | None = None) -> "FactorizedEmbeddings":
         """Learn sample embeddings, gene embeddings and the decoder from ``X``
         (samples x genes, already on the scale to model, e.g. log10(x + 1)).
 
@@ -224,7 +227,14 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
         gene.  ``missing="ignore"``: NaN entries of a dense ``X`` are missing values, left
         out of every training step's loss and gradients (as the validation entries of
         ``n_steps="auto"`` are); a sample with no observed value is an error.  Without
-        any NaN both train the same model.  ``impute`` fills the missing values afterwards."""
+        any NaN both train the same model.  ``impute`` fills the missing values afterwards.
+
+        ``covariates``: known factors of the samples (batch, tissue, sex, age...), learned
+        beside the embeddings (:mod:`factembed.covariates`): a DataFrame or a dict of 1-D
+        arrays, one row per sample in ``X``'s order, or the names of an AnnData's ``obs``
+        columns; ``covariate_dims`` overrides a categorical covariate's embedding size.
+        ``transform``, ``inverse_transform``, ``score`` and ``impute`` then need the same
+        columns for their samples (a level unseen in training is an error)."""
         cfg = self.config
         if missing not in ("error", "ignore"):
             raise ValueError(f"missing must be 'error' or 'ignore', got {missing!r}")
@@ -264,7 +274,11 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
         gen = self._generator()
         if self.random_state is not None:
             torch.manual_seed(int(self.random_state))
-        net = FactorizedEmbeddingNet(n, m, cfg.sample_dim, cfg.gene_dim, cfg.hidden, generator=gen)
+        spec, codes = fit_covariates(covariates, covariate_dims, X, n, samples)
+        net = FactorizedEmbeddingNet(n, m, cfg.sample_dim, cfg.gene_dim, cfg.hidden, generator=gen,
+                                     covariates=() if spec is None else spec.shapes)
+        if spec is not None:
+            record_codes(net, *codes)
         plan = plan_training(cfg, n, m)
         if plan.init == "pca":
             from .warm_start import pca_warm_start
@@ -272,7 +286,8 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
                            self._generator(salt=4), block_rows=_rows_per_block(m))
         net.to(device)
         gene_seed = int(torch.randint(0, 2**62, (1,), generator=self._generator(salt=2)))
-        checkpointer = make_checkpointer(checkpoint_dir, checkpoint_every, checkpoint_meta(cfg, n, m),
+        checkpointer = make_checkpointer(checkpoint_dir, checkpoint_every, checkpoint_meta(
+            cfg, n, m, **({} if spec is None else {"covariates": spec.to_dict()})),
                                          resume=resume)
         self.training_plan_ = plan
         val_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=self._generator(salt=3))) \
@@ -294,6 +309,7 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
         if plan.auto_stop and history.step:
             n_steps = history.step[-1]
         self._set_fitted(net, n_steps=n_steps, history=history.as_dict(), samples=samples, genes=genes)
+        self.covariates_ = spec
         self.stop_reason_ = history.stop_reason
         self.validation_ = None if validation is None else dict(
             validation.scores(net), seconds=round(history.val_seconds, 3),
@@ -322,6 +338,15 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
         self._check_fitted()
         return self.net_.gene_embedding.detach().cpu().numpy().copy()
 
+    @property
+    def covariate_embedding_(self) -> dict:
+        """``{name: DataFrame (levels x dim)}`` of the categorical covariates' level vectors."""
+        self._check_fitted()
+        return level_frames(getattr(self, "covariates_", None), self.net_)
+
+    def _covariate_shift(self, covariates: Any, X: Any, n: int, what: str = "X") -> torch.Tensor | None:
+        return covariate_shift(getattr(self, "covariates_", None), self.net_, covariates, X, n, what)
+
     def fit_transform(self, X: Any, y: Any = None) -> np.ndarray:
         """Fit and return the training embedding ``embedding_``.
 
@@ -339,7 +364,7 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
         return tags
 
     # -- using a fitted model -------------------------------------------------------
-    def transform(self, X: Any, *, missing: str = "error") -> np.ndarray:
+    def transform(self, X: Any, *, missing: str = "error", covariates: Any = None) -> np.ndarray:
         """Embed the samples of ``X`` by inference; the fitted model is not modified.
 
         ``X``: as in :meth:`fit`; sparse and backed input is embedded in dense row blocks
@@ -353,7 +378,8 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
         the model's genes that a DataFrame lacks (by name) count as missing in every
         sample; a sample with no observed value is an error naming it.  A gene observed
         in no sample then simply does not contribute.  Without any NaN both give the
-        same embedding."""
+        same embedding.  ``covariates``: the samples' covariates, for a model fitted with
+        them (see :meth:`fit`)."""
         self._check_fitted()
         if missing not in ("error", "ignore"):
             raise ValueError(f"missing must be 'error' or 'ignore', got {missing!r}")
@@ -361,17 +387,18 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
             arr, _, samples, _ = self._align_missing(X, "X")
             rows, _ = observed_counts(arr)
             check_observed(rows, samples=samples, what="X")
-            return self._embed(arr, missing=bool((rows < arr.shape[1]).any()))
+            shift = self._covariate_shift(covariates, X, arr.shape[0])
+            return self._embed(arr, missing=bool((rows < arr.shape[1]).any()), shift=shift)
         mat = self._align(X, "X")
         try:
-            return self._embed(mat)
+            return self._embed(mat, shift=self._covariate_shift(covariates, X, mat.shape[0]))
         finally:
             _close_opened(mat)
 
     def _block_rows(self) -> int:
         return _rows_per_block(self.n_features_in_)
 
-    def _embed(self, mat: Any, missing: bool = False) -> np.ndarray:
+    def _embed(self, mat: Any, missing: bool = False, shift: torch.Tensor | None = None) -> np.ndarray:
         """Embeddings of the rows of a float32 array or a row-block reader (``missing``:
         NaN entries are missing values, see :meth:`transform`)."""
         cfg = self.config
@@ -384,19 +411,20 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
                   missing=missing)
         if isinstance(mat, np.ndarray):
             return embed_new_samples(self.net_, torch.from_numpy(mat), generator=gen, progress=progress,
-                                     **kw).numpy()
+                                     shift=shift, **kw).numpy()
         start = gen.get_state()
         out = np.empty((n, self.net_.sample_dim), dtype=np.float32)
         from tqdm.auto import tqdm
         with tqdm(total=n, desc="factembed transform", unit="sample", mininterval=0.5, disable=not progress) as bar:
             for a, block in row_blocks(mat, self._block_rows()):
                 gen.set_state(start)      # every block draws the same genes as one call would
-                out[a:a + len(block)] = embed_new_samples(self.net_, torch.from_numpy(block), generator=gen,
-                                                          progress=False, **kw).numpy()
+                out[a:a + len(block)] = embed_new_samples(
+                    self.net_, torch.from_numpy(block), generator=gen, progress=False,
+                    shift=None if shift is None else shift[a:a + len(block)], **kw).numpy()
                 bar.update(len(block))
         return out
 
-    def impute(self, X: Any, *, empty_genes: Any = "error", copy: bool = True) -> Any:
+    def impute(self, X: Any, *, empty_genes: Any = "error", copy: bool = True, covariates: Any = None) -> Any:
         """``X`` with every NaN replaced by the decoder's value at the sample's embedding,
         inferred from its observed values only (as ``transform(X, missing="ignore")``
         does); observed values are returned unchanged, and samples without NaN are not
@@ -439,33 +467,43 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
             out = frame_output(X, arr, absent, names)
         else:
             out = _output_array(X, arr, copy)
-        fill_missing(out, arr, rows, self.net_, lambda block: self._embed(block, missing=True))
+        shift = self._covariate_shift(covariates, X, n)
+        fill_missing(out, arr, rows, self.net_, shift=shift, embed=lambda block, idx: self._embed(
+            block, missing=True, shift=None if shift is None else shift[torch.from_numpy(idx)]))
         if is_df:
             import pandas as pd
             return pd.DataFrame(out, index=X.index.copy(), columns=list(out_names))
         return out
 
-    def inverse_transform(self, Z: Any) -> np.ndarray:
-        """Decoder output: full (n, n_genes) profiles for sample embeddings ``Z``."""
+    def inverse_transform(self, Z: Any, *, covariates: Any = None) -> np.ndarray:
+        """Decoder output: full (n, n_genes) profiles for sample embeddings ``Z``.
+
+        For a model with covariates, ``covariates`` gives the samples' levels and values
+        (as in :meth:`fit`), or one value per covariate for every sample:
+        ``covariates={"batch": "run_1"}`` decodes each sample as if measured in ``run_1``
+        (a batch-corrected matrix)."""
         self._check_fitted()
         z, _, _ = check_matrix(Z, what="Z")
         if z.shape[1] != self.net_.sample_dim:
             raise FEInputError(f"Z has {z.shape[1]} columns but sample_dim is {self.net_.sample_dim}")
-        return reconstruct(self.net_, torch.from_numpy(z)).numpy()
+        shift = self._covariate_shift(covariates, None, z.shape[0], "Z")
+        return reconstruct(self.net_, torch.from_numpy(z), shift=shift).numpy()
 
-    def score(self, X: Any, y: Any = None) -> float:
+    def score(self, X: Any, y: Any = None, *, covariates: Any = None) -> float:
         """Pearson r between ``X`` and its reconstruction through ``transform`` then
         ``inverse_transform`` (all entries pooled; higher is better).  Computed over row
         blocks: sparse input is never made dense whole."""
         self._check_fitted()
         mat = self._align(X, "X")
         try:
-            Z = torch.from_numpy(self._embed(mat))
+            cov = self._covariate_shift(covariates, X, mat.shape[0])
+            Z = torch.from_numpy(self._embed(mat, shift=cov))
             shift = None
             sums = np.zeros(5)           # sum a, sum b, sum a^2, sum b^2, sum ab (shifted values)
             count = 0
             for a, block in row_blocks(mat, self._block_rows()):
-                rec = reconstruct(self.net_, Z[a:a + len(block)]).numpy().astype(np.float64)
+                rec = reconstruct(self.net_, Z[a:a + len(block)],
+                                  shift=None if cov is None else cov[a:a + len(block)]).numpy().astype(np.float64)
                 x = block.astype(np.float64)
                 if shift is None:        # shifting by a first mean keeps the sums well conditioned
                     shift = (x.mean(), rec.mean())
@@ -492,7 +530,7 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
             raise ValueError(f"k must be a positive integer, got {k!r}")
         names = getattr(self, "feature_names_in_", None)
         m = self.n_features_in_
-        j = _gene_position(gene, names, m)
+        j = gene_position(gene, names, m)
         sims = cosine_similarity(self.gene_embedding_, [j])[0]
         order = rank_by_similarity(sims)
         order = order[order != j][:min(int(k), m - 1)]
@@ -516,6 +554,7 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
             "stop_reason": getattr(self, "stop_reason_", None),
             "validation": getattr(self, "validation_", None),
             "extra": extra if extra is not None else getattr(self, "extra_", None),
+            **({} if getattr(self, "covariates_", None) is None else {"covariates": self.covariates_.to_dict()}),
         })
 
     @classmethod
@@ -529,8 +568,9 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
         if device is not None:
             cfg.device = device
         est = cls.from_config(cfg)
+        spec = CovariateSpec.from_dict(meta["covariates"]) if meta.get("covariates") else None
         net = FactorizedEmbeddingNet(int(meta["n_samples"]), int(meta["n_genes"]), cfg.sample_dim,
-                                     cfg.gene_dim, cfg.hidden)
+                                     cfg.gene_dim, cfg.hidden, covariates=() if spec is None else spec.shapes)
         expected = {k: tuple(v.shape) for k, v in net.state_dict().items()}
         got = {k: tuple(v.shape) for k, v in tensors.items()}
         if expected != got:
@@ -547,6 +587,7 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
         est._set_fitted(net, n_steps=int(meta.get("n_steps", 0)), history=meta.get("history") or {},
                         samples=None if samples is None else np.asarray(samples, dtype=object),
                         genes=None if genes is None else np.asarray(genes, dtype=object))
+        est.covariates_ = spec
         est.extra_ = meta.get("extra")
         est.stop_reason_ = meta.get("stop_reason")
         est.validation_ = meta.get("validation")
@@ -562,22 +603,3 @@ def _close_opened(reader: Any) -> None:
         root = root._parent
     if isinstance(root, BackedSourceBase):
         root.close()
-
-
-def _gene_position(gene: Any, names: np.ndarray | None, m: int) -> int:
-    """Column of ``gene`` (a name, or a column number for a model without gene names)."""
-    if names is None:
-        if isinstance(gene, (int, np.integer)) and not isinstance(gene, bool) and 0 <= gene < m:
-            return int(gene)
-        raise FEInputError(f"unknown gene {gene!r}: this model has no gene names (fit it on a DataFrame or "
-                           f"AnnData, or pass gene_names=), so genes are column numbers 0..{m - 1}")
-    pos = {str(g): i for i, g in enumerate(names)}
-    key = str(gene)
-    if key in pos:
-        return pos[key]
-    import difflib
-    folded = [str(g) for g in names if str(g).casefold() == key.casefold()
-              or str(g).split(".")[0] == key.split(".")[0]]
-    close = folded[:3] or difflib.get_close_matches(key, list(pos), n=3)
-    raise FEInputError(f"unknown gene {key!r}: not among the model's {m:,} genes"
-                       + (f"; did you mean {', '.join(map(repr, close))}?" if close else ""))

@@ -2,13 +2,15 @@
 
 One cosine similarity serves :meth:`FactorizedEmbeddings.similar_genes` (one gene's
 neighbours) and the interactive page (every gene's neighbours, :func:`nearest_genes`).
-It imports nothing of the package."""
+It imports only the package's errors (:func:`gene_position`, a gene by name or column)."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
+
+from .errors import FEInputError
 
 
 def cosine_similarity(G: np.ndarray, rows: Sequence[int] | np.ndarray) -> np.ndarray:
@@ -51,3 +53,22 @@ def nearest_genes(G: np.ndarray, k: int = 10, block: int = 2048) -> np.ndarray:
         order = np.lexsort((part, np.take_along_axis(key, part, axis=1)), axis=1)
         out[a:a + block] = np.take_along_axis(part, order, axis=1)
     return out
+
+
+def gene_position(gene: Any, names: np.ndarray | None, m: int) -> int:
+    """Column of ``gene`` (a name, or a column number for a model without gene names)."""
+    if names is None:
+        if isinstance(gene, (int, np.integer)) and not isinstance(gene, bool) and 0 <= gene < m:
+            return int(gene)
+        raise FEInputError(f"unknown gene {gene!r}: this model has no gene names (fit it on a DataFrame or "
+                           f"AnnData, or pass gene_names=), so genes are column numbers 0..{m - 1}")
+    pos = {str(g): i for i, g in enumerate(names)}
+    key = str(gene)
+    if key in pos:
+        return pos[key]
+    import difflib
+    folded = [str(g) for g in names if str(g).casefold() == key.casefold()
+              or str(g).split(".")[0] == key.split(".")[0]]
+    close = folded[:3] or difflib.get_close_matches(key, list(pos), n=3)
+    raise FEInputError(f"unknown gene {key!r}: not among the model's {m:,} genes"
+                       + (f"; did you mean {', '.join(map(repr, close))}?" if close else ""))

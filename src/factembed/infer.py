@@ -46,14 +46,20 @@ def _random_subset(m: int, k: int, generator: torch.Generator) -> torch.Tensor |
     return torch.randperm(m, generator=generator)[:k].sort().values
 
 
+def _part(shift: torch.Tensor | None, i: int, block: int, dev) -> torch.Tensor | None:
+    return None if shift is None else shift[i:i + block].to(dev)
+
+
 @torch.no_grad()
 def reconstruct(net: FactorizedEmbeddingNet, Z: torch.Tensor, gene_index: torch.Tensor | None = None,
-                row_block: int = ROW_BLOCK, gene_chunk: int = 4096, workers: int | None = None) -> torch.Tensor:
+                row_block: int = ROW_BLOCK, gene_chunk: int = 4096, workers: int | None = None,
+                shift: torch.Tensor | None = None) -> torch.Tensor:
     """Decoder output for embeddings ``Z`` (rows x genes), in blocks of rows (on CPU on
-    ``workers`` of the kernel's worker threads; default: automatic)."""
+    ``workers`` of the kernel's worker threads; default: automatic); ``shift``: the rows'
+    covariate terms (:meth:`~factembed.model.FactorizedEmbeddingNet.covariate_term`)."""
     dev = net.gene_embedding.device
     outs = [net.decode(Z[i:i + row_block].to(dev), gene_index=gene_index, gene_chunk=gene_chunk,
-                       workers=workers).cpu()
+                       workers=workers, shift=_part(shift, i, row_block, dev)).cpu()
             for i in range(0, Z.shape[0], row_block)]
     m = net.n_genes if gene_index is None else len(gene_index)
     return torch.cat(outs) if outs else torch.empty(0, m)
@@ -110,8 +116,11 @@ def start_points(net: FactorizedEmbeddingNet, X_new: torch.Tensor, *, init_genes
     train_Z = net.sample_embedding.detach()
     if C is not None:
         train_Z = train_Z[C.to(dev)]
+    # the candidates are decoded as the model reconstructs them: with their own covariates
+    train_shift = net.row_covariate_term(torch.arange(net.n_samples, device=dev) if C is None else C.to(dev))
+    train_shift = None if train_shift is None else train_shift.detach()
     if missing:
-        arg, n_obs = _nearest_observed(net, Xj, J_dev, train_Z, row_block, workers)
+        arg, n_obs = _nearest_observed(net, Xj, J_dev, train_Z, row_block, workers, train_shift)
         left = torch.nonzero(n_obs == 0)[:, 0].cpu()
         while left.numel():
             rows = X_new[left]
@@ -121,7 +130,7 @@ def start_points(net: FactorizedEmbeddingNet, X_new: torch.Tensor, *, init_genes
             if genes.numel() > init_genes:
                 genes = genes[torch.randperm(genes.numel(), generator=generator)[:init_genes]].sort().values
             a2, n2 = _nearest_observed(net, rows[:, genes].to(dev, torch.float32), genes.to(dev), train_Z,
-                                       row_block, workers)
+                                       row_block, workers, train_shift)
             served = (n2 > 0).cpu()
             arg[left[served].to(dev)] = a2[served.to(dev)]
             left = left[~served]
@@ -130,7 +139,8 @@ def start_points(net: FactorizedEmbeddingNet, X_new: torch.Tensor, *, init_genes
     best = torch.full((Xj.shape[0],), float("inf"), device=dev)
     arg = torch.zeros(Xj.shape[0], dtype=torch.long, device=dev)
     for i in range(0, train_Z.shape[0], row_block):
-        R = net.decode(train_Z[i:i + row_block], gene_index=J_dev, gene_chunk=4096, workers=workers)
+        R = net.decode(train_Z[i:i + row_block], gene_index=J_dev, gene_chunk=4096, workers=workers,
+                       shift=_part(train_shift, i, row_block, dev))
         d = x_sq - 2.0 * Xj @ R.t() + (R * R).sum(1)[None, :]
         val, pos = d.min(1)
         better = val < best
@@ -140,8 +150,8 @@ def start_points(net: FactorizedEmbeddingNet, X_new: torch.Tensor, *, init_genes
 
 
 def _nearest_observed(net: FactorizedEmbeddingNet, Xj: torch.Tensor, J_dev: torch.Tensor | None,
-                      train_Z: torch.Tensor, row_block: int, workers: int | None
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+                      train_Z: torch.Tensor, row_block: int, workers: int | None,
+                      train_shift: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """For each row of ``Xj`` (the new profiles at genes ``J_dev``, NaN = missing): the
     position in ``train_Z`` of the candidate whose reconstruction is nearest over the
     row's observed genes, and the number of those genes (rows with none get position 0).
@@ -153,7 +163,8 @@ def _nearest_observed(net: FactorizedEmbeddingNet, Xj: torch.Tensor, J_dev: torc
     arg = torch.zeros(n, dtype=torch.long, device=dev)
     n_obs = torch.zeros(n, dtype=torch.long, device=dev)
     for i in range(0, train_Z.shape[0], row_block):
-        R = net.decode(train_Z[i:i + row_block], gene_index=J_dev, gene_chunk=4096, workers=workers)
+        R = net.decode(train_Z[i:i + row_block], gene_index=J_dev, gene_chunk=4096, workers=workers,
+                       shift=_part(train_shift, i, row_block, dev))
         R2 = R * R
         for a in range(0, n, row_block):
             xb = Xj[a:a + row_block]
@@ -173,8 +184,11 @@ def embed_new_samples(net: FactorizedEmbeddingNet, X_new: torch.Tensor, *, steps
                       infer_genes: int, init_genes: int, generator: torch.Generator,
                       compute_dtype: torch.dtype = torch.float32, gene_chunk: int | None = None,
                       progress: bool = False, row_block: int = ROW_BLOCK,
-                      workers: int | None = None, missing: bool = False) -> torch.Tensor:
-    """Embeddings of the rows of ``X_new`` (float32, samples x genes) in ``net``'s space.
+                      workers: int | None = None, missing: bool = False,
+                      shift: torch.Tensor | None = None) -> torch.Tensor:
+    """Embeddings of the rows of ``X_new`` (float32, samples x genes) in ``net``'s space;
+    ``shift``: their covariate terms (``(samples, hidden[0])``, for a model with
+    covariates), fixed while their embeddings are learned.
 
     ``net`` is not modified (its parameters are only read).  Adam with cosine decay of
     the learning rate from ``lr`` to 0 over ``steps`` steps.  ``lr="auto"``: each sample's
@@ -233,6 +247,8 @@ def embed_new_samples(net: FactorizedEmbeddingNet, X_new: torch.Tensor, *, steps
                 part = slice(i, i + row_block)
                 z = Z[part] if scale is None else Z0[part] + scale[part] * U[part]
                 S = z @ W1s.t()
+                if shift is not None:
+                    S = S + shift[part].to(dev, S.dtype)
                 if missing:
                     # each row's squared errors averaged over its observed genes of this step
                     # (the kernel divides by the step's gene count); the mask is this block's

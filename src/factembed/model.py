@@ -12,6 +12,14 @@ step for every gene and broadcast over the step's samples, and the sample term
 ``S = Z W1_s^T`` once per sample.  No (sample, gene) index arrays exist anywhere: a
 batch is a set of whole profiles.
 
+Known covariates of the samples (batch, tissue, sex, age...) are factors of the same
+model: a categorical covariate has an embedding table (levels x a small size), a numeric
+one enters as its standardised value, and both join ``[s, g]`` at the first layer.  In
+the factored layer they are one more per-sample term, ``W1_c c_i``, added to the sample
+term (:meth:`FactorizedEmbeddingNet.covariate_term`): the kernel never sees them.  The
+training samples' levels and values are buffers of the network (``covariate_levels``,
+``covariate_values``), so a step finds them by the batch's row indices.
+
 This module holds only the network (an ``nn.Module``: parameters, initialisation and
 plain evaluation).  The fused, blocked loss and gradients that training and inference
 use are in :mod:`factembed.kernel`; on CPU, :meth:`FactorizedEmbeddingNet.gene_term`
@@ -42,15 +50,30 @@ class FactorizedEmbeddingNet(nn.Module):
 
     def __init__(self, n_samples: int, n_genes: int, sample_dim: int = 2,
                  gene_dim: int = 100, hidden: tuple[int, ...] = (100, 50, 50),
-                 generator: torch.Generator | None = None) -> None:
+                 generator: torch.Generator | None = None,
+                 covariates: tuple[tuple[int, int], ...] = ()) -> None:
+        """``covariates``: one ``(n_levels, dim)`` per covariate, in order: a categorical
+        covariate of ``n_levels`` levels embedded in ``dim`` numbers, or ``(0, 1)`` for a
+        numeric one."""
         super().__init__()
         hidden = tuple(int(h) for h in hidden)
         self.n_samples, self.n_genes = int(n_samples), int(n_genes)
         self.sample_dim, self.gene_dim, self.hidden = int(sample_dim), int(gene_dim), hidden
+        self.covariate_shapes = tuple((int(k), int(d) if int(k) > 0 else 1) for k, d in covariates)
+        for k, d in self.covariate_shapes:
+            if k < 0 or d < 1:
+                raise ValueError(f"a covariate needs n_levels >= 0 and dim >= 1, got ({k}, {d})")
         self.sample_embedding = nn.Parameter(torch.empty(n_samples, sample_dim))
         self.gene_embedding = nn.Parameter(torch.empty(n_genes, gene_dim))
         self.first_sample = nn.Linear(sample_dim, hidden[0], bias=False)
         self.first_gene = nn.Linear(gene_dim, hidden[0], bias=True)
+        self.covariate_embeddings = nn.ParameterList(
+            [nn.Parameter(torch.empty(k, d)) for k, d in self.covariate_shapes if k > 0])
+        self.first_covariate = nn.ModuleList(nn.Linear(d, hidden[0], bias=False) for _, d in self.covariate_shapes)
+        if self.covariate_shapes:      # (a model without covariates has the same state as before them)
+            n_cat = sum(1 for k, _ in self.covariate_shapes if k > 0)
+            self.register_buffer("covariate_levels", torch.zeros(self.n_samples, n_cat, dtype=torch.long))
+            self.register_buffer("covariate_values", torch.zeros(self.n_samples, len(self.covariate_shapes) - n_cat))
         widths = list(hidden) + [1]
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
         self.reset_parameters(generator)
@@ -61,9 +84,14 @@ class FactorizedEmbeddingNet(nn.Module):
         *whole* concatenated input, as a plain ``nn.Linear`` on ``[s, g]`` would be."""
         self.sample_embedding.normal_(0.0, 0.1, generator=generator)
         self.gene_embedding.normal_(0.0, 0.1, generator=generator)
-        bound = 1.0 / math.sqrt(self.sample_dim + self.gene_dim)
+        bound = 1.0 / math.sqrt(self.sample_dim + self.gene_dim + sum(d for _, d in self.covariate_shapes))
         for p in (self.first_sample.weight, self.first_gene.weight, self.first_gene.bias):
             p.uniform_(-bound, bound, generator=generator)
+        # covariates draw after everything else, so a model without them is drawn as before
+        for table in self.covariate_embeddings:
+            table.normal_(0.0, 0.1, generator=generator)
+        for layer in self.first_covariate:
+            layer.weight.uniform_(-bound, bound, generator=generator)
         for layer in self.layers:
             bound = 1.0 / math.sqrt(layer.in_features)
             layer.weight.uniform_(-bound, bound, generator=generator)
@@ -93,17 +121,51 @@ class FactorizedEmbeddingNet(nn.Module):
         emb = self.gene_embedding if gene_index is None else self.gene_embedding.index_select(0, gene_index)
         return GeneLayer(emb, self.first_gene.weight, self.first_gene.bias)
 
-    def sample_term(self, z: torch.Tensor) -> torch.Tensor:
-        """``W1_s s_i`` for sample embeddings ``z``: ``(samples, hidden[0])``."""
-        return self.first_sample(z)
+    @property
+    def has_covariates(self) -> bool:
+        return bool(self.covariate_shapes)
+
+    def covariate_term(self, levels: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """``W1_c c_i`` for samples of categorical ``levels`` (``(samples, n_categorical)``
+        level codes) and numeric ``values`` (``(samples, n_numeric)``, standardised):
+        ``(samples, hidden[0])``."""
+        out, cat, num = None, 0, 0
+        for k, layer in zip(self.covariate_shapes, self.first_covariate):
+            if k[0] > 0:
+                part = layer(self.covariate_embeddings[cat].index_select(0, levels[:, cat]))
+                cat += 1
+            else:
+                part = layer(values[:, num:num + 1].to(layer.weight.dtype))
+                num += 1
+            out = part if out is None else out + part
+        return out
+
+    def row_covariate_term(self, rows: torch.Tensor) -> torch.Tensor | None:
+        """:meth:`covariate_term` of training samples ``rows`` (their recorded levels and
+        values); ``None`` for a model without covariates."""
+        if not self.covariate_shapes:
+            return None
+        return self.covariate_term(self.covariate_levels.index_select(0, rows),
+                                   self.covariate_values.index_select(0, rows))
+
+    def sample_term(self, z: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """``W1_s s_i`` for sample embeddings ``z``: ``(samples, hidden[0])``; with ``rows``
+        (the training samples they belong to) their covariate term is added."""
+        S = self.first_sample(z)
+        if rows is not None and self.covariate_shapes:
+            S = S + self.row_covariate_term(rows)
+        return S
 
     def decoder_weights(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         return [(layer.weight, layer.bias) for layer in self.layers]
 
     # -- plain evaluation ---------------------------------------------------------------
     def decode(self, z: torch.Tensor, gene_index: torch.Tensor | None = None,
-               gene_chunk: int | None = None, workers: int | None = None) -> torch.Tensor:
-        """Profiles predicted from sample embeddings ``z`` (``(samples, genes)``).
+               gene_chunk: int | None = None, workers: int | None = None,
+               shift: torch.Tensor | None = None) -> torch.Tensor:
+        """Profiles predicted from sample embeddings ``z`` (``(samples, genes)``); ``shift``
+        (``(samples, hidden[0])``) is added to their sample term: their covariate term
+        (:meth:`covariate_term`), for a model with covariates.
 
         Differentiable, evaluated in blocks of genes so that memory stays bounded.  On CPU
         without autograd it runs forward-only on ``workers`` of the kernel's worker threads
@@ -112,6 +174,8 @@ class FactorizedEmbeddingNet(nn.Module):
         """
         G = self.gene_term(gene_index, workers=workers)
         S = self.sample_term(z)
+        if shift is not None:
+            S = S + shift.to(S.dtype)
         if S.device.type == "cpu" and not (torch.is_grad_enabled() and (S.requires_grad or G.requires_grad)):
             from .kernel import blocked_decode
             return blocked_decode(S.detach(), G.detach(), self.decoder_weights(), workers)
@@ -130,7 +194,7 @@ class FactorizedEmbeddingNet(nn.Module):
     def decode_pairs(self, sample_index: torch.Tensor, gene_index: torch.Tensor) -> torch.Tensor:
         """The predicted values of the (sample, gene) pairs ``zip(sample_index,
         gene_index)`` of training samples: a vector, one value per pair."""
-        A = torch.relu(self.sample_term(self.sample_embedding[sample_index]) + self.first_gene(
+        A = torch.relu(self.sample_term(self.sample_embedding[sample_index], rows=sample_index) + self.first_gene(
             self.gene_embedding[gene_index]))
         for k, layer in enumerate(self.layers):
             A = layer(A)
@@ -140,7 +204,7 @@ class FactorizedEmbeddingNet(nn.Module):
 
     def forward(self, sample_index: torch.Tensor) -> torch.Tensor:
         """Reconstructed profiles of training samples ``sample_index`` (all genes)."""
-        return self.decode(self.sample_embedding[sample_index])
+        return self.decode(self.sample_embedding[sample_index], shift=self.row_covariate_term(sample_index))
 
     def penalty(self) -> torch.Tensor:
         """Sum of squares of all parameters (the L2 term is ``l2 * penalty()``)."""

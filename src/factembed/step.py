@@ -210,7 +210,7 @@ class EagerStep:
         net, xb = self.net, batch.xb
         # index_select (not advanced indexing): its backward is an index_add_, which a
         # CUDA graph can capture; with distinct indices the gradients are bitwise the same
-        S = net.sample_term(net.sample_embedding.index_select(0, batch.idx))
+        S = net.sample_term(net.sample_embedding.index_select(0, batch.idx), rows=batch.idx)
         layer = net.gene_layer() if batch.genes is None else net.gene_layer(batch.genes)
         if self.masked:     # NaN targets add nothing; each row's error averaged over its observed entries
             observed = (~torch.isnan(xb)).sum().clamp_min(1)

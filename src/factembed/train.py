@@ -227,12 +227,17 @@ def make_optimizer(params, lr: float, l2: float, device: torch.device,
     """Adam over ``params`` (a module's parameters, or ``net`` itself) with the L2 term
     as coupled weight decay ``2 * l2``.  With ``sample_lr`` (and ``params`` a
     :class:`FactorizedEmbeddingNet`), the sample table gets its own learning rate: it
-    only moves when its sample is in the batch."""
+    only moves when its sample is in the batch; the covariates' level tables share it."""
     kwargs = dict(lr=lr, weight_decay=2.0 * l2)
     if sample_lr is not None and isinstance(params, FactorizedEmbeddingNet):
         net = params
-        rest = [p for name, p in net.named_parameters() if name != "sample_embedding"]
-        params = [{"params": [net.sample_embedding], "lr": sample_lr}, {"params": rest}]
+        # the covariates' level vectors are per-sample factors too: they take the sample
+        # table's rate (with the decoder's rate the sample embedding learns the batch first)
+        per_sample = [p for name, p in net.named_parameters()
+                      if name == "sample_embedding" or name.startswith("covariate_embeddings.")]
+        rest = [p for name, p in net.named_parameters()
+                if not (name == "sample_embedding" or name.startswith("covariate_embeddings."))]
+        params = [{"params": per_sample, "lr": sample_lr}, {"params": rest}]
     elif isinstance(params, FactorizedEmbeddingNet):
         params = params.parameters()
     try:

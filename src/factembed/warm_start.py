@@ -34,13 +34,37 @@ def _rows(source, index: torch.Tensor) -> torch.Tensor:
     return source.rows(index).to("cpu", torch.float32)
 
 
+def covariate_design(net) -> torch.Tensor | None:
+    """The design matrix of ``net``'s training covariates (``(n, p)`` float64: an
+    intercept, one indicator per level of each categorical covariate but its first, each
+    numeric value), or ``None`` for a model without covariates."""
+    if not getattr(net, "has_covariates", False):
+        return None
+    n = net.n_samples
+    cols = [torch.ones(n, 1, dtype=torch.float64)]
+    levels, values = net.covariate_levels.cpu(), net.covariate_values.cpu().double()
+    cat = 0
+    for k, _ in net.covariate_shapes:
+        if k > 0:
+            cols.append(torch.nn.functional.one_hot(levels[:, cat], k)[:, 1:].double())
+            cat += 1
+    cols.append(values)
+    return torch.cat(cols, 1)
+
+
 def principal_axes(source, k: int, generator: torch.Generator, max_rows: int | None = None,
-                   power_iterations: int = 4, block_rows: int | None = None
+                   power_iterations: int = 4, block_rows: int | None = None,
+                   design: torch.Tensor | None = None
                    ) -> tuple[torch.Tensor, torch.Tensor, float]:
     """``(gene means (m,), axes (m, k), mean of the observed values)`` of the rows of
     ``source`` (any object with ``shape`` and ``rows(index)``), from at most ``max_rows``
     of them (default :data:`MAX_ROWS`), read ``block_rows`` at a time (default
-    :data:`BLOCK_ROWS`); float32 products, float64 sums.  ``k`` is cut to what the rows can hold."""
+    :data:`BLOCK_ROWS`); float32 products, float64 sums.  ``k`` is cut to what the rows can hold.
+
+    ``design`` (every row's covariates, :func:`covariate_design`): the axes are those of
+    what the covariates do not explain (each gene's least-squares fit on the design taken
+    out instead of its mean), and the first value returned is that fit's coefficients
+    ``(p, m)`` instead of the gene means."""
     n, m = (int(v) for v in source.shape)
     max_rows = MAX_ROWS if max_rows is None else int(max_rows)
     block = BLOCK_ROWS if block_rows is None else max(1, int(block_rows))
@@ -51,7 +75,13 @@ def principal_axes(source, k: int, generator: torch.Generator, max_rows: int | N
     sums = X.nan_to_num(0.0).double().sum(0)
     means = torch.where(counts > 0, sums / counts.clamp_min(1), torch.zeros((), dtype=torch.float64)).float()
     level = float(sums.sum() / counts.sum().clamp_min(1))
-    C = torch.where(seen, X - means, torch.zeros(()))
+    if design is not None:
+        D = design[pick]
+        filled = torch.where(seen, X, means).double()
+        means = torch.linalg.lstsq(D, filled, driver="gelsd").solution.float()     # (p, m)
+        C = torch.where(seen, X - (D.float() @ means), torch.zeros(()))
+    else:
+        C = torch.where(seen, X - means, torch.zeros(()))
     k = max(1, min(int(k), C.shape[0] - 1, m))
     q = min(k + 8, min(C.shape))
     Q = torch.linalg.qr(C @ torch.randn(m, q, generator=generator)).Q
@@ -61,15 +91,18 @@ def principal_axes(source, k: int, generator: torch.Generator, max_rows: int | N
     return means, Vh[:k].T.float().contiguous(), level
 
 
-def pca_scores(source, means: torch.Tensor, axes: torch.Tensor, block_rows: int | None = None) -> torch.Tensor:
+def pca_scores(source, means: torch.Tensor, axes: torch.Tensor, block_rows: int | None = None,
+               design: torch.Tensor | None = None) -> torch.Tensor:
     """Every sample's scores on ``axes`` (one pass over the rows, ``block_rows`` at a time;
-    NaN counts as the gene's mean): ``(n, k)`` float32."""
+    NaN counts as the gene's mean; with ``design``, ``means`` are the covariate fit's
+    coefficients and each row's fit is taken out): ``(n, k)`` float32."""
     n = int(source.shape[0])
     block = BLOCK_ROWS if block_rows is None else max(1, int(block_rows))
     out = []
     for start in range(0, n, block):
         X = _rows(source, torch.arange(start, min(n, start + block)))
-        out.append(torch.nan_to_num(X - means, nan=0.0) @ axes)
+        centre = means if design is None else design[start:start + len(X)].float() @ means
+        out.append(torch.nan_to_num(X - centre, nan=0.0) @ axes)
     return torch.cat(out)
 
 
@@ -83,8 +116,9 @@ def pca_warm_start(net, source, generator: torch.Generator, block_rows: int | No
         raise ValueError(f"the warm start needs the {net.n_samples} x {net.n_genes} training matrix, "
                          f"got {tuple(source.shape)}")
     d = net.sample_dim
-    means, axes, level = principal_axes(source, d, generator, block_rows=block_rows)
-    Z = pca_scores(source, means, axes, block_rows=block_rows)
+    design = covariate_design(net)      # with covariates: PCA of what they do not explain
+    means, axes, level = principal_axes(source, d, generator, block_rows=block_rows, design=design)
+    Z = pca_scores(source, means, axes, block_rows=block_rows, design=design)
     scale = float(Z[:, 0].double().std()) if Z.shape[0] > 1 else 0.0
     emb = net.sample_embedding
     if scale > 0:

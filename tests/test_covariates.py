@@ -1,0 +1,136 @@
+"""Known covariates as factors of the model (factembed.covariates, the network's covariate
+term, fit / transform / inverse_transform / impute / score / save / load with them)."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from factembed import FactorizedEmbeddings
+from factembed.covariates import CovariateSpec, covariate_table
+from factembed.errors import FEInputError
+from factembed.model import FactorizedEmbeddingNet
+from factembed.planted import make_planted
+
+
+def planted_batches(seed=0, n=240, m=400):
+    """Planted clusters (label i % 4) measured in two random batches: per-batch, per-gene
+    shifts (sd 1.5) and scales (log-sd 0.2); also the matrix as batch 0 would measure it."""
+    P = make_planted(n, m, n_groups=4, latent_dim=3, scatter=0.15, loading_sd=1.0, base=None, noise=0.1,
+                     clip=False, balanced=True, seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    batch = rng.integers(0, 2, n)
+    shift = rng.normal(0, 1.5, (2, m)).astype(np.float32)
+    scale = np.exp(rng.normal(0, 0.2, (2, m))).astype(np.float32)
+    return P.X * scale[batch] + shift[batch], P.labels, batch, P.X * scale[0] + shift[0]
+
+
+def batch_gap(Z, labels, batch):
+    """Distance between the two batches' centroids within each label, in within-label sds."""
+    return float(np.mean([np.linalg.norm(Z[(labels == g) & (batch == 0)].mean(0) - Z[(labels == g) & (batch == 1)].mean(0))
+                          / Z[labels == g].std(0).mean() for g in np.unique(labels)]))
+
+
+def test_covariate_term_is_the_concatenation_mlp():
+    # independent reference: the plain MLP on [s_i, E_batch[l_i], age_i, g_j] with the first
+    # layer's weight the concatenation of its blocks
+    torch.manual_seed(0)
+    net = FactorizedEmbeddingNet(5, 7, sample_dim=2, gene_dim=3, hidden=(6, 4), covariates=((3, 2), (0, 1)),
+                                 generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        net.covariate_levels.copy_(torch.tensor([[0], [2], [1], [2], [0]]))
+        net.covariate_values.copy_(torch.tensor([[0.5], [-1.0], [0.0], [2.0], [1.5]]))
+    rows = torch.arange(5)
+    got = net(rows)
+    W1 = torch.cat([net.first_sample.weight, net.first_covariate[0].weight, net.first_covariate[1].weight,
+                    net.first_gene.weight], 1)
+    ref = torch.empty(5, 7)
+    for i in range(5):
+        for j in range(7):
+            x = torch.cat([net.sample_embedding[i], net.covariate_embeddings[0][net.covariate_levels[i, 0]],
+                           net.covariate_values[i], net.gene_embedding[j]])
+            a = torch.relu(W1 @ x + net.first_gene.bias)
+            for k, layer in enumerate(net.layers):
+                a = layer(a)
+                if k < len(net.layers) - 1:
+                    a = torch.relu(a)
+            ref[i, j] = a[0]
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+    # the pairs path and the step's sample term agree with it
+    torch.testing.assert_close(net.decode_pairs(torch.tensor([1, 3]), torch.tensor([6, 0])),
+                               torch.stack([ref[1, 6], ref[3, 0]]), rtol=1e-5, atol=1e-6)
+
+
+def test_spec_kinds_levels_and_errors():
+    table = covariate_table(pd.DataFrame({"batch": ["b", "a", "b"], "age": [30, 50, 70], "sex": [True, False, True]}),
+                            None, 3)
+    spec = CovariateSpec.fit(table)
+    assert [(c.name, c.kind) for c in spec.covariates] == [("batch", "categorical"), ("age", "numeric"),
+                                                           ("sex", "categorical")]
+    assert spec.covariates[0].levels == ("a", "b") and spec.covariates[0].dim == 4
+    levels, values = spec.encode(table)
+    np.testing.assert_array_equal(levels, [[1, 1], [0, 0], [1, 1]])
+    np.testing.assert_allclose(values[:, 0], (np.array([30, 50, 70]) - 50) / np.std([30, 50, 70]), rtol=1e-6)
+    assert CovariateSpec.from_dict(spec.to_dict()) == spec
+    with pytest.raises(FEInputError, match=r"'c'.*row 1.*not seen"):
+        spec.encode({"batch": np.array(["a", "c"]), "age": np.array([1.0, 2.0]), "sex": np.array([True, True])})
+    with pytest.raises(FEInputError, match="lack 'age'"):
+        spec.encode({"batch": np.array(["a"]), "sex": np.array([True])})
+    with pytest.raises(FEInputError, match=r"missing for 1 sample.*'s2'"):
+        CovariateSpec.fit({"batch": np.array(["a", None, "b"], dtype=object)}, sample_names=["s1", "s2", "s3"])
+    with pytest.raises(FEInputError, match="3 values for 2 samples"):
+        covariate_table({"batch": ["a", "b", "c"]}, None, 2)
+
+
+def test_batch_covariate_takes_the_batch_out_of_the_embedding_and_corrects_the_matrix(tmp_path):
+    X, labels, batch, clean0 = planted_batches(seed=0)
+    names = np.array([f"run_{b}" for b in batch])
+    kw = dict(gene_dim=16, hidden=(32, 16), random_state=0, verbose=False)
+    plain = FactorizedEmbeddings(**kw).fit(X)
+    fe = FactorizedEmbeddings(**kw).fit(X, covariates={"batch": names})
+    gap_plain, gap_cov = batch_gap(plain.embedding_, labels, batch), batch_gap(fe.embedding_, labels, batch)
+    assert gap_cov < 0.7 * gap_plain, (gap_cov, gap_plain)
+    # decoded as if every sample were measured in run_0: closer to the batch-free matrix than the input
+    R0 = fe.inverse_transform(fe.embedding_, covariates={"batch": "run_0"})
+    rmse = lambda a: float(np.sqrt(((a - clean0) ** 2).mean()))
+    assert rmse(R0) < 0.5 * rmse(X), (rmse(R0), rmse(X))
+    frames = fe.covariate_embedding_
+    assert list(frames) == ["batch"] and list(frames["batch"].index) == ["run_0", "run_1"]
+    # transform needs the samples' covariates; with them the training samples land near their embedding
+    with pytest.raises(FEInputError, match="fitted with covariate"):
+        fe.transform(X[:10])
+    with pytest.raises(FEInputError, match="without covariates"):
+        plain.transform(X[:10], covariates={"batch": names[:10]})
+    Zt = fe.transform(X[:30], covariates=pd.DataFrame({"batch": names[:30]}))
+    spread = np.abs(fe.embedding_ - fe.embedding_.mean(0)).mean()
+    assert np.abs(Zt - fe.embedding_[:30]).mean() < 0.2 * spread
+    assert fe.score(X[:30], covariates={"batch": names[:30]}) > 0.9
+    # impute with covariates: a hidden entry comes back close to the truth
+    Xh = X[:12].copy()
+    hole = np.zeros_like(Xh, dtype=bool)
+    hole[::2, 5] = hole[1::2, 6] = True
+    Xh[hole] = np.nan
+    imp = fe.impute(Xh, covariates={"batch": names[:12]})
+    gene_means = np.broadcast_to(X.mean(0), Xh.shape)[hole]
+    assert np.abs(imp[hole] - X[:12][hole]).mean() < 0.5 * np.abs(X[:12][hole] - gene_means).mean()
+    # save / load: levels by name, the same decoder
+    fe.save(tmp_path / "m")
+    back = FactorizedEmbeddings.load(tmp_path / "m")
+    assert back.covariates_ == fe.covariates_
+    np.testing.assert_array_equal(back.inverse_transform(fe.embedding_[:5], covariates={"batch": "run_1"}),
+                                  fe.inverse_transform(fe.embedding_[:5], covariates={"batch": "run_1"}))
+    with pytest.raises(FEInputError, match="not seen in training"):
+        back.inverse_transform(fe.embedding_[:2], covariates={"batch": "run_9"})
+
+
+def test_anndata_obs_columns_as_covariates():
+    ad = pytest.importorskip("anndata")
+    X, labels, batch, _ = planted_batches(seed=1, n=60, m=40)
+    a = ad.AnnData(X)
+    a.obs["batch"] = pd.Categorical([f"b{b}" for b in batch])
+    a.obs["age"] = np.linspace(20, 80, 60)
+    fe = FactorizedEmbeddings(gene_dim=8, hidden=(16, 8), n_steps=30, random_state=0, verbose=False)
+    fe.fit(a, covariates=["batch", "age"])
+    assert fe.covariates_.names == ["batch", "age"] and fe.covariates_.covariates[1].kind == "numeric"
+    assert fe.transform(a[:5], covariates=["batch", "age"]).shape == (5, 2)
+    with pytest.raises(FEInputError, match="no column 'donor'"):
+        fe.transform(a[:5], covariates=["donor"])
