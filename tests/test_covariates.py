@@ -134,3 +134,19 @@ def test_anndata_obs_columns_as_covariates():
     assert fe.transform(a[:5], covariates=["batch", "age"]).shape == (5, 2)
     with pytest.raises(FEInputError, match="no column 'donor'"):
         fe.transform(a[:5], covariates=["donor"])
+
+
+def test_resume_with_covariates_is_bitwise_and_other_covariates_are_refused(tmp_path):
+    X, _, batch, _ = planted_batches(seed=2, n=80, m=60)
+    cov = {"batch": np.array([f"b{b}" for b in batch]), "age": np.linspace(0, 1, 80)}
+    kw = dict(gene_dim=8, hidden=(16, 8), random_state=0, verbose=False, device="cpu")
+    full = FactorizedEmbeddings(n_steps=90, **kw).fit(X, covariates=cov)
+    FactorizedEmbeddings(n_steps=60, **kw).fit(X, covariates=cov, checkpoint_dir=tmp_path, checkpoint_every=30)
+    resumed = FactorizedEmbeddings(n_steps=90, **kw).fit(X, covariates=cov, checkpoint_dir=tmp_path,
+                                                         checkpoint_every=30, resume=True)
+    for k, v in full.net_.state_dict().items():
+        assert np.array_equal(v.numpy(), resumed.net_.state_dict()[k].numpy()), k
+    assert "covariate_embeddings.0" in full.net_.state_dict()
+    with pytest.raises(FEInputError, match="different run"):
+        FactorizedEmbeddings(n_steps=90, **kw).fit(X, covariates={"batch": cov["batch"]}, checkpoint_dir=tmp_path,
+                                                   checkpoint_every=30, resume=True)
