@@ -150,3 +150,56 @@ def test_resume_with_covariates_is_bitwise_and_other_covariates_are_refused(tmp_
     with pytest.raises(FEInputError, match="different run"):
         FactorizedEmbeddings(n_steps=90, **kw).fit(X, covariates={"batch": cov["batch"]}, checkpoint_dir=tmp_path,
                                                    checkpoint_every=30, resume=True)
+
+
+def test_cli_fit_and_transform_with_a_covariate_column(tmp_path, capsys):
+    from factembed.cli import main
+    from factembed.io import ExpressionData, write_expression
+    X, labels, batch, _ = planted_batches(seed=3, n=60, m=40)
+    samples = np.array([f"s{i}" for i in range(60)])
+    data = ExpressionData(X=X, samples=samples, genes=np.array([f"g{j}" for j in range(40)]))
+    write_expression(tmp_path / "train.csv", data)
+    pd.DataFrame({"sample": samples, "group": [f"c{v}" for v in labels], "batch": batch + 1,
+                  "age": np.linspace(20, 80, 60)}).to_csv(tmp_path / "ann.csv", index=False)
+    fast = ["--steps", "40", "--gene-dim", "8", "--hidden", "16,8", "--seed", "0", "--no-log", "--quiet", "--no-html"]
+    assert main(["fit", str(tmp_path / "train.csv"), "-o", str(tmp_path / "m"), "--labels", str(tmp_path / "ann.csv"),
+                 "--label-column", "group", "--covariate", "batch:categorical", "--covariate", "age", *fast]) == 0
+    fe = FactorizedEmbeddings.load(tmp_path / "m")
+    assert [(c.name, c.kind) for c in fe.covariates_.covariates] == [("batch", "categorical"), ("age", "numeric")]
+    assert fe.covariates_.covariates[0].levels == ("1", "2")
+    capsys.readouterr()
+    assert main(["info", str(tmp_path / "m")]) == 0
+    out = capsys.readouterr().out
+    assert "covariate batch: 2 levels (1, 2), 4 numbers each" in out and "covariate age: numeric (mean 50" in out
+    # transform reads the same columns from its --labels
+    assert main(["transform", str(tmp_path / "m"), str(tmp_path / "train.csv"), "-o", str(tmp_path / "z.csv"),
+                 "--labels", str(tmp_path / "ann.csv"), "--label-column", "group", "--quiet"]) == 0
+    assert len(pd.read_csv(tmp_path / "z.csv")) == 60
+    # reconstruct as batch 1 (and age 50): the Python API's matrix
+    assert main(["reconstruct", str(tmp_path / "m"), str(tmp_path / "m" / "embedding.csv"), "-o",
+                 str(tmp_path / "r.csv"), "--as", "batch=1", "--as", "age=50"]) == 0
+    want = fe.inverse_transform(fe.embedding_, covariates={"batch": "1", "age": 50.0})
+    got = pd.read_csv(tmp_path / "r.csv")[[f"g{j}" for j in range(40)]].to_numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    capsys.readouterr()
+    assert main(["reconstruct", str(tmp_path / "m"), str(tmp_path / "m" / "embedding.csv"), "-o",
+                 str(tmp_path / "r2.csv")]) != 0
+    assert "--as batch=" in capsys.readouterr().err
+    # impute reads them the same way
+    holes = X.copy()
+    holes[::3, 4] = np.nan
+    write_expression(tmp_path / "holes.csv", ExpressionData(X=holes, samples=samples, genes=data.genes))
+    assert main(["impute", str(tmp_path / "m"), str(tmp_path / "holes.csv"), "-o", str(tmp_path / "filled.csv"),
+                 "--labels", str(tmp_path / "ann.csv"), "--label-column", "group", "--quiet"]) == 0
+    filled = pd.read_csv(tmp_path / "filled.csv")
+    assert filled["g4"].notna().all()
+    # without them: a one-line error naming the column and the flag
+    capsys.readouterr()
+    assert main(["transform", str(tmp_path / "m"), str(tmp_path / "train.csv"), "-o", str(tmp_path / "z2.csv"),
+                 "--quiet"]) != 0
+    err = capsys.readouterr().err
+    assert "'batch'" in err and "--labels" in err
+    # a column the table does not have
+    assert main(["fit", str(tmp_path / "train.csv"), "-o", str(tmp_path / "m2"), "--labels", str(tmp_path / "ann.csv"),
+                 "--label-column", "group", "--covariate", "donor", *fast]) != 0
+    assert "'donor'" in capsys.readouterr().err

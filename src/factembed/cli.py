@@ -113,7 +113,13 @@ def cmd_impute(args: argparse.Namespace) -> int:
 def cmd_reconstruct(args: argparse.Namespace) -> int:
     from .workflow import reconstruct
 
-    n, m, scale = reconstruct(args.model, args.embedding, args.output)
+    levels = {}
+    for item in args.as_levels or []:
+        name, sep, level = item.partition("=")
+        if not sep or not name:
+            raise ValueError(f"--as takes NAME=LEVEL, got {item!r}")
+        levels[name] = level
+    n, m, scale = reconstruct(args.model, args.embedding, args.output, as_levels=levels or None)
     print(f"reconstructed {n:,} profiles x {m:,} genes ({scale}); wrote {args.output}")
     return 0
 
@@ -285,6 +291,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--missing", choices=("error", "ignore"), default="error",
                    help="NA values of the data: 'error' (default) names the first; 'ignore' leaves them out of "
                         "training (fill them afterwards with 'factembed impute')")
+    f.add_argument("--covariate", action="append", default=None, metavar="COLUMN",
+                   help="a known factor of the samples (batch, tissue, sex, age...) learned beside the "
+                        "embedding: a column of --labels or of an .h5ad's obs (repeat for several; text "
+                        "columns are categorical, numeric ones numeric; COLUMN:categorical for batches "
+                        "numbered 1, 2, 3); 'factembed transform' then reads the same columns for the "
+                        "new samples (from its --labels or obs)")
     c = f.add_argument_group("checkpoints")
     c.add_argument("--checkpoint-dir", default=None,
                    help="where to write training checkpoints (default OUTPUT/checkpoints)")
@@ -345,6 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("model", help="model directory")
     r.add_argument("embedding", help="embedding table (.csv/.tsv with columns sample, FE1, FE2, ...)")
     r.add_argument("-o", "--output", required=True, help="output matrix (.csv, .tsv, .h5, .h5ad or .npz)")
+    r.add_argument("--as", dest="as_levels", action="append", default=None, metavar="NAME=LEVEL",
+                   help="for a model with covariates: decode every profile with this covariate value "
+                        "(repeat for each covariate), e.g. --as batch=run_1 for a batch-corrected matrix")
     r.set_defaults(func=cmd_reconstruct)
 
     i = sub.add_parser("info", help="print a model's hyper-parameters, data shape and final loss")

@@ -171,4 +171,4 @@ def fit_request(args: argparse.Namespace, data: str | None = None):
                       backed=getattr(args, "backed", False), processes=getattr(args, "distributed", None),
                       title="FE of HSMM myoblasts (bundled demo)" if data == "demo" else None,
                       overwrite=getattr(args, "overwrite", False), missing=getattr(args, "missing", "error"),
-                      html=not getattr(args, "no_html", False))
+                      html=not getattr(args, "no_html", False), covariates=list(getattr(args, "covariate", None) or []))

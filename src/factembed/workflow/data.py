@@ -28,6 +28,44 @@ def read_data(path: str, read: ReadOptions | None = None):
                            label_column=read.label_column, labels_path=read.labels_path)
 
 
+def covariate_columns(names, data, labels_path: str | None) -> dict:
+    """The covariate columns ``names`` for the samples of ``data`` (an
+    :class:`~factembed.io.ExpressionData`): from the ``labels_path`` table when given, else
+    from the data's own per-sample columns (an ``.h5ad``'s obs).  A name is ``COLUMN`` or
+    ``COLUMN:categorical`` / ``COLUMN:numeric``; without a kind, a column whose every value
+    reads as a number is numeric (write ``batch:categorical`` for batches numbered 1, 2, 3).
+    Empty cells and ``NA`` are missing values."""
+    if labels_path is not None:
+        from ..io.labels import read_sample_table
+        table, where = read_sample_table(labels_path, data.samples), labels_path
+    else:
+        table, where = dict(getattr(data, "obs", None) or {}), data.source or "the data file"
+    out = {}
+    for spec in names:
+        name, _, kind = str(spec).rpartition(":") if str(spec).endswith((":categorical", ":numeric")) \
+            else (str(spec), "", "")
+        if name not in table:
+            raise FEInputError(f"no per-sample column {name!r} for the covariate (columns: "
+                               f"{', '.join(map(str, list(table)[:10])) or 'none'})", where,
+                               hint="pass covariates= with that column",
+                               cli_hint="pass --labels FILE holding that column (first column: sample ids)")
+        col = np.asarray(table[name], dtype=object)
+        col = np.array([None if v is None or str(v) in ("", "NA", "nan") else v for v in col.tolist()], dtype=object)
+        try:
+            num = np.array([float(v) for v in col.tolist() if v is not None])
+            numeric = len(num) == len(col) and not isinstance(col[0], (bool, np.bool_))
+        except (TypeError, ValueError):
+            numeric = False
+        if kind == "numeric" and not numeric:
+            raise FEInputError(f"covariate {name!r} is declared numeric but holds values that are not numbers",
+                               where)
+        if kind == "categorical":
+            numeric = False
+            col = np.array([None if v is None else str(v) for v in col.tolist()], dtype=object)
+        out[name] = num if numeric else col
+    return out
+
+
 def load_model(path: str | os.PathLike):
     """``(estimator, fitted preprocessing or None, extra dict)`` of a model directory."""
     from ..estimator import FactorizedEmbeddings

@@ -15,7 +15,7 @@ from .._inputs import take_genes
 from ..errors import FEInputError
 from ..model_files import META_FILE, WEIGHTS_FILE
 from .requests import Echo, FitRequest, FitResult, PREPARED_DIR, UNDER_TORCHRUN, _quiet, _stderr
-from .data import (_kept_columns, load_model, open_backed, prepare_backed, prepare_in_memory,
+from .data import (_kept_columns, covariate_columns, load_model, open_backed, prepare_backed, prepare_in_memory,
                    select_from_stats, warn_constant_rows)
 from .outputs import _extra, _title, write_fit_outputs
 
@@ -39,6 +39,10 @@ def fit(request: FitRequest, echo: Echo = _stderr) -> FitResult | None:
                          "agree on the retry); use checkpoints and --resume with a smaller --lr")
     if request.missing not in ("error", "ignore"):
         raise ValueError(f"missing must be 'error' or 'ignore', got {request.missing!r}")
+    if request.covariates and (request.backed or request.processes is not None):
+        raise FEInputError("covariates are not available for backed or distributed fits yet",
+                           hint="fit in memory (FactorizedEmbeddings().fit(X, covariates=...))",
+                           cli_hint="leave out --backed / --distributed to fit with --covariate")
     if request.processes == UNDER_TORCHRUN:
         if request.prepared is None:            # a launcher of the user's: every rank checks
             check_output(request)
@@ -128,8 +132,10 @@ def _fit_in_memory(request: FitRequest, echo: Echo) -> FitResult:
          f"{plan_training(request.config, data.n_samples, data.n_genes).describe()}")
     fe = FactorizedEmbeddings.from_config(request.config)
     t0 = time.perf_counter()
+    covariates = covariate_columns(request.covariates, data, request.read.labels_path) \
+        if request.covariates else None
     fe.fit(data.X, sample_names=data.samples, gene_names=data.genes, missing=request.missing,
-           **_checkpoint_kwargs(request))
+           covariates=covariates, **_checkpoint_kwargs(request))
     seconds = time.perf_counter() - t0
     written = write_fit_outputs(fe, data.samples, data.labels, Path(request.output),
                                 _extra(request, fitted, seconds), _title(request), html=request.html)

@@ -100,6 +100,7 @@ class FitRequest:
     overwrite: bool = False                   # replace a model already in ``output``
     missing: str = "error"                    # "ignore": NaN values are left out of training
     html: bool = True                         # also write embedding.html (needs bokeh; skipped without)
+    covariates: list = field(default_factory=list)   # columns of --labels / obs fitted as covariates
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -114,7 +115,7 @@ class FitRequest:
                    checkpoints=CheckpointOptions(**d["checkpoints"]), backed=bool(d["backed"]),
                    processes=d.get("processes"), title=d.get("title"), prepared=d.get("prepared"),
                    overwrite=bool(d.get("overwrite", False)), missing=d.get("missing", "error"),
-                   html=bool(d.get("html", True)))
+                   html=bool(d.get("html", True)), covariates=list(d.get("covariates") or []))
 
     @property
     def data_name(self) -> str:

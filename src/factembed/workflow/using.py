@@ -13,7 +13,7 @@ import numpy as np
 from ..config import FEConfig
 from ..errors import FEInputError
 from .requests import ReadOptions
-from .data import _check_some_genes, _fill_mode, load_model, prepare_for_model, read_for_model, read_new_data
+from .data import _check_some_genes, _fill_mode, covariate_columns, load_model, prepare_for_model, read_for_model, read_new_data
 from .outputs import summary_line, validation_line
 
 
@@ -75,7 +75,10 @@ def transform(model: str, data: str, output: str, *, read: ReadOptions | None = 
     d = prepare_for_model(raw, fe, pre, fill_missing=mode)
     absent, n_nan = _report_missing(raw, d, pre, mode)
     del raw
-    Z = fe.transform(d.X, missing="ignore" if mode == "decoder" else "error")
+    spec = getattr(fe, "covariates_", None)
+    cov = None if spec is None else covariate_columns([f"{c.name}:{c.kind}" for c in spec.covariates], d,
+                                                      read.labels_path if read else None)
+    Z = fe.transform(d.X, missing="ignore" if mode == "decoder" else "error", covariates=cov)
     if output.endswith(".h5ad"):
         write_embedding_h5ad(output, d, Z, fe.gene_embedding_)
     else:
@@ -216,7 +219,10 @@ def impute(model: str, data: str, output: str, *, read: ReadOptions | None = Non
                              "alone, or leave the column out of the file (absent genes are imputed)")
     n, m = d.shape
     n_values = int(n * m - rows.sum())
-    d.X = fe.impute(d.X, empty_genes="impute", copy=False)
+    spec = getattr(fe, "covariates_", None)
+    cov = None if spec is None else covariate_columns([f"{c.name}:{c.kind}" for c in spec.covariates], d,
+                                                      read.labels_path if read else None)
+    d.X = fe.impute(d.X, empty_genes="impute", copy=False, covariates=cov)
     if invert:
         _to_input_scale(d.X, raw, pre)
         d.transform = None
@@ -255,9 +261,11 @@ def _to_input_scale(F: np.ndarray, raw, pre) -> None:
         block[...] = inv
 
 
-def reconstruct(model: str, embedding: str, output: str):
+def reconstruct(model: str, embedding: str, output: str, as_levels: dict | None = None):
     """Decode the embedding table ``embedding`` (columns ``sample``, ``FE1``, ``FE2``, ...)
-    into full profiles written to ``output``: ``(n profiles, n genes, scale)``."""
+    into full profiles written to ``output``: ``(n profiles, n genes, scale)``.  For a model
+    with covariates, ``as_levels`` gives every covariate's value for all profiles (e.g.
+    ``{"batch": "run_1"}``: decoded as if measured in ``run_1``)."""
     import pandas as pd
 
     from ..io import ExpressionData, write_expression
@@ -280,7 +288,15 @@ def reconstruct(model: str, embedding: str, output: str):
         raise FEInputError("embedding columns are not numeric", embedding) from None
     samples = table["sample"].astype(str).to_numpy() if "sample" in table else \
         np.array([f"sample_{i}" for i in range(len(table))])
-    X = fe.inverse_transform(Z)
+    spec = getattr(fe, "covariates_", None)
+    if spec is not None and not as_levels:
+        raise FEInputError(f"the model has covariate(s) {', '.join(map(repr, spec.names))}: say which level "
+                           "to decode the profiles as", embedding, hint="pass as_levels={name: level}",
+                           cli_hint="pass --as NAME=LEVEL for each, e.g. --as " + spec.names[0] + "=...")
+    if spec is not None:
+        numeric = {c.name for c in spec.covariates if c.kind == "numeric"}
+        as_levels = {k: float(v) if k in numeric else str(v) for k, v in as_levels.items()}
+    X = fe.inverse_transform(Z, covariates=as_levels if spec is not None else None)
     genes = fe.feature_names_in_ if getattr(fe, "feature_names_in_", None) is not None else \
         np.array([f"gene_{j}" for j in range(X.shape[1])])
     labels = table["label"].astype(str).to_numpy() if "label" in table else None
@@ -342,4 +358,10 @@ def describe(model: str) -> list[str]:
         lines.append(f"validation: {held_out}")
     if pre is not None:
         lines.append(f"preprocessing: {pre.config.describe()}; {pre.n_genes:,} genes kept")
+    spec = getattr(fe, "covariates_", None)
+    for c in ([] if spec is None else spec.covariates):
+        lines.append(f"covariate {c.name}: " + (f"{len(c.levels)} levels ({', '.join(c.levels[:8])}"
+                                                 f"{', ...' if len(c.levels) > 8 else ''}), {c.dim} numbers each"
+                                                 if c.kind == "categorical" else
+                                                 f"numeric (mean {c.mean:.4g}, sd {c.sd:.4g})"))
     return lines
