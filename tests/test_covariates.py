@@ -203,3 +203,20 @@ def test_cli_fit_and_transform_with_a_covariate_column(tmp_path, capsys):
     assert main(["fit", str(tmp_path / "train.csv"), "-o", str(tmp_path / "m2"), "--labels", str(tmp_path / "ann.csv"),
                  "--label-column", "group", "--covariate", "donor", *fast]) != 0
     assert "'donor'" in capsys.readouterr().err
+
+
+def test_tl_fe_with_covariate_keys():
+    ad = pytest.importorskip("anndata")
+    from factembed import tl
+    X, labels, batch, _ = planted_batches(seed=4, n=60, m=40)
+    a = ad.AnnData(X)
+    a.obs["batch"] = pd.Categorical([f"b{b}" for b in batch])
+    est = tl.fe(a, covariate_keys="batch", gene_dim=8, hidden=(16, 8), n_steps=30, verbose=False)
+    assert est.covariates_.names == ["batch"] and a.obsm["X_fe"].shape == (60, 2)
+    new = a[:8].copy()
+    tl.fe_transform(new, est)
+    direct = est.transform(X[:8], covariates={"batch": np.asarray(a.obs["batch"][:8].astype(str))})
+    np.testing.assert_allclose(new.obsm["X_fe"], direct, rtol=1e-5, atol=1e-6)
+    del new.obs["batch"]
+    with pytest.raises(FEInputError, match="no column 'batch'"):
+        tl.fe_transform(new, est)

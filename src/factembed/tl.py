@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from ._inputs import CsrRows, as_matrix, is_anndata, take_genes
+from .covariates import covariate_table
 from .errors import FEInputError
 from .estimator import FactorizedEmbeddings
 from .runner import training_summary
@@ -116,7 +117,8 @@ def _gene_rows(adata: Any, est: FactorizedEmbeddings) -> tuple[np.ndarray, np.nd
 
 
 def fe(adata: Any, layer: str | None = None, key_added: str = "X_fe", *, mask_var: Any = _AUTO,
-       drop_constant: bool = True, random_state: int | None = 0, **params) -> FactorizedEmbeddings:
+       drop_constant: bool = True, random_state: int | None = 0, covariate_keys: Any = None,
+       **params) -> FactorizedEmbeddings:
     """Fit Factorized Embeddings on ``adata`` and store the results in it.
 
     Parameters
@@ -135,6 +137,11 @@ def fe(adata: Any, layer: str | None = None, key_added: str = "X_fe", *, mask_va
         genes; ``None``: all genes.
     drop_constant:
         also leave out genes with one value in every cell (they carry nothing to learn).
+    covariate_keys:
+        ``obs`` columns fitted as known factors beside the embedding (batch, donor, sex,
+        age...; see ``FactorizedEmbeddings.fit(covariates=)``), like scvi-tools'
+        ``batch_key`` / ``categorical_covariate_keys``; :func:`fe_transform` then reads
+        the same columns of the new cells.
     random_state, **params:
         :class:`~factembed.FactorizedEmbeddings` parameters (``sample_dim``, ``n_steps``,
         ``gene_dim``, ...); ``random_state`` defaults to 0, as in scanpy.
@@ -152,7 +159,9 @@ def fe(adata: Any, layer: str | None = None, key_added: str = "X_fe", *, mask_va
         if not mask.any():
             raise FEInputError("no genes left to fit on (all masked out by mask_var, or constant)")
         cols = np.flatnonzero(mask)
-        est.fit(take_genes(mat, cols), sample_names=samples, gene_names=genes[cols])
+        covariates = None if covariate_keys is None else covariate_table(
+            [covariate_keys] if isinstance(covariate_keys, str) else list(covariate_keys), adata, adata.n_obs, "adata")
+        est.fit(take_genes(mat, cols), sample_names=samples, gene_names=genes[cols], covariates=covariates)
     finally:
         if mat is not adata and hasattr(mat, "close"):
             mat.close()
@@ -181,7 +190,10 @@ def fe_transform(adata: Any, model: Any, layer: str | None = None, key_added: st
         pre = (getattr(est, "extra_", None) or {}).get("preprocessing") or {}
         if pre.get("log10p1"):
             mat = _log10p1(mat)
-        Z = est._embed(est._align_matrix(mat, genes, "adata"))
+        spec = getattr(est, "covariates_", None)
+        shift = None if spec is None else est._covariate_shift(
+            covariate_table(spec.names, adata, adata.n_obs, "adata"), adata, adata.n_obs, "adata")
+        Z = est._embed(est._align_matrix(mat, genes, "adata"), shift=shift)
     finally:
         if hasattr(mat, "close"):
             mat.close()
