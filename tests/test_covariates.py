@@ -185,6 +185,9 @@ def test_cli_fit_and_transform_with_a_covariate_column(tmp_path, capsys):
     assert main(["reconstruct", str(tmp_path / "m"), str(tmp_path / "m" / "embedding.csv"), "-o",
                  str(tmp_path / "r2.csv")]) != 0
     assert "--as batch=" in capsys.readouterr().err
+    assert main(["reconstruct", str(tmp_path / "m"), str(tmp_path / "m" / "embedding.csv"), "-o",
+                 str(tmp_path / "r3.csv"), "--as", "batch=1", "--as", "age=old"]) != 0
+    assert "'age' is numeric" in capsys.readouterr().err
     # impute reads them the same way
     holes = X.copy()
     holes[::3, 4] = np.nan

@@ -152,9 +152,8 @@ class FactorizedEmbeddingNet(nn.Module):
         """``W1_s s_i`` for sample embeddings ``z``: ``(samples, hidden[0])``; with ``rows``
         (the training samples they belong to) their covariate term is added."""
         S = self.first_sample(z)
-        if rows is not None and self.covariate_shapes:
-            S = S + self.row_covariate_term(rows)
-        return S
+        term = None if rows is None else self.row_covariate_term(rows)
+        return S if term is None else S + term
 
     def decoder_weights(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         return [(layer.weight, layer.bias) for layer in self.layers]

@@ -160,7 +160,7 @@ def fe(adata: Any, layer: str | None = None, key_added: str = "X_fe", *, mask_va
             raise FEInputError("no genes left to fit on (all masked out by mask_var, or constant)")
         cols = np.flatnonzero(mask)
         covariates = None if covariate_keys is None else covariate_table(
-            [covariate_keys] if isinstance(covariate_keys, str) else list(covariate_keys), adata, adata.n_obs, "adata")
+            covariate_keys if isinstance(covariate_keys, str) else list(covariate_keys), adata, adata.n_obs, "adata")
         est.fit(take_genes(mat, cols), sample_names=samples, gene_names=genes[cols], covariates=covariates)
     finally:
         if mat is not adata and hasattr(mat, "close"):
@@ -190,9 +190,8 @@ def fe_transform(adata: Any, model: Any, layer: str | None = None, key_added: st
         pre = (getattr(est, "extra_", None) or {}).get("preprocessing") or {}
         if pre.get("log10p1"):
             mat = _log10p1(mat)
-        spec = getattr(est, "covariates_", None)
-        shift = None if spec is None else est._covariate_shift(
-            covariate_table(spec.names, adata, adata.n_obs, "adata"), adata, adata.n_obs, "adata")
+        spec = getattr(est, "covariates_", None)     # the model's covariates: the same obs columns
+        shift = est._covariate_shift(None if spec is None else spec.names, adata, adata.n_obs, "adata")
         Z = est._embed(est._align_matrix(mat, genes, "adata"), shift=shift)
     finally:
         if hasattr(mat, "close"):

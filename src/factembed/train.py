@@ -233,10 +233,9 @@ def make_optimizer(params, lr: float, l2: float, device: torch.device,
         net = params
         # the covariates' level vectors are per-sample factors too: they take the sample
         # table's rate (with the decoder's rate the sample embedding learns the batch first)
-        per_sample = [p for name, p in net.named_parameters()
-                      if name == "sample_embedding" or name.startswith("covariate_embeddings.")]
-        rest = [p for name, p in net.named_parameters()
-                if not (name == "sample_embedding" or name.startswith("covariate_embeddings."))]
+        per_sample, rest = [], []
+        for name, p in net.named_parameters():
+            (per_sample if name == "sample_embedding" or name.startswith("covariate_embeddings.") else rest).append(p)
         params = [{"params": per_sample, "lr": sample_lr}, {"params": rest}]
     elif isinstance(params, FactorizedEmbeddingNet):
         params = params.parameters()

@@ -66,6 +66,17 @@ def covariate_columns(names, data, labels_path: str | None) -> dict:
     return out
 
 
+def model_covariates(fe, data, read: ReadOptions | None) -> dict | None:
+    """The columns of the covariates ``fe`` was fitted with, for the samples of ``data``
+    (:func:`covariate_columns`, each with its kind in the model); ``None`` for a model
+    without covariates."""
+    spec = getattr(fe, "covariates_", None)
+    if spec is None:
+        return None
+    return covariate_columns([f"{c.name}:{c.kind}" for c in spec.covariates], data,
+                             read.labels_path if read else None)
+
+
 def load_model(path: str | os.PathLike):
     """``(estimator, fitted preprocessing or None, extra dict)`` of a model directory."""
     from ..estimator import FactorizedEmbeddings

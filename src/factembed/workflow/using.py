@@ -13,7 +13,8 @@ import numpy as np
 from ..config import FEConfig
 from ..errors import FEInputError
 from .requests import ReadOptions
-from .data import _check_some_genes, _fill_mode, covariate_columns, load_model, prepare_for_model, read_for_model, read_new_data
+from .data import (_check_some_genes, _fill_mode, load_model, model_covariates, prepare_for_model, read_for_model,
+                   read_new_data)
 from .outputs import summary_line, validation_line
 
 
@@ -75,10 +76,8 @@ def transform(model: str, data: str, output: str, *, read: ReadOptions | None = 
     d = prepare_for_model(raw, fe, pre, fill_missing=mode)
     absent, n_nan = _report_missing(raw, d, pre, mode)
     del raw
-    spec = getattr(fe, "covariates_", None)
-    cov = None if spec is None else covariate_columns([f"{c.name}:{c.kind}" for c in spec.covariates], d,
-                                                      read.labels_path if read else None)
-    Z = fe.transform(d.X, missing="ignore" if mode == "decoder" else "error", covariates=cov)
+    Z = fe.transform(d.X, missing="ignore" if mode == "decoder" else "error",
+                     covariates=model_covariates(fe, d, read))
     if output.endswith(".h5ad"):
         write_embedding_h5ad(output, d, Z, fe.gene_embedding_)
     else:
@@ -219,10 +218,7 @@ def impute(model: str, data: str, output: str, *, read: ReadOptions | None = Non
                              "alone, or leave the column out of the file (absent genes are imputed)")
     n, m = d.shape
     n_values = int(n * m - rows.sum())
-    spec = getattr(fe, "covariates_", None)
-    cov = None if spec is None else covariate_columns([f"{c.name}:{c.kind}" for c in spec.covariates], d,
-                                                      read.labels_path if read else None)
-    d.X = fe.impute(d.X, empty_genes="impute", copy=False, covariates=cov)
+    d.X = fe.impute(d.X, empty_genes="impute", copy=False, covariates=model_covariates(fe, d, read))
     if invert:
         _to_input_scale(d.X, raw, pre)
         d.transform = None
@@ -295,7 +291,12 @@ def reconstruct(model: str, embedding: str, output: str, as_levels: dict | None 
                            cli_hint="pass --as NAME=LEVEL for each, e.g. --as " + spec.names[0] + "=...")
     if spec is not None:
         numeric = {c.name for c in spec.covariates if c.kind == "numeric"}
-        as_levels = {k: float(v) if k in numeric else str(v) for k, v in as_levels.items()}
+        try:
+            as_levels = {k: float(v) if k in numeric else str(v) for k, v in as_levels.items()}
+        except ValueError:
+            bad = next(k for k, v in as_levels.items() if k in numeric and not _is_number(v))
+            raise FEInputError(f"covariate {bad!r} is numeric: its value must be a number, got "
+                               f"{as_levels[bad]!r}", embedding) from None
     X = fe.inverse_transform(Z, covariates=as_levels if spec is not None else None)
     genes = fe.feature_names_in_ if getattr(fe, "feature_names_in_", None) is not None else \
         np.array([f"gene_{j}" for j in range(X.shape[1])])
@@ -365,3 +366,11 @@ def describe(model: str) -> list[str]:
                                                  if c.kind == "categorical" else
                                                  f"numeric (mean {c.mean:.4g}, sd {c.sd:.4g})"))
     return lines
+
+
+def _is_number(value) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True
