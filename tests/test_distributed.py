@@ -228,3 +228,14 @@ def test_cli_fit_distributed_with_missing_values(tmp_path, capfd, monkeypatch):
     assert rc == 0, captured.err[-3000:]
     fe = FactorizedEmbeddings.load(tmp_path / "model")
     assert fe.embedding_.shape == (60, 2) and np.isfinite(fe.history_["loss"]).all()
+
+
+def test_rank_plan_is_the_random_start_plan():
+    # the ranks start at random, so their sample table takes the random start's 10x rate,
+    # not the rate the PCA start would get (3x for 64 samples)
+    from factembed import FEConfig
+    from factembed.distributed.fit import rank_plan
+    from factembed.recipes import plan_training
+    plan = rank_plan(FEConfig(), 64, 40, 2)
+    assert plan.init == "random" and plan.sample_lr == pytest.approx(10 * plan.lr)
+    assert plan_training(FEConfig(), 64, 40, 2).sample_lr == pytest.approx(3 * plan.lr)

@@ -79,7 +79,6 @@ def fit_distributed(source: Any, *, config: FEConfig | dict, n_total: int, lo: i
     (a backed source must let them through: ``allow_nan``)."""
     from .._inputs import is_row_source
     from ..estimator import FactorizedEmbeddings
-    from ..recipes import plan_training
     from ..runner import checkpoint_meta, fit_network, make_checkpointer
 
     cfg = config if isinstance(config, FEConfig) else FEConfig(**config)
@@ -104,13 +103,11 @@ def fit_distributed(source: Any, *, config: FEConfig | dict, n_total: int, lo: i
     if spans[0][0] != 0 or spans[-1][1] != n_total or any(a[1] != b[0] for a, b in zip(spans, spans[1:])):
         raise FEInputError(f"the ranks' shards {spans} do not tile the {n_total} samples")
     smallest = min(b - a for a, b in spans)      # checked on every rank: all raise together
-    plan = plan_training(cfg, n_total, m, world)
-    if plan.init == "pca":
+    if cfg.init == "pca":
         # not built yet for shards: the axes would have to be agreed between the ranks
-        if cfg.init == "pca":
-            raise FEInputError("init='pca' is not available for data-parallel fits yet; "
-                               "use init='random' (the default there)")
-        plan = dataclasses.replace(plan, init="random")
+        raise FEInputError("init='pca' is not available for data-parallel fits yet; "
+                           "use init='random' (the default there)")
+    plan = rank_plan(cfg, n_total, m, world)
     if smallest < plan.batch_samples:
         raise FEInputError(f"a rank holds only {smallest} samples, fewer than batch_samples="
                            f"{plan.batch_samples}; use fewer processes or a smaller batch")
@@ -238,6 +235,15 @@ def union_sampler(n_total: int, world: int, batch_samples: int, seed: int) -> Un
     return UnionSampler(samplers, offsets)
 
 
+def rank_plan(cfg: FEConfig, n: int, m: int, world: int):
+    """The :class:`~factembed.recipes.TrainingPlan` of each rank: the ranks start at random
+    (``init="pca"`` is refused by :func:`fit_distributed`), and the plan is resolved for that
+    start, so that its sample-table rate is the random start's."""
+    from ..recipes import plan_training
+
+    return plan_training(dataclasses.replace(cfg, init="random"), n, m, world)
+
+
 def single_process_equivalent(X: Any, config: FEConfig | dict, world: int) -> FactorizedEmbeddingNet:
     """Train one process exactly as ``world`` ranks of :func:`fit_distributed` would
     (same initial values, batches = union of the ranks' batches, gradients of the
@@ -247,11 +253,10 @@ def single_process_equivalent(X: Any, config: FEConfig | dict, world: int) -> Fa
         raise ValueError("single_process_equivalent needs random_state")
     X = as_float32_tensor(np.asarray(X))
     n, m = X.shape
-    from ..recipes import plan_training
     from ..runner import batch_plan
 
     net = build_shard_net(n, m, cfg, cfg.random_state, 0, n)
-    plan = plan_training(cfg, n, m, world)
+    plan = rank_plan(cfg, n, m, world)
     sampler = batch_plan(union_sampler(n, world, plan.batch_samples, cfg.random_state), m, plan,
                          gene_seed(cfg.random_state))
     device = resolve_device(cfg.device)

@@ -276,8 +276,8 @@ def fit_rank(request: FitRequest, echo: Echo = _stderr) -> FitResult | None:
     try:
         rows, lo, n, samples, labels, fitted, to_close = _rank_data(request, rank, world, echo)
         m = rows.shape[1]
-        from ..recipes import plan_training
-        plan = plan_training(cfg, n, m, world)
+        from ..distributed.fit import rank_plan
+        plan = rank_plan(cfg, n, m, world)           # what the ranks train (their random start)
         echo(f"distributed training: {world} process(es) ({dist.get_backend()}), {n:,} samples x {m:,} genes, "
              f"{plan.batch_samples} profiles per rank per step (global batch {plan.batch_samples * world}); "
              f"{plan.describe()}")
