@@ -75,7 +75,7 @@ def scaled_batch(n: int, m: int, scale: float) -> dict:
     import math
 
     from factembed import FEConfig
-    from factembed.recipes import plan_training
+    from factembed.training.recipes import plan_training
 
     base = plan_training(FEConfig(training="fast"), n, m)
     root = math.sqrt(float(scale))
@@ -94,10 +94,10 @@ class RecipeTraining:
     def __init__(self, X: np.ndarray, cfg, graphs: bool | None = None) -> None:
         import torch
 
-        from factembed.model import FactorizedEmbeddingNet
-        from factembed.recipes import plan_training
-        from factembed.runner import batch_plan
-        from factembed.train import BatchSampler, make_optimizer, resolve_device, resolve_precision
+        from factembed.engine.network import FactorizedEmbeddingNet
+        from factembed.training.recipes import plan_training
+        from factembed.training.runner import batch_plan
+        from factembed.training.loop import BatchSampler, make_optimizer, resolve_device, resolve_precision
 
         n, m = X.shape
         seed = int(cfg.random_state or 0)
@@ -106,8 +106,8 @@ class RecipeTraining:
         torch.manual_seed(seed)
         self.net = FactorizedEmbeddingNet(n, m, cfg.sample_dim, cfg.gene_dim, cfg.hidden, generator=self.gen)
         if self.plan.init == "pca":                                        # as FactorizedEmbeddings.fit
-            from factembed.train import TensorRows
-            from factembed.warm_start import pca_warm_start
+            from factembed.training.loop import TensorRows
+            from factembed.training.warm_start import pca_warm_start
             pca_warm_start(self.net, TensorRows(torch.from_numpy(X)),
                            torch.Generator().manual_seed(seed * 1_000_003 + 4))
         self.device = resolve_device(cfg.device)
@@ -125,7 +125,7 @@ class RecipeTraining:
     def advance(self, step: int) -> float:
         import torch
 
-        from factembed.train import train
+        from factembed.training.loop import train
 
         t0 = time.perf_counter()
         train(self.net, self.X, n_steps=step, lr=self.plan.lr, l2=self.cfg.l2,

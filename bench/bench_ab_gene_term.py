@@ -29,9 +29,9 @@ import torch
 from _common import Tee, machine_line, out_path, parser, tcga_like
 from bench_throughput import train_windows
 
-import factembed.kernel as fe_kernel
-from factembed._cpu_pool import cpu_workers
-from factembed.kernel import FusedProfileLoss, GeneLayer, split_linear
+import factembed.engine.kernel as fe_kernel
+from factembed.engine.cpu_pool import cpu_workers
+from factembed.engine.kernel import FusedProfileLoss, GeneLayer, split_linear
 
 
 class PrecomputedGeneTerm(FusedProfileLoss):

@@ -70,7 +70,7 @@ def load(name: str, args):
 
 def knn_accuracy(Z, labels) -> float:
     """5-fold accuracy of a 5-NN classifier of the labels (the library's, as the CLI prints it)."""
-    from factembed.evaluate_tasks import knn_accuracy as library_knn
+    from factembed.evaluate.tasks import knn_accuracy as library_knn
     return library_knn(Z, labels)[0]
 
 

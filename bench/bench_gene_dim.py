@@ -19,8 +19,8 @@ import torch
 from _common import (REFERENCE_GPU_IT_S, TCGA_GENES, TCGA_SAMPLES, Tee, Windows, caller_threads, machine_line,
                      out_path, parser, tcga_like, wait_for_quiet)
 
-from factembed.model import FactorizedEmbeddingNet
-from factembed.train import train
+from factembed.engine.network import FactorizedEmbeddingNet
+from factembed.training.loop import train
 
 GENE_DIMS = (2, 10, 25, 50, 75, 100, 1000)
 

@@ -400,7 +400,7 @@ def figure(rows: list, shift_rows: list, path: Path) -> None:
     import matplotlib.pyplot as plt
     import pandas as pd
 
-    from factembed._files import atomic_output
+    from factembed._utils.files import atomic_output
 
     df, sf = pd.DataFrame(rows), pd.DataFrame(shift_rows)
     groups = list(df.groupby(["dataset", "scheme"], sort=False)) if len(df) else []

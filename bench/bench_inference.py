@@ -11,7 +11,7 @@ the default transform settings.  Target: < 60 s for 2,000.  The "precise" settin
 Quality.  A smaller, well-trained model (2,000 x 19,962, ``--quality-steps``, labels: the
 generator's 33 "cancer types") embeds 200 held-out samples with each setting.  Measured
 against an independent reference, the per-sample optimum of the *full-gene* loss found by
-Levenberg-Marquardt (``factembed._inference_optimum``, no code shared with ``factembed.infer``) on the
+Levenberg-Marquardt (``factembed.estimator._inference_optimum``, no code shared with ``factembed.estimator.inference``) on the
 first 50 of them: the distance of each setting's embedding to that optimum (median and 90th
 percentile; also in units of the embedding's spread and of the median nearest-neighbour
 distance between training samples), the full-gene MSE in excess of the optimum's (as a
@@ -28,7 +28,7 @@ import torch
 
 from _common import TCGA_GENES, TCGA_SAMPLES, Tee, machine_line, out_path, parser, tcga_like, wait_for_quiet
 
-from factembed._inference_optimum import excess_mse, full_gene_optimum, per_sample_mse
+from factembed.estimator._inference_optimum import excess_mse, full_gene_optimum, per_sample_mse
 from factembed import FactorizedEmbeddings
 
 PRECISE = (200, 2048, 2e-2)           # (infer_steps, infer_genes, infer_lr): the old defaults

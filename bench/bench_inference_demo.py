@@ -3,7 +3,7 @@
 Fits the demo (271 cells x 5,000 genes, log10(FPKM + 1)) on 4 of 5 stratified folds
 (defaults, seed 0, automatic step count), embeds the held-out fold with several inference
 settings, and compares each with an independent reference, the per-cell optimum of the
-full-gene loss (Levenberg-Marquardt, ``factembed._inference_optimum``): median distance (also as a
+full-gene loss (Levenberg-Marquardt, ``factembed.estimator._inference_optimum``): median distance (also as a
 share of the training embedding's spread), the full-gene MSE in excess of the optimum's
 (as a share of the start point's excess), and the accuracy of a 5-NN classifier of the
 time point trained on the training embedding.  Repeated over all 5 folds.
@@ -24,7 +24,7 @@ from sklearn.neighbors import KNeighborsClassifier
 
 from _common import Tee, machine_line, out_path, parser
 
-from factembed._inference_optimum import excess_mse, full_gene_optimum, per_sample_mse
+from factembed.estimator._inference_optimum import excess_mse, full_gene_optimum, per_sample_mse
 from factembed import FactorizedEmbeddings
 from factembed.datasets import load_demo
 

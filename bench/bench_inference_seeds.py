@@ -4,7 +4,7 @@ optimum, for the automatic step and the old absolute one, on the quality models 
 
     python bench/bench_inference_seeds.py --training fast       (and --training reference)
 
-The first 50 new samples; the optimum (Levenberg-Marquardt, ``factembed._inference_optimum``) is found
+The first 50 new samples; the optimum (Levenberg-Marquardt, ``factembed.estimator._inference_optimum``) is found
 once from the precise setting; then each setting runs with inference seeds 1, 2, 3.
 """
 
@@ -13,9 +13,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-import factembed.infer as infer
+import factembed.estimator.inference as infer
 from _common import Tee, machine_line, out_path, parser, tcga_like
-from factembed._inference_optimum import excess_mse, full_gene_optimum, per_sample_mse
+from factembed.estimator._inference_optimum import excess_mse, full_gene_optimum, per_sample_mse
 
 from factembed import FactorizedEmbeddings
 

@@ -1,4 +1,4 @@
-"""Size and load time of the interactive embedding page (factembed.interactive) at a given
+"""Size and load time of the interactive embedding page (factembed.plot.page) at a given
 number of samples.
 
 Planted data: TCGA-shaped tables without training a model (the page does not care where the
@@ -75,7 +75,7 @@ def main(argv=None) -> int:
     p.add_argument("--samples", default="10000,100000", help="sample counts, comma separated")
     p.add_argument("--keep", default=None, help="directory to keep the pages in (default: a temporary one)")
     args = p.parse_args(argv)
-    from factembed.interactive import embedding_page
+    from factembed.plot.page import embedding_page
 
     out = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="fe_page_"))
     out.mkdir(parents=True, exist_ok=True)

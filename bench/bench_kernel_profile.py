@@ -12,8 +12,8 @@ from torch.profiler import ProfilerActivity, profile
 
 from _common import TCGA_GENES, Tee, machine_line, out_path, parser
 
-from factembed.kernel import FusedProfileLoss, GeneLayer
-from factembed.model import FactorizedEmbeddingNet
+from factembed.engine.kernel import FusedProfileLoss, GeneLayer
+from factembed.engine.network import FactorizedEmbeddingNet
 
 GEMM_OPS = {"aten::mm", "aten::addmm", "aten::addmm_", "aten::addmv"}
 

@@ -28,7 +28,7 @@ from _common import Tee, caller_threads, machine_line, out_path, parser
 
 from factembed import FactorizedEmbeddings
 from factembed.datasets import load_demo
-from factembed.infer import reconstruct
+from factembed.estimator.inference import reconstruct
 
 
 def fit(X, steps: int, *, workers=None, threads=None, gene_chunk=None, dtype="fp32", kernel=None, seed=0):

@@ -18,7 +18,7 @@ import torch
 
 from _common import RESULTS, TCGA_GENES, TCGA_SAMPLES, Tee, machine_line, out_path, parser
 
-from factembed._cpu_pool import cpu_workers, default_gene_chunk
+from factembed.engine.cpu_pool import cpu_workers, default_gene_chunk
 
 
 def flops_per_pair(sample_dim: int, gene_dim: int, hidden: tuple[int, ...], batch: int, n_genes: int) -> dict:
@@ -95,8 +95,8 @@ def measured_it_s(quick: bool) -> dict:
             rows = {r["row"]: float(r["it_per_s_median"]) for r in csv.DictReader(f)}
         its = {k: v for k, v in rows.items() if k in ("a", "b0", "b", "c")}
         return its | {"source": str(path), "genes": TCGA_GENES}
-    from factembed.model import FactorizedEmbeddingNet
-    from factembed.train import train
+    from factembed.engine.network import FactorizedEmbeddingNet
+    from factembed.training.loop import train
     n, m = (32, 256) if quick else (256, TCGA_GENES)
     gen = torch.Generator().manual_seed(0)
     X = torch.rand(n, m)

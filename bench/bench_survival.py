@@ -79,7 +79,7 @@ def main(argv=None) -> int:
     t_b = time.perf_counter() - t0
     t0 = time.perf_counter()
     task = next(t for t in b["tasks"] if t.kind == "survival")
-    factembed.evaluate_tasks.pooled_c_index(task.y, task.event, np.random.default_rng(0).normal(size=len(task.y)),
+    factembed.evaluate.tasks.pooled_c_index(task.y, task.event, np.random.default_rng(0).normal(size=len(task.y)),
                                             n_boot=args.bootstrap)
     t_boot = time.perf_counter() - t0
     # one c-index on all patients: scikit-survival's (point estimates, folds) and the
@@ -87,9 +87,9 @@ def main(argv=None) -> int:
     n_patients, t_all, e_all = len(task.y), task.y.astype(float), task.event.astype(bool)
     risk = np.random.default_rng(1).normal(size=n_patients)
     per_call = {}
-    resample_fn = factembed.evaluate_tasks._resample_c_index()
-    resample_lib = "scikit-survival: lifelines absent" if resample_fn is factembed.evaluate_tasks.c_index else "lifelines"
-    for name, fn in (("scikit-survival", factembed.evaluate_tasks.c_index), ("resamples", resample_fn)):
+    resample_fn = factembed.evaluate.tasks._resample_c_index()
+    resample_lib = "scikit-survival: lifelines absent" if resample_fn is factembed.evaluate.tasks.c_index else "lifelines"
+    for name, fn in (("scikit-survival", factembed.evaluate.tasks.c_index), ("resamples", resample_fn)):
         t0 = time.perf_counter()
         for _ in range(300):
             fn(t_all, e_all, risk)

@@ -36,9 +36,9 @@ from torch import nn
 from _common import (RESULTS, TCGA_GENES, TCGA_SAMPLES, Tee, Windows, caller_threads, machine_line, out_path, parser,
                      tcga_like, wait_for_quiet)
 
-from factembed.kernel import GeneLayer
-from factembed.model import FactorizedEmbeddingNet
-from factembed.train import BatchSampler, bf16_native, make_optimizer, train
+from factembed.engine.kernel import GeneLayer
+from factembed.engine.network import FactorizedEmbeddingNet
+from factembed.training.loop import BatchSampler, bf16_native, make_optimizer, train
 
 #: the last commit of model.py before the performance work (the "before" kernel)
 BEFORE_REV = "d475e60"

@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import torch  # noqa: E402
 
-import factembed.recipes as recipes  # noqa: E402
-import factembed.warm_start as warm_start  # noqa: E402
+import factembed.training.recipes as recipes  # noqa: E402
+import factembed.training.warm_start as warm_start  # noqa: E402
 
 STARTS = ("no-bias", "bias-only", "whiten")
 

@@ -2,7 +2,7 @@
 independently of factembed (no factoring, no blocking), and a small network to test."""
 import torch
 
-from factembed.model import FactorizedEmbeddingNet
+from factembed.engine.network import FactorizedEmbeddingNet
 
 
 def plain_concat_mlp(net, sample_idx):

@@ -1,5 +1,5 @@
 """A frozen copy of the training loop as it was before the chunked loop of
-``factembed.step`` (factembed commit 8fca09c, ``train.py``): one step at a time, the
+``factembed.training.step`` (factembed commit 8fca09c, ``train.py``): one step at a time, the
 losses read every 16 steps.  ``tests/test_step.py`` checks that the chunked loop is
 bitwise this one on the CPU.  Do not edit it to follow the library: it is the reference.
 """
@@ -14,11 +14,11 @@ from typing import Callable
 
 import torch
 
-from factembed._cpu_pool import cpu_workers, flush_denormals
-from factembed.kernel import FusedProfileLoss
-from factembed.checkpoint import Checkpointer
-from factembed.model import FactorizedEmbeddingNet
-from factembed.train import (BatchSampler, History, RowSource, TensorRows, _Progress, make_optimizer,
+from factembed.engine.cpu_pool import cpu_workers, flush_denormals
+from factembed.engine.kernel import FusedProfileLoss
+from factembed.training.checkpoint import Checkpointer
+from factembed.engine.network import FactorizedEmbeddingNet
+from factembed.training.loop import (BatchSampler, History, RowSource, TensorRows, _Progress, make_optimizer,
                              pearson_from_stats)
 
 
@@ -47,16 +47,16 @@ def reference_train(net: FactorizedEmbeddingNet, X: torch.Tensor | RowSource, *,
     every step up to it was checked finite.
     ``kernel`` makes the loss of a step: a class or factory called as
     ``kernel(gene_chunk=, compute_dtype=, workers=)`` (the signature of
-    :class:`~factembed.kernel.FusedProfileLoss`, the default) whose result is called like
+    :class:`~factembed.engine.kernel.FusedProfileLoss`, the default) whose result is called like
     a ``FusedProfileLoss`` and exposes its ``last_stats``.
     ``workers``: the kernel's CPU worker threads (default: the automatic choice of
-    :func:`~factembed._cpu_pool.cpu_workers`, i.e. ``FACTEMBED_CPU_WORKERS`` if set, else
+    :func:`~factembed.engine.cpu_pool.cpu_workers`, i.e. ``FACTEMBED_CPU_WORKERS`` if set, else
     the calling thread's torch threads up to ``MAX_AUTO_WORKERS``, read before this
     thread drops to one intra-op thread); ignored on other devices.
-    ``validation`` (a :class:`~factembed.validation.ValidationSet`): its entries are left
+    ``validation`` (a :class:`~factembed.training.heldout.ValidationSet`): its entries are left
     out of every step's loss (their targets set to NaN), and its MSE is recorded in
     ``history.val_step`` / ``history.val_loss`` every ``validation.every`` steps; with
-    ``stop_rule`` (a :class:`~factembed.validation.StopRule`) training ends early when the
+    ``stop_rule`` (a :class:`~factembed.training.heldout.StopRule`) training ends early when the
     rule says so (``history.stop_reason`` says why).  ``missing=True``: NaN entries of
     ``X`` are missing values, left out of the loss the same way.
     Returns the history, the optimizer and the batch sampler (the last two so that a

@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from factembed.model import FactorizedEmbeddingNet
-from factembed.train import BatchSampler, TensorRows, train
-from factembed.validation import ValidationSet
+from factembed.engine.network import FactorizedEmbeddingNet
+from factembed.training.loop import BatchSampler, TensorRows, train
+from factembed.training.heldout import ValidationSet
 
 
 def _log2_like(n: int, m: int, seed: int = 0) -> np.ndarray:

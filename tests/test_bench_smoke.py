@@ -111,8 +111,8 @@ def test_variant_starts_do_what_they_say(monkeypatch):
     import torch
     from sklearn.decomposition import PCA
 
-    from factembed.model import FactorizedEmbeddingNet
-    from factembed.train import TensorRows
+    from factembed.engine.network import FactorizedEmbeddingNet
+    from factembed.training.loop import TensorRows
     monkeypatch.syspath_prepend(str(BENCH))
     variant = runpy.run_path(str(BENCH / "variant.py"))
     rng = np.random.default_rng(0)

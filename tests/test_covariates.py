@@ -8,7 +8,7 @@ import torch
 from factembed import FactorizedEmbeddings
 from factembed.covariates import CovariateSpec, covariate_table
 from factembed.errors import FEInputError
-from factembed.model import FactorizedEmbeddingNet
+from factembed.engine.network import FactorizedEmbeddingNet
 from factembed.planted import make_planted
 
 

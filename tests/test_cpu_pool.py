@@ -3,7 +3,7 @@ gene-block sizing and the thread settings of the pool."""
 import pytest
 import torch
 
-from factembed._cpu_pool import MAX_AUTO_WORKERS, WORKERS_ENV, cpu_workers, default_gene_chunk, worker_pool
+from factembed.engine.cpu_pool import MAX_AUTO_WORKERS, WORKERS_ENV, cpu_workers, default_gene_chunk, worker_pool
 
 
 def test_worker_count_default_argument_and_environment(monkeypatch):
@@ -44,9 +44,9 @@ def test_flush_denormals_is_scoped_and_training_restores_the_callers_state():
     own thread for its duration and leaves the caller's setting as it found it."""
     import numpy as np
 
-    from factembed._cpu_pool import denormals_flushed, flush_denormals
-    from factembed.model import FactorizedEmbeddingNet
-    from factembed.train import train
+    from factembed.engine.cpu_pool import denormals_flushed, flush_denormals
+    from factembed.engine.network import FactorizedEmbeddingNet
+    from factembed.training.loop import train
 
     torch.set_flush_denormal(False)
     assert not denormals_flushed()

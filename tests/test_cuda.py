@@ -9,7 +9,7 @@ import torch
 
 from _plain_mlp import grads, make, plain_concat_mlp
 from factembed import FactorizedEmbeddings
-from factembed.kernel import FusedProfileLoss
+from factembed.engine.kernel import FusedProfileLoss
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -108,7 +108,7 @@ def test_cuda_resume_from_checkpoint_matches_uninterrupted_run(planted_data, tmp
 
 
 def test_auto_precision_is_bf16_on_a_bf16_gpu(planted_data):
-    from factembed.train import resolve_precision
+    from factembed.training.loop import resolve_precision
     assert resolve_precision("auto", torch.device("cuda")) == (
         torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32)
     X, _ = planted_data

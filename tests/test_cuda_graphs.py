@@ -1,4 +1,4 @@
-"""CUDA graphs and the chunked loop on a GPU (factembed.step): the graphed step against
+"""CUDA graphs and the chunked loop on a GPU (factembed.training.step): the graphed step against
 the eager one, no host synchronisation in the steady loop, re-capture after the
 learning-rate decay, the user's path feeding from device memory.
 
@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-import factembed.step as step_mod
-from factembed.kernel import FusedProfileLoss
-from factembed.model import FactorizedEmbeddingNet
-from factembed.train import BatchPlan, BatchSampler, GeneWalk, TensorRows, make_optimizer, train
-from factembed.validation import StopRule, ValidationSet
+import factembed.training.step as step_mod
+from factembed.engine.kernel import FusedProfileLoss
+from factembed.engine.network import FactorizedEmbeddingNet
+from factembed.training.loop import BatchPlan, BatchSampler, GeneWalk, TensorRows, make_optimizer, train
+from factembed.training.heldout import StopRule, ValidationSet
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 CUDA = torch.device("cuda")

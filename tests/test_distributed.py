@@ -133,7 +133,7 @@ def test_distributed_transform_equals_single_process(two_ranks):
 
 
 def test_cli_fit_distributed_two_processes(tmp_path, capfd, monkeypatch):
-    """``factembed fit --distributed 2`` runs torchrun, which runs factembed.cli_rank."""
+    """``factembed fit --distributed 2`` runs torchrun, which runs factembed.cli.rank."""
     from factembed import FactorizedEmbeddings
     from factembed.cli import main
     X, _ = planted(n=60, m=40)
@@ -155,7 +155,7 @@ def test_fit_request_round_trip():
     """The ranks receive exactly the request the command line built (JSON round trip)."""
     import json
 
-    from factembed.cli import build_parser, fit_request
+    from factembed.cli.commands import build_parser, fit_request
     from factembed.workflow import FitRequest
     argv = ["fit", "d.h5", "-o", "m", "--backed", "--distributed", "3", "--steps", "7", "--hidden", "8,4",
             "--no-log", "--seed", "2", "--top-genes", "5", "--checkpoint-every", "4", "--resume"]
@@ -196,8 +196,8 @@ def test_auto_steps_ranks_share_the_validation_curve_and_stop_together(two_ranks
 
 
 def test_validation_entries_of_shards_are_those_of_the_whole_matrix():
-    from factembed.train import TensorRows
-    from factembed.validation import ValidationSet
+    from factembed.training.loop import TensorRows
+    from factembed.training.heldout import ValidationSet
 
     X = torch.from_numpy(planted(n=N, m=M)[0])
     whole = ValidationSet(TensorRows(X), seed=11, fraction=0.05)
@@ -235,7 +235,7 @@ def test_rank_plan_is_the_random_start_plan():
     # not the rate the PCA start would get (3x for 64 samples)
     from factembed import FEConfig
     from factembed.distributed.fit import rank_plan
-    from factembed.recipes import plan_training
+    from factembed.training.recipes import plan_training
     plan = rank_plan(FEConfig(), 64, 40, 2)
     assert plan.init == "random" and plan.sample_lr == pytest.approx(10 * plan.lr)
     assert plan_training(FEConfig(), 64, 40, 2).sample_lr == pytest.approx(3 * plan.lr)

@@ -139,7 +139,7 @@ def test_estimator_fit_uses_the_kernel_and_workers_it_is_given():
     import numpy as np
 
     from factembed import FactorizedEmbeddings
-    from factembed.kernel import FusedProfileLoss
+    from factembed.engine.kernel import FusedProfileLoss
     made = []
 
     def kernel(**kw):

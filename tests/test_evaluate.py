@@ -6,7 +6,7 @@ import pytest
 
 from conftest import planted
 from factembed import FactorizedEmbeddings
-from factembed import evaluate as ev
+from factembed.evaluate import comparison as ev
 from factembed.config import FEConfig
 from factembed.io import ExpressionData, write_expression
 from factembed.preprocessing import Preprocessing

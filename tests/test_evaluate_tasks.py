@@ -10,8 +10,8 @@ import pytest
 
 import factembed
 from conftest import planted
-from factembed import evaluate as ev
-from factembed import evaluate_tasks as et
+from factembed.evaluate import comparison as ev
+from factembed.evaluate import tasks as et
 from factembed.config import FEConfig
 from factembed.errors import FEInputError
 from factembed.io import ExpressionData, read_expression

@@ -1,4 +1,4 @@
-"""Tests of factembed._files: the package's one atomic writer."""
+"""Tests of factembed._utils.files: the package's one atomic writer."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import hashlib
 import pytest
 
 import factembed.io as fio
-from factembed import _files
-from factembed._files import atomic_output, sha256_file, write_bytes_atomic, write_text_atomic
+from factembed._utils import files as _files
+from factembed._utils.files import atomic_output, sha256_file, write_bytes_atomic, write_text_atomic
 from factembed.errors import FEInputError
 
 

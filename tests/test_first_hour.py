@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from factembed.cli import build_parser, main
+from factembed.cli.commands import build_parser, main
 from factembed.io import ExpressionData, write_expression
 
 FAST = ["--steps", "60", "--gene-dim", "8", "--hidden", "16,8", "--infer-steps", "10", "--seed", "0", "--quiet"]
@@ -128,7 +128,7 @@ def test_demo_is_seeded_and_fit_prints_the_seed_it_drew(table, capsys):
 
 
 def test_unconverged_fit_is_said_so():
-    from factembed.runner import training_summary
+    from factembed.training.runner import training_summary
     from factembed.workflow import convergence_note
     rng = np.random.default_rng(0)
     steps = np.arange(1, 3001)

@@ -6,7 +6,7 @@ import pytest
 from sklearn.metrics.pairwise import cosine_similarity as sk_cosine
 
 from factembed import FactorizedEmbeddings, FEInputError
-from factembed.genes import cosine_similarity, nearest_genes, rank_by_similarity
+from factembed.estimator.genes import cosine_similarity, nearest_genes, rank_by_similarity
 from _small import counts as _counts
 
 TINY = dict(gene_dim=8, hidden=(16, 8), infer_steps=20, random_state=0, verbose=False, device="cpu")

@@ -4,7 +4,7 @@ imputation with the decoder (fe.impute, workflow.impute, `factembed impute`,
 
 References independent of the code under test: autograd on the masked loss (kernel),
 brute-force numpy distances (start point), Levenberg-Marquardt on each sample's
-observed genes (factembed._inference_optimum; the optimum the inference should reach), and
+observed genes (factembed.estimator._inference_optimum; the optimum the inference should reach), and
 plain numpy for the values that must come back unchanged."""
 import copy
 import types
@@ -18,7 +18,7 @@ import torch
 from _plain_mlp import make
 from factembed import FactorizedEmbeddings
 from factembed.errors import FEInputError
-from factembed.kernel import FusedProfileLoss
+from factembed.engine.kernel import FusedProfileLoss
 
 
 def spread(fe):
@@ -92,7 +92,7 @@ def test_start_point_is_nearest_over_observed_genes(fitted_small, new_samples):
 def test_start_point_of_a_sample_observed_outside_the_search_genes(fitted_small, new_samples):
     """A sample with no observed value among the init_genes search genes is searched
     again over the genes it observed."""
-    import factembed.infer as infer
+    import factembed.estimator.inference as infer
     fe, _, _ = fitted_small
     m = fe.n_features_in_
     J = torch.randperm(m, generator=torch.Generator().manual_seed(11))[:20].sort().values.numpy()
@@ -112,8 +112,8 @@ def test_start_point_of_a_sample_observed_outside_the_search_genes(fitted_small,
 
 
 def _observed_optimum(net, Z0, X, M):
-    """Levenberg-Marquardt on each sample's observed genes (factembed._inference_optimum)."""
-    from factembed import _inference_optimum as ref
+    """Levenberg-Marquardt on each sample's observed genes (factembed.estimator._inference_optimum)."""
+    from factembed.estimator import _inference_optimum as ref
     out = []
     for i in range(len(X)):
         obs = np.flatnonzero(~M[i])
@@ -151,7 +151,7 @@ def test_embedding_from_half_the_genes_stays_close(fitted_small, new_samples, se
 
 
 def test_missing_path_on_complete_data_matches_the_plain_path(fitted_small, new_samples):
-    from factembed.infer import embed_new_samples
+    from factembed.estimator.inference import embed_new_samples
     fe, _, _ = fitted_small
     kw = dict(steps=30, lr=1e-2, infer_genes=100, init_genes=10**6)
     a = embed_new_samples(fe.net_, torch.from_numpy(new_samples), generator=torch.Generator().manual_seed(0), **kw)
@@ -197,7 +197,7 @@ def test_impute_never_changes_observed_values(fitted_small, new_samples, dtype):
 
 
 def test_impute_with_nothing_missing_is_the_input_and_embeds_nothing(fitted_small, new_samples, monkeypatch):
-    import factembed.estimator as est_mod
+    import factembed.estimator.factorized_embeddings as est_mod
     fe, _, _ = fitted_small
     calls = []
     real = est_mod.embed_new_samples
@@ -298,7 +298,7 @@ def test_bad_input_names_the_sample_or_gene(fitted_small, new_samples):
 
 @pytest.mark.parametrize("block", [1, 7, 10**6])
 def test_nan_scans_agree_with_a_full_mask(block):
-    from factembed._validation import first_bad_value, observed_counts
+    from factembed._utils.validation import first_bad_value, observed_counts
     rng = np.random.default_rng(block)
     X = rng.normal(size=(23, 11)).astype(np.float32)
     X[rng.random(X.shape) < 0.3] = np.nan

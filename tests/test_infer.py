@@ -70,7 +70,7 @@ def test_gene_subsampled_refinement(fitted_small):
 
 
 def _full_gene_reference():
-    from factembed import _inference_optimum
+    from factembed.estimator import _inference_optimum
     return _inference_optimum
 
 
@@ -120,7 +120,7 @@ def test_start_points_come_from_a_capped_candidate_set(fitted_small, monkeypatch
     """Above INIT_CANDIDATES training samples the start point is the nearest
     reconstruction among a random subset of that many (the search must not grow with
     the training set); the subset comes from the generator (reproducible)."""
-    import factembed.infer as infer
+    import factembed.estimator.inference as infer
     fe, X, _ = fitted_small
     monkeypatch.setattr(infer, "INIT_CANDIDATES", 25)
     Xt = torch.from_numpy(X[:40])
@@ -139,7 +139,7 @@ def test_start_points_come_from_a_capped_candidate_set(fitted_small, monkeypatch
 def test_neighbour_scale_against_brute_force():
     """Each chosen start point's distance to its nearest other candidate (numpy brute
     force), duplicates floored at a tenth of the median, None for one candidate."""
-    from factembed.infer import neighbour_scale
+    from factembed.estimator.inference import neighbour_scale
     rng = np.random.default_rng(0)
     C = rng.normal(size=(300, 2)).astype(np.float32)
     C[5] = C[6]                                       # a duplicate pair: distance 0
@@ -158,7 +158,7 @@ def test_auto_step_is_adam_in_units_of_the_local_scale(fitted_small, monkeypatch
     """With the same local scale c for every sample, lr="auto" is Adam at the absolute step
     AUTO_STEP * c (Adam does not see the gradient's scale: z = z0 + c u moves by c times
     u's steps); with each sample's own scale, a sample alone equals it among others."""
-    import factembed.infer as infer
+    import factembed.estimator.inference as infer
     fe, X, _ = fitted_small
     Xt = torch.from_numpy(X[:12])
     kw = dict(steps=30, infer_genes=64, init_genes=300)
@@ -186,7 +186,7 @@ def test_infer_lr_accepts_auto_or_a_positive_number():
     import pytest
 
     from factembed import FEConfig
-    from factembed.cli_options import auto_or_float
+    from factembed.cli.options import auto_or_float
     assert FEConfig().infer_lr == "auto"
     FEConfig(infer_lr=0.02)
     for bad in ("fast", 0, -1.0, float("nan")):

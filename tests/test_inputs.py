@@ -8,7 +8,7 @@ import pytest
 import scipy.sparse as sp
 
 from factembed import FactorizedEmbeddings, FEInputError
-from factembed import estimator as est_mod
+from factembed.estimator import factorized_embeddings as est_mod
 from _small import adata as _adata, counts as _counts
 
 TINY = dict(gene_dim=8, hidden=(16, 8), infer_steps=20, random_state=0, verbose=False, device="cpu")

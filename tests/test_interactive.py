@@ -11,9 +11,9 @@ import pytest
 
 pytest.importorskip("bokeh", reason="bokeh (the interactive extra) is not installed: pip install -e '.[all]'")
 
-from factembed import interactive as ia  # noqa: E402
+from factembed.plot import page as ia  # noqa: E402
 from factembed.cli import main  # noqa: E402
-from factembed.genes import nearest_genes  # noqa: E402
+from factembed.estimator.genes import nearest_genes  # noqa: E402
 from factembed.io import ExpressionData, write_expression  # noqa: E402
 
 FAST = ["--steps", "150", "--gene-dim", "8", "--hidden", "16,8", "--infer-steps", "20", "--seed", "0", "--quiet"]

@@ -5,10 +5,10 @@ forward-only blocked decode."""
 import pytest
 import torch
 
-import factembed.kernel as fe_kernel
+import factembed.engine.kernel as fe_kernel
 from _plain_mlp import grads, make, plain_concat_mlp
-from factembed.kernel import FusedProfileLoss
-from factembed.model import FactorizedEmbeddingNet
+from factembed.engine.kernel import FusedProfileLoss
+from factembed.engine.network import FactorizedEmbeddingNet
 
 
 # -- loss and gradients against the plain model --------------------------------------------

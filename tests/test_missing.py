@@ -7,7 +7,7 @@ import scipy.sparse as sp
 
 from conftest import planted
 from factembed import FactorizedEmbeddings
-from factembed import evaluate as ev
+from factembed.evaluate import comparison as ev
 from factembed.cli import main
 from factembed.config import FEConfig
 from factembed.errors import FEInputError
@@ -135,7 +135,7 @@ def test_evaluate_with_missing_values():
 
 
 def test_training_figure_draws_the_validation_curve(tmp_path, monkeypatch):
-    from factembed import plot
+    from factembed.plot import figures as plot
 
     figs = []
     monkeypatch.setattr(plot, "_save", lambda fig, path, pdf: figs.append(fig) or [])

@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from factembed import plot
+from factembed.plot import figures
 
 
 def _check(paths, n=2):
@@ -115,7 +116,7 @@ def test_ordered_labels_get_an_ordered_palette_and_plain_log_ticks(tmp_path):
     fig, ax = plt.subplots()
     ax.plot([1, 2], [0.3, 0.9])
     ax.set_yscale("log")
-    plot._plain_log_ticks(ax)
+    figures._plain_log_ticks(ax)
     fig.canvas.draw()
     texts = [t.get_text() for t in ax.get_yticklabels(minor=True) + ax.get_yticklabels() if t.get_text()]
     assert "0.6" in texts and not any("10^" in t or "e-" in t or "times" in t for t in texts), texts

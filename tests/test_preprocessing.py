@@ -15,7 +15,7 @@ from factembed.io import ExpressionData
 from factembed.preprocessing import FittedPreprocessing, Preprocessing, align_genes
 from factembed.io._data import _compact_columns_inplace
 from factembed.preprocessing import GeneStats, select_genes
-from factembed._validation import _log10p1_inplace
+from factembed._utils.validation import _log10p1_inplace
 from test_io import make_data
 
 

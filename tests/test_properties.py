@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from factembed import FEInputError
-from factembed.estimator import check_matrix
+from factembed.estimator.factorized_embeddings import check_matrix
 from factembed.io import ExpressionData, read_expression, write_expression
 
 shapes = st.tuples(st.integers(1, 12), st.integers(1, 12))

@@ -9,9 +9,9 @@ import torch
 
 from _plain_mlp import plain_concat_mlp
 from factembed import FactorizedEmbeddings, FEConfig, auto_n_steps
-from factembed.model import FactorizedEmbeddingNet
-from factembed.recipes import AUTO_MAX_STEPS, fast_batch_shape, plan_training
-from factembed.train import BatchPlan, BatchSampler, GeneWalk, make_optimizer, train
+from factembed.engine.network import FactorizedEmbeddingNet
+from factembed.training.recipes import AUTO_MAX_STEPS, fast_batch_shape, plan_training
+from factembed.training.loop import BatchPlan, BatchSampler, GeneWalk, make_optimizer, train
 
 
 def test_gene_walk_visits_every_gene_once_per_cycle_with_fixed_size():
@@ -47,7 +47,7 @@ def test_gene_subset_step_equals_the_plain_model_on_those_pairs():
     rows = torch.tensor([1, 4, 7])
     genes = torch.tensor([3, 50, 8, 21, 66, 0, 13])
 
-    from factembed.kernel import FusedProfileLoss
+    from factembed.engine.kernel import FusedProfileLoss
     fused = FusedProfileLoss(compute_dtype=torch.float64, workers=1, gene_chunk=3)
     S = net.sample_term(net.sample_embedding[rows])
     loss = fused(S, net.gene_layer(genes), X[rows][:, genes], net.decoder_weights())

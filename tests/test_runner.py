@@ -13,7 +13,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from factembed import FactorizedEmbeddings, FEInputError
-from factembed.checkpoint import Checkpointer
+from factembed.training.checkpoint import Checkpointer
 
 KW = dict(gene_dim=8, hidden=(16, 8), random_state=0, verbose=False, device="cpu")
 

@@ -8,8 +8,8 @@ import torch
 from factembed import FactorizedEmbeddings, FEInputError
 from factembed.sources import (BlockSampler, H5adSource, H5Source, NpySource, ZarrSource, open_source,
                                plan_blocks)
-from factembed.train import TensorRows, train
-from factembed.model import FactorizedEmbeddingNet
+from factembed.training.loop import TensorRows, train
+from factembed.engine.network import FactorizedEmbeddingNet
 
 from conftest import planted
 

@@ -1,4 +1,4 @@
-"""The chunked training loop (factembed.step) against a frozen copy of the loop of one
+"""The chunked training loop (factembed.training.step) against a frozen copy of the loop of one
 step at a time (tests/_reference_train.py): bitwise equal on the CPU, whatever the chunk
 size and the feed, with both recipes (every gene / a gene walk), held-out entries with
 the stop rule, missing values, checkpoints and resume, and a divergence."""
@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from _reference_train import reference_train
-from factembed.checkpoint import Checkpointer
-from factembed.model import FactorizedEmbeddingNet
-from factembed.step import CHUNK_STEPS, chunk_schedule, graphs_wanted, make_feed
-from factembed.train import BatchPlan, BatchSampler, GeneWalk, TensorRows, make_optimizer, train
-from factembed.validation import StopRule, ValidationSet
+from factembed.training.checkpoint import Checkpointer
+from factembed.engine.network import FactorizedEmbeddingNet
+from factembed.training.step import CHUNK_STEPS, chunk_schedule, graphs_wanted, make_feed
+from factembed.training.loop import BatchPlan, BatchSampler, GeneWalk, TensorRows, make_optimizer, train
+from factembed.training.heldout import StopRule, ValidationSet
 
 CPU = torch.device("cpu")
 
@@ -41,7 +41,7 @@ def _run(loop, X, *, n_steps, walk=None, validation=False, missing=False, lr=1e-
     opt = make_optimizer(net, lr, 1e-4, CPU, sample_lr=3 * lr)
     start, history = 0, None
     if state is not None:
-        from factembed.train import History
+        from factembed.training.loop import History
         net.load_state_dict(state.net_state)
         opt.load_state_dict(state.optimizer_state)
         sampler.load_state_dict(state.sampler_state)
@@ -173,7 +173,7 @@ def test_a_sparse_source_feeds_tiles_and_trains_bitwise():
     resident feed; on CUDA they feed tiles; the tile feed from it is the one-step loop."""
     import scipy.sparse as sp
 
-    from factembed._inputs import CsrRows
+    from factembed.estimator.inputs import CsrRows
     X = _matrix()
     X[X < 0.3] = 0.0
     rows = CsrRows(sp.csr_matrix(X.numpy()))
@@ -211,7 +211,7 @@ class _ReplayByRunning:
 def _cpu_graphed(monkeypatch, mode="faithful"):
     import contextlib
 
-    import factembed.step as step_mod
+    import factembed.training.step as step_mod
     made = []
 
     class CpuGraphed(step_mod.GraphedStep):

@@ -1,4 +1,4 @@
-"""factembed.sweep: one model per (gene_dim, l2) cell, resumable, shardable, figures."""
+"""factembed.evaluate.sweep: one model per (gene_dim, l2) cell, resumable, shardable, figures."""
 
 import json
 
@@ -8,7 +8,7 @@ import pytest
 
 from conftest import planted
 from factembed import FactorizedEmbeddings
-from factembed import sweep as sw
+from factembed.evaluate import sweep as sw
 from factembed.config import FEConfig
 from factembed.io import ExpressionData, write_expression
 

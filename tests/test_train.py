@@ -6,12 +6,12 @@ import torch
 from sklearn.model_selection import cross_val_score
 from sklearn.neighbors import KNeighborsClassifier
 
-import factembed.kernel as fe_kernel
+import factembed.engine.kernel as fe_kernel
 from _plain_mlp import plain_concat_mlp
 from factembed import FactorizedEmbeddings, auto_n_steps
-from factembed.kernel import FusedProfileLoss
-from factembed.model import FactorizedEmbeddingNet
-from factembed.train import BatchSampler, train
+from factembed.engine.kernel import FusedProfileLoss
+from factembed.engine.network import FactorizedEmbeddingNet
+from factembed.training.loop import BatchSampler, train
 
 
 def test_planted_clusters_are_separated_and_reconstructed(fitted_small):

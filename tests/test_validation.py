@@ -1,4 +1,4 @@
-"""Tests of factembed._validation: the one locator of bad values and its users."""
+"""Tests of factembed._utils.validation: the one locator of bad values and its users."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from factembed import estimator
-from factembed._validation import check_matrix, count_nonfinite, first_bad_value
+from factembed.estimator import factorized_embeddings as estimator
+from factembed._utils.validation import check_matrix, count_nonfinite, first_bad_value
 from factembed.errors import FEInputError
 from factembed.io import ExpressionData
 from factembed.preprocessing import Preprocessing

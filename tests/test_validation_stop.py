@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from factembed import FactorizedEmbeddings
-from factembed.train import BatchSampler, History, TensorRows, train
-from factembed.model import FactorizedEmbeddingNet
-from factembed.validation import StopRule, ValidationSet, held_out
+from factembed.training.loop import BatchSampler, History, TensorRows, train
+from factembed.engine.network import FactorizedEmbeddingNet
+from factembed.training.heldout import StopRule, ValidationSet, held_out
 
 
 def _numpy_hash(s, g, seed, fraction):
@@ -58,7 +58,7 @@ def test_validation_entries_never_reach_a_training_step_and_training_stops():
     seen = []
 
     def kernel(**kw):
-        from factembed.kernel import FusedProfileLoss
+        from factembed.engine.kernel import FusedProfileLoss
         inner = FusedProfileLoss(**kw)
 
         class Spy:
@@ -108,7 +108,7 @@ def test_estimator_auto_steps_stops_and_reports(tmp_path):
 def test_auto_steps_resume_after_a_crash_is_bitwise_and_stops_at_the_same_step(tmp_path):
     """The stop rule's state is the validation curve in the checkpoint's history: a run
     killed mid-way and resumed ends where the uninterrupted run ends, bit for bit."""
-    from factembed.kernel import FusedProfileLoss
+    from factembed.engine.kernel import FusedProfileLoss
 
     rng = np.random.default_rng(2)
     X = (np.tanh(rng.normal(size=(50, 2)) @ rng.normal(size=(2, 40))) + 0.05 * rng.normal(size=(50, 40)))
@@ -163,7 +163,7 @@ def test_train_multiplies_every_learning_rate_at_the_decay():
     X = torch.from_numpy(rng.normal(size=(40, 60)).astype(np.float32))
     net = FactorizedEmbeddingNet(40, 60, 2, 8, (16,), generator=torch.Generator().manual_seed(0))
     val = ValidationSet(TensorRows(X), seed=3, fraction=0.05, every=10)
-    from factembed.train import make_optimizer
+    from factembed.training.loop import make_optimizer
     opt = make_optimizer(net, 1e-2, 0.0, torch.device("cpu"), sample_lr=1e-1)
     rule = StopRule(patience=50, tol=0.5, min_steps=20, decays=1)
     hist, opt, _ = train(net, X, n_steps=2000, lr=1e-2, l2=0.0, batch_samples=8, generator=torch.Generator(),

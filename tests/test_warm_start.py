@@ -1,4 +1,4 @@
-"""The PCA start point (factembed.warm_start) against scikit-learn's PCA, and what the
+"""The PCA start point (factembed.training.warm_start) against scikit-learn's PCA, and what the
 fast recipe's plan takes from the data's size (the stop rule's patience)."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ import torch
 from sklearn.decomposition import PCA
 
 from factembed import FactorizedEmbeddings, FEConfig
-from factembed.model import FactorizedEmbeddingNet
-from factembed.recipes import PATIENCE_MAX, plan_training, stop_patience
-from factembed.train import TensorRows
-from factembed.warm_start import pca_warm_start, principal_axes
+from factembed.engine.network import FactorizedEmbeddingNet
+from factembed.training.recipes import PATIENCE_MAX, plan_training, stop_patience
+from factembed.training.loop import TensorRows
+from factembed.training.warm_start import pca_warm_start, principal_axes
 
 
 def _low_rank(n=120, m=400, seed=0, level=8.0):
@@ -28,7 +28,7 @@ def _net(X, dim=2):
 
 @pytest.mark.parametrize("max_rows", [10_000, 60])
 def test_pca_start_is_sklearns_pca_scores_scaled_and_the_bias_the_mean(max_rows, monkeypatch):
-    import factembed.warm_start as ws
+    import factembed.training.warm_start as ws
     monkeypatch.setattr(ws, "MAX_ROWS", max_rows)
     monkeypatch.setattr(ws, "BLOCK_ROWS", 32)            # several blocks
     X = _low_rank()

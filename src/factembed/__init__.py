@@ -8,9 +8,9 @@ The public entry point is :class:`FactorizedEmbeddings` (scikit-learn style);
 
 from .config import FEConfig, auto_n_steps
 from .errors import FEInputError
-from .estimator import FactorizedEmbeddings
+from .estimator.factorized_embeddings import FactorizedEmbeddings
 from . import tl
-from . import evaluate  # a callable module: factembed.evaluate(data, tasks=[...]) is evaluate.evaluate
+from . import evaluate  # a callable package: factembed.evaluate(data, tasks=[...]) is evaluate.evaluate
 
 __all__ = ["FactorizedEmbeddings", "FEConfig", "FEInputError", "auto_n_steps", "evaluate", "tl"]
 __version__ = "0.1.0"

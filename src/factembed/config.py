@@ -17,7 +17,7 @@ from typing import Any
 AUTO_PASSES = 40
 AUTO_MIN_STEPS = 2_000
 AUTO_MAX_STEPS = 100_000
-#: the training recipes (see :mod:`factembed.recipes`)
+#: the training recipes (see :mod:`factembed.training.recipes`)
 TRAININGS = ("fast", "reference")
 
 
@@ -29,7 +29,7 @@ class FEConfig:
     gene embedding), ``hidden`` (widths of the ReLU hidden layers of the decoder).
 
     Training: ``training`` ("fast", the default, or "reference": the study's exact
-    training; see :mod:`factembed.recipes`), ``l2`` (weight of the sum of squares of
+    training; see :mod:`factembed.training.recipes`), ``l2`` (weight of the sum of squares of
     *all* parameters added to the MSE), ``lr`` (Adam learning rate; ``None``: 5e-3),
     ``batch_samples`` (profiles per step), ``batch_genes`` (genes per step),
     ``sample_lr_scale`` (the sample table's learning rate as a multiple of ``lr``),
@@ -37,7 +37,7 @@ class FEConfig:
 
     Start point: ``init`` ("pca": sample embedding from the first principal components,
     output bias at the data's mean level; "random": the study's draw; ``None``: the
-    recipe's, fast "pca", reference "random"; see :mod:`factembed.warm_start`).
+    recipe's, fast "pca", reference "random"; see :mod:`factembed.training.warm_start`).
 
     Inference of new samples: ``infer_steps`` Adam steps at ``infer_lr`` (cosine decay
     to 0; ``"auto"``, the default: each sample's step is a quarter of the distance from its

@@ -1,7 +1,7 @@
 """Known covariates of the samples (batch, tissue, sex, age...): their table, kinds and codes.
 
 A model fitted with covariates learns them as factors beside the sample and gene
-embeddings (:class:`factembed.model.FactorizedEmbeddingNet`: a categorical covariate has a
+embeddings (:class:`factembed.engine.network.FactorizedEmbeddingNet`: a categorical covariate has a
 table of level vectors, a numeric one enters standardised), so the sample embedding is
 left the variation they do not explain.  This module turns what a user passes into what
 the network needs, and back:

@@ -28,7 +28,7 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 
 from .errors import FEInputError
-from ._files import sha256_file, write_text_atomic
+from ._utils.files import sha256_file, write_text_atomic
 from .io import ExpressionData, read_expression, write_expression
 from .io.text import _read_text
 

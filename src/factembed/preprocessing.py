@@ -20,7 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ._validation import _log10p1_inplace, _nonfinite_name, first_bad_value
+from ._utils.validation import _log10p1_inplace, _nonfinite_name, first_bad_value
 from .errors import FEInputError, FEWarning
 from .io._data import (
     ExpressionData,
@@ -35,7 +35,7 @@ from .io._data import (
 
 __all__ = ["Preprocessing", "FittedPreprocessing", "GeneStats", "select_genes", "align_genes"]
 
-# _log10p1_inplace (factembed._validation) and _compact_columns_inplace
+# _log10p1_inplace (factembed._utils.validation) and _compact_columns_inplace
 # (factembed.io._data) are used here and also by the backed sources / the text
 # reader; they live in those lower-level modules so that factembed.io never
 # imports this module at import time.

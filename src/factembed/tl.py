@@ -24,11 +24,11 @@ from typing import Any
 
 import numpy as np
 
-from ._inputs import CsrRows, as_matrix, is_anndata, take_genes
+from .estimator.inputs import CsrRows, as_matrix, is_anndata, take_genes
 from .covariates import covariate_table
 from .errors import FEInputError
-from .estimator import FactorizedEmbeddings
-from .runner import training_summary
+from .estimator.factorized_embeddings import FactorizedEmbeddings
+from .training.runner import training_summary
 
 __all__ = ["fe", "fe_transform", "interactive"]
 
@@ -206,7 +206,7 @@ def fe_transform(adata: Any, model: Any, layer: str | None = None, key_added: st
 def _log10p1(mat: Any) -> Any:
     """``log10(x + 1)`` of the values (a copy; sparse stays sparse, backed is transformed
     per block as it is read); negative values raise."""
-    from ._validation import _log10p1_inplace, first_bad_value
+    from ._utils.validation import _log10p1_inplace, first_bad_value
 
     if isinstance(mat, np.ndarray):
         hit = first_bad_value(mat, nonneg=True)
@@ -233,7 +233,7 @@ def interactive(adata: Any, model: FactorizedEmbeddings | None = None, key_added
     view from ``model`` (the estimator :func:`fe` returned) or else ``varm[key_added]`` (genes
     left out of the fit dropped); ``new``: another AnnData embedded with :func:`fe_transform`
     (its ``obsm[key_added]`` drawn over the training cells)."""
-    from .interactive import embedding_page
+    from .plot.page import embedding_page
 
     _check_adata(adata)
     if key_added not in adata.obsm:

@@ -13,8 +13,8 @@ import torch.distributed as dist
 
 from ..config import FEConfig
 from ..errors import FEInputError
-from ..model import FactorizedEmbeddingNet
-from ..train import (BatchSampler, TensorRows, as_float32_tensor, make_optimizer, resolve_device,
+from ..engine.network import FactorizedEmbeddingNet
+from ..training.loop import (BatchSampler, TensorRows, as_float32_tensor, make_optimizer, resolve_device,
                      resolve_precision, train)
 from .group import (_SEED_MULT, GradientAllReduce, _agree_seed, _comm_device, all_gather_objects,
                     broadcast_replicated, gather_rows, rank_generator, replica_spread, shard_bounds)
@@ -77,9 +77,9 @@ def fit_distributed(source: Any, *, config: FEConfig | dict, n_total: int, lo: i
 
     ``missing="ignore"``: NaN entries are missing values, left out of every step's loss
     (a backed source must let them through: ``allow_nan``)."""
-    from .._inputs import is_row_source
-    from ..estimator import FactorizedEmbeddings
-    from ..runner import checkpoint_meta, fit_network, make_checkpointer
+    from ..estimator.inputs import is_row_source
+    from ..estimator.factorized_embeddings import FactorizedEmbeddings
+    from ..training.runner import checkpoint_meta, fit_network, make_checkpointer
 
     cfg = config if isinstance(config, FEConfig) else FEConfig(**config)
     if missing not in ("error", "ignore"):
@@ -236,10 +236,10 @@ def union_sampler(n_total: int, world: int, batch_samples: int, seed: int) -> Un
 
 
 def rank_plan(cfg: FEConfig, n: int, m: int, world: int):
-    """The :class:`~factembed.recipes.TrainingPlan` of each rank: the ranks start at random
+    """The :class:`~factembed.training.recipes.TrainingPlan` of each rank: the ranks start at random
     (``init="pca"`` is refused by :func:`fit_distributed`), and the plan is resolved for that
     start, so that its sample-table rate is the random start's."""
-    from ..recipes import plan_training
+    from ..training.recipes import plan_training
 
     return plan_training(dataclasses.replace(cfg, init="random"), n, m, world)
 
@@ -253,7 +253,7 @@ def single_process_equivalent(X: Any, config: FEConfig | dict, world: int) -> Fa
         raise ValueError("single_process_equivalent needs random_state")
     X = as_float32_tensor(np.asarray(X))
     n, m = X.shape
-    from ..runner import batch_plan
+    from ..training.runner import batch_plan
 
     net = build_shard_net(n, m, cfg, cfg.random_state, 0, n)
     plan = rank_plan(cfg, n, m, world)

@@ -10,8 +10,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from ..model import FactorizedEmbeddingNet
-from ..train import resolve_device
+from ..engine.network import FactorizedEmbeddingNet
+from ..training.loop import resolve_device
 
 _SEED_MULT = 1_000_003          # as FactorizedEmbeddings._generator
 _RANK_SALT = 7_919

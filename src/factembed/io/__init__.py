@@ -31,12 +31,12 @@ Modules, one concern each:
 This package sits below the preprocessing and imports nothing of it:
 :class:`Preprocessing`, :class:`FittedPreprocessing` and :func:`align_genes` are
 :mod:`factembed.preprocessing`'s (which builds on :class:`ExpressionData`);
-:func:`write_bytes_atomic` is :mod:`factembed._files`' one atomic writer, importable here.
+:func:`write_bytes_atomic` is :mod:`factembed._utils.files`' one atomic writer, importable here.
 """
 
 from __future__ import annotations
 
-from .._files import write_bytes_atomic
+from .._utils.files import write_bytes_atomic
 from ._data import EMBEDDING_KEY, LABEL_KEY, ExpressionData
 from .formats import read_expression, write_expression
 from .labels import read_sample_labels, read_sample_table

@@ -6,7 +6,7 @@
 :data:`WRITERS` maps a format name to its writer, called as
 ``writer(tmp, data)`` (text formats also get ``gz=`` and ``target=``, the final
 path, for messages).  The writer fills the temporary file of
-:func:`factembed._files.atomic_output`.
+:func:`factembed._utils.files.atomic_output`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import os
 from functools import partial
 from typing import Callable
 
-from .._files import atomic_output
+from .._utils.files import atomic_output
 from ..errors import FEInputError
 from ._data import ExpressionData, _check_data
 from ._paths import _check_input_file, _is_gzip, _split_ext

@@ -9,7 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .._files import atomic_output
+from .._utils.files import atomic_output
 from ..errors import FEInputError
 from ._data import EMBEDDING_KEY, LABEL_KEY, ExpressionData, _check_data, _to_str_array
 from ._paths import _split_ext

@@ -1,7 +1,7 @@
 """Out-of-core row sources: train on matrices that stay on disk.
 
 A *row source* is any object with ``shape`` (samples, genes) and
-``rows(index) -> float32 CPU tensor`` (see :class:`factembed.train.RowSource`).
+``rows(index) -> float32 CPU tensor`` (see :class:`factembed.training.loop.RowSource`).
 :meth:`FactorizedEmbeddings.fit` accepts one instead of an array and streams it;
 the matrix is never loaded.  The sources here read
 
@@ -40,7 +40,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..block_sampler import DEFAULT_MEMORY_BUDGET, BlockSampler, plan_blocks
+from .block_sampler import DEFAULT_MEMORY_BUDGET, BlockSampler, plan_blocks
 from ..errors import FEInputError
 from .base import BackedSource
 from .hdf5 import H5adSource, H5Source

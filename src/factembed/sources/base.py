@@ -9,8 +9,8 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from .._validation import _log10p1_inplace, _nonfinite_name, first_bad_value
-from ..block_sampler import BlockSampler
+from .._utils.validation import _log10p1_inplace, _nonfinite_name, first_bad_value
+from .block_sampler import BlockSampler
 from ..errors import FEInputError
 
 

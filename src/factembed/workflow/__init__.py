@@ -35,7 +35,7 @@ from .requests import (ReadOptions, PreprocessingOptions, CheckpointOptions, Fit
 from .data import (read_data, load_model, read_for_model, read_new_data, prepare_for_model,
                    drop_constant_samples, warn_orientation, prepare_in_memory, open_backed, select_from_stats,
                    prepare_backed, warn_constant_rows, FILL_MODES)
-from ..evaluate_tasks import knn_accuracy
+from ..evaluate.tasks import knn_accuracy
 from .outputs import summary_line, convergence_note, label_knn, validation_line, write_fit_outputs
 from .fitting import fit, check_output, fit_rank
 from .using import (TransformResult, transform, training_labels, ImputeResult, impute, reconstruct,

@@ -79,7 +79,7 @@ def model_covariates(fe, data, read: ReadOptions | None) -> dict | None:
 
 def load_model(path: str | os.PathLike):
     """``(estimator, fitted preprocessing or None, extra dict)`` of a model directory."""
-    from ..estimator import FactorizedEmbeddings
+    from ..estimator.factorized_embeddings import FactorizedEmbeddings
     from ..preprocessing import FittedPreprocessing
 
     fe = FactorizedEmbeddings.load(path)

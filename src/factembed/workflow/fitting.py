@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .._inputs import take_genes
+from ..estimator.inputs import take_genes
 from ..errors import FEInputError
-from ..model_files import META_FILE, WEIGHTS_FILE
+from ..estimator.model_files import META_FILE, WEIGHTS_FILE
 from .requests import Echo, FitRequest, FitResult, PREPARED_DIR, UNDER_TORCHRUN, _quiet, _stderr
 from .data import (_kept_columns, covariate_columns, load_model, open_backed, prepare_backed, prepare_in_memory,
                    select_from_stats, warn_constant_rows)
@@ -57,7 +57,7 @@ def fit(request: FitRequest, echo: Echo = _stderr) -> FitResult | None:
         else:
             res = _fit_in_memory(request, echo)
     if res is not None and not request.checkpoints.keep:
-        from ..checkpoint import remove_checkpoints
+        from ..training.checkpoint import remove_checkpoints
         remove_checkpoints(request.checkpoints.location(request.output))
     return res
 
@@ -65,7 +65,7 @@ def fit(request: FitRequest, echo: Echo = _stderr) -> FitResult | None:
 def check_output(request: FitRequest) -> None:
     """Refuse to train into a directory that holds a model or another run's checkpoints
     (see :func:`fit`); with ``overwrite``, remove those checkpoints first."""
-    from ..checkpoint import checkpoint_steps, remove_checkpoints
+    from ..training.checkpoint import checkpoint_steps, remove_checkpoints
 
     out = Path(request.output)
     ck = request.checkpoints.location(out)
@@ -101,7 +101,7 @@ def _demo_model(out: Path) -> bool:
 def _with_seed(request: FitRequest) -> FitRequest:
     """The request with a seed: the given one, a resumed run's, or a new one (recorded
     in the model as ``random_state``)."""
-    from ..checkpoint import checkpoint_meta_of
+    from ..training.checkpoint import checkpoint_meta_of
 
     if request.config.random_state is not None:
         return request
@@ -124,10 +124,10 @@ def _checkpoint_kwargs(request: FitRequest) -> dict:
 
 
 def _fit_in_memory(request: FitRequest, echo: Echo) -> FitResult:
-    from ..estimator import FactorizedEmbeddings
+    from ..estimator.factorized_embeddings import FactorizedEmbeddings
 
     fitted, data = prepare_in_memory(request, echo)
-    from ..recipes import plan_training
+    from ..training.recipes import plan_training
     echo(f"training on {data.n_samples:,} samples x {data.n_genes:,} genes ({fitted.config.describe()}); "
          f"{plan_training(request.config, data.n_samples, data.n_genes).describe()}")
     fe = FactorizedEmbeddings.from_config(request.config)
@@ -144,7 +144,7 @@ def _fit_in_memory(request: FitRequest, echo: Echo) -> FitResult:
 
 
 def _fit_backed(request: FitRequest, echo: Echo) -> FitResult:
-    from ..estimator import FactorizedEmbeddings
+    from ..estimator.factorized_embeddings import FactorizedEmbeddings
 
     full, fitted, columns, _ = prepare_backed(request, echo, progress=request.config.verbose)
     try:
@@ -191,7 +191,7 @@ def _launch_distributed(request: FitRequest, echo: Echo) -> FitResult:
                     "samples": data.samples.tolist(),
                     "labels": None if data.labels is None else [str(v) for v in data.labels.tolist()]}
         del data
-    from ..recipes import plan_training
+    from ..training.recipes import plan_training
     plan = plan_training(request.config, n, len(fitted.genes), nproc)
     if n < nproc * plan.batch_samples:
         raise FEInputError(f"{n} samples cannot give each of {nproc} processes batch_samples="
@@ -205,7 +205,7 @@ def _launch_distributed(request: FitRequest, echo: Echo) -> FitResult:
     echo(f"running {nproc} data-parallel process(es) under torchrun")
     t0 = time.perf_counter()
     try:
-        rc = run_torchrun(nproc, ["-m", "factembed.cli_rank", str(req_path)])
+        rc = run_torchrun(nproc, ["-m", "factembed.cli.rank", str(req_path)])
     finally:
         shutil.rmtree(prep, ignore_errors=True)     # the prepared matrix is a full copy of the data
     if rc != 0:

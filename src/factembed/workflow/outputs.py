@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from ..evaluate_tasks import knn_accuracy
-from ..model_files import META_FILE, WEIGHTS_FILE
+from ..evaluate.tasks import knn_accuracy
+from ..estimator.model_files import META_FILE, WEIGHTS_FILE
 from .requests import FitRequest
 
 
@@ -47,8 +47,8 @@ def validation_line(fe) -> str | None:
 
 def convergence_note(history: dict) -> str | None:
     """A sentence when the fit was still improving at its end (see
-    :func:`~factembed.runner.training_summary`), else ``None``."""
-    from ..runner import training_summary
+    :func:`~factembed.training.runner.training_summary`), else ``None``."""
+    from ..training.runner import training_summary
 
     s = training_summary(history)
     if not s["still_improving"]:
@@ -63,7 +63,7 @@ def convergence_note(history: dict) -> str | None:
 
 
 def label_knn(Z: np.ndarray, labels: Any, max_samples: int = 20_000, seed: int = 0) -> tuple[float, float] | None:
-    """``(accuracy, chance)`` of :func:`~factembed.evaluate_tasks.knn_accuracy` of the
+    """``(accuracy, chance)`` of :func:`~factembed.evaluate.tasks.knn_accuracy` of the
     labels from the embedding (on a random subset of at most ``max_samples`` samples), or
     ``None`` when the labels cannot be scored (one class, or a class with fewer than 5
     samples)."""
@@ -90,9 +90,9 @@ def write_fit_outputs(fe, samples, labels, out: Path, extra: dict, title: str, *
     the embedding figure and recorded as ``extra["knn_accuracy"]`` / ``["knn_chance"]``."""
     import pandas as pd
 
-    from .._files import atomic_output
+    from .._utils.files import atomic_output
     from ..io import write_embedding_table
-    from ..plot import plot_embedding, plot_training_curves
+    from ..plot.figures import plot_embedding, plot_training_curves
 
     out.mkdir(parents=True, exist_ok=True)
     knn = label_knn(fe.embedding_, labels)
@@ -128,7 +128,7 @@ def write_fit_page(fe, samples, labels, path: Path, label_name: str, title: str)
     import warnings
 
     from ..errors import FEWarning
-    from ..interactive import INSTALL_HINT, MissingBokeh, page_from_estimator
+    from ..plot.page import INSTALL_HINT, MissingBokeh, page_from_estimator
 
     try:
         page_from_estimator(fe, labels, label_name=label_name, samples=samples, path=path, title=title)

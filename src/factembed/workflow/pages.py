@@ -63,7 +63,7 @@ def model_page(model: str | os.PathLike, output: str | os.PathLike, new_embeddin
     training embedding (annotated from its ``embedding.csv``), its gene embedding and,
     from the table ``new_embedding`` (as ``factembed transform`` writes it) or ``new``
     (``{"Z", "samples", "annotations"}``), new samples."""
-    from ..interactive import embedding_page
+    from ..plot.page import embedding_page
     from .data import load_model
 
     if fe is None:

@@ -37,7 +37,7 @@ def _report_missing(raw, d, pre, mode: str | None) -> tuple[int, int]:
     """``(the model's genes that ``raw`` lacks, NaN entries of the model-gene matrix of
     ``d``)``; with the decoder fill, warns when genes are absent (the means fill warns in
     the preprocessing itself)."""
-    from .._validation import observed_counts
+    from .._utils.validation import observed_counts
 
     absent = 0 if pre is None else len(pre.absent_genes(raw))
     if mode != "decoder":
@@ -84,7 +84,7 @@ def transform(model: str, data: str, output: str, *, read: ReadOptions | None = 
         write_embedding_table(output, Z, d.samples, d.labels)
     written = [Path(output)]
     if plot:
-        from ..plot import plot_transform
+        from ..plot.figures import plot_transform
         extra = getattr(fe, "extra_", None) or {}
         written += plot_transform(fe.embedding_, Z, d.labels, plot, train_labels=training_labels(model, fe),
                                   label_name=read.label_column if read and read.label_column
@@ -185,7 +185,7 @@ def impute(model: str, data: str, output: str, *, read: ReadOptions | None = Non
     the model's scale instead (log10(x + 1) of the observed values).  ``empty_genes``:
     fill a gene that the file has but observes in no sample (otherwise an error naming
     it: such a column is more often broken than absent)."""
-    from .._validation import check_observed, observed_counts
+    from .._utils.validation import check_observed, observed_counts
     from ..io import write_expression
     from ..io.formats import writer_format
 
@@ -203,7 +203,7 @@ def impute(model: str, data: str, output: str, *, read: ReadOptions | None = Non
         # without the inversion raw is not needed again: its buffer may be reused
         d = pre.apply(raw, fill_missing="nan", allow_nan=True, copy=invert)
     else:
-        from .._validation import first_bad_value
+        from .._utils.validation import first_bad_value
         if raw.n_genes != fe.n_features_in_:
             raise FEInputError(f"{raw.n_genes} genes but the model has {fe.n_features_in_}", raw.source)
         hit = first_bad_value(raw.X, allow_nan=True)
@@ -323,7 +323,7 @@ def gene_table(model: str):
 def export_genes(model: str, output: str) -> tuple[int, int]:
     """Write the model's gene embedding to ``output`` (.csv/.tsv, optionally .gz) atomically:
     ``(genes, dimensions)``."""
-    from .._files import atomic_output
+    from .._utils.files import atomic_output
     from ..io._paths import _split_ext
 
     ext, gz = _split_ext(output)
