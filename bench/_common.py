@@ -41,7 +41,7 @@ def tcga_like(n: int = TCGA_SAMPLES, m: int = TCGA_GENES, *, rank: int = 16, n_t
               noise: float = 0.25, seed: int = 0, return_labels: bool = False, out: np.ndarray | None = None):
     """A synthetic TCGA-shaped log10(TPM + 1)-like float32 matrix (``n x m``): the preset of
     :func:`factembed.planted.make_planted` the speed benchmarks use (documented in
-    bench/README.md).  Every gene has a base level ``mu_j ~ Gamma(2, 0.6)`` (mean 1.2,
+    bench/NOTES.md).  Every gene has a base level ``mu_j ~ Gamma(2, 0.6)`` (mean 1.2,
     skewed), every sample belongs to one of ``n_types`` "cancer types" whose centre is a
     random point of a ``rank``-dim latent space; a sample's latent vector is its type
     centre plus N(0, 0.3^2) scatter, gene loadings are N(0, 0.15^2); ``X = max(0, mu + U V +
@@ -59,7 +59,7 @@ def planted_expression(n: int = 2000, m: int = TCGA_GENES, *, n_groups: int = 33
     """A planted TCGA-like log10(TPM + 1) matrix with a *non-linear* low-dimensional
     structure and 33 labelled groups: ``(X float32 n x m, group labels "group_k")``, the
     preset of :func:`factembed.planted.make_planted` the quality benchmarks use (documented
-    in bench/README.md): group centres N(0, 1) in ``latent_dim`` dimensions, scatter
+    in bench/NOTES.md): group centres N(0, 1) in ``latent_dim`` dimensions, scatter
     N(0, 0.35^2), a random tanh layer of 16 units, base levels ``Gamma(1.5, 0.7)`` capped at
     6, loadings N(0, 0.35^2) x sqrt(base), heteroscedastic noise and dropouts."""
     from factembed.planted import make_planted

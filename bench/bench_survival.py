@@ -55,7 +55,14 @@ def main(argv=None) -> int:
     ap.add_argument("--bootstrap", type=int, default=1000, help="resamples of the c-index interval")
     ap.add_argument("--out", default=None, help="output directory: run (b)'s tables and figures, run (a)'s in "
                     "its er_only/ subfolder (without --out neither run writes any)")
+    ap.add_argument("--quick", action="store_true", help="2-D only, FE and PCA, 2 folds, 50 resamples, a short FE "
+                    "fit (smoke test)")
     args = ap.parse_args(argv)
+    fe_config = None
+    if args.quick:
+        from factembed.config import FEConfig
+        args.dims, args.methods, args.folds, args.bootstrap = "2", "fe,pca", 2, 50
+        fe_config = FEConfig(n_steps=30, gene_dim=8, hidden=(16, 8))
     dims = [int(d) for d in args.dims.split(",")]
     methods = args.methods.split(",")
     data = load_gse7390()
@@ -64,7 +71,7 @@ def main(argv=None) -> int:
     if "umap" in methods:  # numba compilation outside the timed runs
         ev.evaluate(data, methods=["umap"], dims=[2], n_folds=2, progress=False, tasks=["classification:er"])
     kw = dict(methods=methods, dims=dims, n_folds=args.folds, seed=args.seed, progress=False,
-              n_bootstrap=args.bootstrap)
+              n_bootstrap=args.bootstrap, fe_config=fe_config)
     # both runs write their tables and figures when --out is given (what a user's run does),
     # neither does without it: the figures of the extra tasks are part of their cost
     out_a = out_b = None

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check, in one command, on a CUDA machine (none is needed to develop factembed):
 #   bash bench/gpu_check.sh            -> bench/results/gpu/{gpu_check.log,tests.txt,step_speed.*,convergence.*}
-# 1. tests/test_cuda.py and tests/test_cuda_graphs.py (the kernel against float64, CPU vs GPU runs,
+# 1. tests/training/test_cuda.py and tests/training/test_cuda_graphs.py (the kernel against float64, CPU vs GPU runs,
 # resume, save/load on CUDA; graphed vs eager steps, no sync in the steady loop, re-capture after the
 # decay, the user's path from device memory); 2. steps/s of the reference and default recipes at
 # TCGA shape (fp32, bf16), eager and graphed, launches and syncs per step, the user's path (a NumPy
@@ -48,8 +48,8 @@ else
   if ! "$PY" -c "import torch; assert torch.cuda.is_available(), 'CUDA is not available to torch'" 2>&1 | tee -a "$LOG"; then
     say "no CUDA: stopping"; exit 1
   fi
-  OMP_NUM_THREADS=4 phase tests-cuda 150 "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py \
-    tests/test_cuda_graphs.py
+  OMP_NUM_THREADS=4 phase tests-cuda 150 "$PY" -m pytest -q -p no:cacheprovider tests/training/test_cuda.py \
+    tests/training/test_cuda_graphs.py
 fi
 phase step-speed 240 "$PY" bench/bench_step_speed.py --device "$DEVICE" --precisions "$PRECISIONS" --windows 3 \
   --pairs-scales 1,4,16 --out "$OUT" $QUICK
@@ -59,8 +59,8 @@ phase convergence 300 "$PY" bench/bench_convergence.py --device "$DEVICE" --data
 if [ -z "$QUICK" ]; then      # the rest of the suite, CUDA visible (in parallel where pytest-xdist is there)
   XDIST=$("$PY" -c "import xdist" >/dev/null 2>&1 && echo "-n ${GPU_CHECK_TEST_JOBS:-6}")
   lim=$(left); [ "$lim" -lt 240 ] || lim=240; [ "$lim" -gt 60 ] || lim=60
-  OMP_NUM_THREADS=2 phase tests "$lim" "$PY" -m pytest -q -p no:cacheprovider $XDIST --ignore=tests/test_cuda.py \
-    --ignore=tests/test_cuda_graphs.py
+  OMP_NUM_THREADS=2 phase tests "$lim" "$PY" -m pytest -q -p no:cacheprovider $XDIST --ignore=tests/training/test_cuda.py \
+    --ignore=tests/training/test_cuda_graphs.py
   grep -E "passed|failed|error" "$LOG" | tail -6 > "$OUT/tests.txt"
 fi
 if [ "$(left)" -gt 60 ]; then   # a GPU recipe? the defaults with 4x the pairs per step (each side x2), same rule

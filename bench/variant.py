@@ -9,7 +9,7 @@ experiments that need no new option: the stop rule's patience, or the start poin
 ``FE_START`` (the fast recipe's ``init="pca"`` start, replaced): ``no-bias`` (PCA scores, the
 output bias left at its random draw), ``bias-only`` (random embedding, output bias at the
 data's mean), ``whiten`` (PCA scores scaled to sd 0.1 on every axis, bias at the mean).
-Figures: bench/README.md, "Khan's 8-D held-out distance r and the start point".
+Figures: bench/NOTES.md, "Khan's 8-D held-out distance r and the start point".
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """A frozen copy of the training loop as it was before the chunked loop of
 ``factembed.training.step`` (factembed commit 8fca09c, ``train.py``): one step at a time, the
-losses read every 16 steps.  ``tests/test_step.py`` checks that the chunked loop is
+losses read every 16 steps.  ``tests/training/test_step.py`` checks that the chunked loop is
 bitwise this one on the CPU.  Do not edit it to follow the library: it is the reference.
 """
 # ruff: noqa
@@ -73,7 +73,7 @@ def reference_train(net: FactorizedEmbeddingNet, X: torch.Tensor | RowSource, *,
     # each) while this thread runs at one intra-op thread, instead of OpenMP-parallel
     # operations; Adam stays on this one thread too, rather than waking OpenMP threads
     # that then spin on the cores the workers need.  Both choices were measured with
-    # bench/bench_ab.py (figures in bench/README.md).
+    # bench/archive/bench_ab.py (figures in bench/NOTES.md).
     caller_threads = torch.get_num_threads()
     on_cpu = device.type == "cpu"
     workers = cpu_workers(1 << 30, workers) if on_cpu else None   # fixed before this thread drops to 1

@@ -20,7 +20,7 @@ def planted_data():
 def fitted_small(planted_data):
     """A small model trained once for the whole session (tests must not modify it).  On the
     CPU also where a GPU is visible: tests compare its tensors with CPU references
-    (tests/test_cuda.py covers CUDA)."""
+    (tests/training/test_cuda.py covers CUDA)."""
     from factembed import FactorizedEmbeddings
     X, labels = planted_data
     fe = FactorizedEmbeddings(gene_dim=16, hidden=(32, 16), n_steps=4000, infer_steps=100,

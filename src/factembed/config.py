@@ -48,7 +48,7 @@ class FEConfig:
     ``init_genes`` fixed random genes (among at most 4,096 training samples).  The
     defaults (50 steps x 512 genes) trade precision for speed; ``infer_steps=200,
     infer_genes=2048`` lands much closer to the full-gene optimum at many
-    times the cost (time and distance of each setting: ``bench/README.md``, measured by
+    times the cost (time and distance of each setting: ``bench/NOTES.md``, measured by
     ``bench/bench_inference.py``).
 
     Engine: ``device`` ("auto", "cpu", "cuda", "cuda:1", ...), ``precision``

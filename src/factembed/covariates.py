@@ -16,7 +16,7 @@ the network needs, and back:
 Kinds: a column of strings, categories or booleans is categorical; a numeric column is
 numeric.  Embedding size of a categorical covariate of ``L`` levels: ``L - 1`` (what lets
 every level shift the first layer independently) within [:data:`MIN_LEVEL_DIM`,
-:data:`MAX_LEVEL_DIM`]: on a planted two-batch matrix (``bench/README.md``, "Covariates"),
+:data:`MAX_LEVEL_DIM`]: on a planted two-batch matrix (``bench/NOTES.md``, "Covariates"),
 one number per level left most of the batch in the sample embedding, four or eight far
 less (a wider level vector gives the optimiser the covariate's path sooner).
 """

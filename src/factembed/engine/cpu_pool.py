@@ -6,7 +6,7 @@ intra-op threads each (one on small machines), instead of running one pass of
 OpenMP-parallel operations: the workers synchronise once per call instead of once per
 operation, whose skinny matrix products and element-wise passes scale poorly and slow
 down many-fold whenever another process competes for the cores (every operation waits
-for all its threads).  Measurements: ``bench/README.md``.
+for all its threads).  Measurements: ``bench/NOTES.md``.
 
 The number of workers is an argument wherever it matters (``train(..., workers=)``,
 ``FusedProfileLoss(workers=)``, ``FactorizedEmbeddingNet.decode(..., workers=)``...);
@@ -32,8 +32,8 @@ WORKERS_ENV = "FACTEMBED_CPU_WORKERS"
 #: operation from Python: many workers would contend for the GIL there).
 MAX_AUTO_WORKERS = 4
 # Bytes of first-layer activations per gene block on CPU: ~1 MiB, one core's L2 on the
-# 2-core AVX2 dev machine (chosen by the interleaved A/B of bench/bench_ab.py; figures in
-# bench/README.md, "Gene blocks of ~1 MiB of activations").
+# 2-core AVX2 dev machine (chosen by the interleaved A/B of bench/archive/bench_ab.py; figures in
+# bench/NOTES.md, "Gene blocks of ~1 MiB of activations").
 _CPU_BLOCK_BYTES = 1 << 20
 
 _POOL: dict = {"pool": None, "key": None, "pid": None}
@@ -59,7 +59,7 @@ def flush_denormals():
     Late in training, some of Adam's moments and gradients fall below float32's normal
     range (~1.2e-38); x86 CPUs take a microcode assist on every such operand, and the
     fused steps slowed from 31 to 105 ms at the planted 2,000 x 19,962 shape by step
-    2,000 (bench/README.md, "Denormals").  Flushing them changes values below 1e-38 only."""
+    2,000 (bench/NOTES.md, "Denormals").  Flushing them changes values below 1e-38 only."""
     before = denormals_flushed()
     torch.set_flush_denormal(True)
     try:

@@ -10,7 +10,7 @@ pass computes its own rows (see :class:`GeneLayer`).
 On CPU the gene blocks, the gene term and the forward-only decode are shared out to the
 worker threads of :mod:`factembed.engine.cpu_pool`, with one intra-op thread each: they
 synchronise once per call instead of once per operation (measurements:
-``bench/README.md``).  The block pass is compiled by TorchScript, so a worker runs all
+``bench/NOTES.md``).  The block pass is compiled by TorchScript, so a worker runs all
 its blocks without taking Python's GIL between operations.  Partial sums are added in a
 fixed order, so results are reproducible for a fixed configuration.
 
@@ -214,8 +214,8 @@ class FusedProfileLoss:
 # ---------------------------------------------------------------------------------------
 # The block pass itself.  Written in the subset of Python that TorchScript compiles:
 # scripted (see _compiled_block_pass), a worker runs all its blocks without Python's GIL,
-# so the workers do not queue for it between operations (bench/bench_ab_gene_term.py
-# measures the difference; figures in bench/README.md); where scripting is unavailable
+# so the workers do not queue for it between operations (bench/archive/bench_ab_gene_term.py
+# measures the difference; figures in bench/NOTES.md); where scripting is unavailable
 # the same function runs as plain Python, with identical results.
 # ---------------------------------------------------------------------------------------
 

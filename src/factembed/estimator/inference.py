@@ -34,7 +34,7 @@ INIT_CANDIDATES = 4096
 #: the automatic inference step (``lr="auto"``): a new sample moves in Adam steps of this
 #: many nearest-neighbour distances of its start point (among the start candidates), so
 #: that the step follows the embedding's local scale, which differs by model and place
-#: (figures: ``bench/README.md``, "Automatic inference step")
+#: (figures: ``bench/NOTES.md``, "Automatic inference step")
 AUTO_STEP = 0.25
 #: ``lr="auto"`` for a model of one training sample (no neighbour to measure): the absolute step
 AUTO_FALLBACK_LR = 1e-2

@@ -309,8 +309,8 @@ def score_task(task: Task, tr: np.ndarray, te: np.ndarray, Z_tr: np.ndarray, Z_t
 def _resample_c_index():
     """Harrell's c of one bootstrap resample, the function of the bootstrap's hot loop:
     lifelines' ``concordance_index`` (an O(n log n) count, faster than scikit-survival's
-    loop over event times: bench/README.md; the same value, ties included, which
-    ``tests/test_evaluate_tasks.py`` checks) where lifelines is installed (it is in the
+    loop over event times: bench/NOTES.md; the same value, ties included, which
+    ``tests/evaluate/test_tasks.py`` checks) where lifelines is installed (it is in the
     ``survival`` extra), else :func:`c_index`."""
     try:
         from lifelines.utils import concordance_index

@@ -14,7 +14,7 @@ inlined, so it opens offline).
 
 Size: coordinates and class codes travel as binary arrays; the text per sample is its name
 and the class of each categorical column (names of classes, not repeated strings, are in the
-page once). bench/README.md states the size and load time at 10,000 and 100,000 samples.
+page once). bench/NOTES.md states the size and load time at 10,000 and 100,000 samples.
 """
 
 from __future__ import annotations

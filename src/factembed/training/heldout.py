@@ -65,7 +65,7 @@ class ValidationSet:
     measured.  Spreading it over many samples matters on a large matrix: 50,000 entries
     taken whole-row from the first ~170 samples of a 10,344 x 19,962 matrix made the
     measured MSE jump by +-3% between consecutive points, as those few samples'
-    embeddings moved (``bench/README.md``).  Which entries of a sample are measured
+    embeddings moved (``bench/NOTES.md``).  Which entries of a sample are measured
     depends only on (global sample, gene, seed), so shards of a data-parallel fit measure
     those a single process would wherever the cap does not bind.
 
@@ -186,7 +186,7 @@ class StopRule:
     limited by the gene side: each gene's ``gene_dim`` numbers are fitted to only
     ``n_samples`` values and start to memorise them, so the validation MSE turns up while
     the sample embedding is still improving (held-out kNN accuracy and distance
-    correlation keep rising; figures in ``bench/README.md``).  The last state is the
+    correlation keep rising; figures in ``bench/NOTES.md``).  The last state is the
     better embedding; the flat validation curve says when more steps stop paying."""
     patience: int = 1000
     tol: float = 0.002
@@ -196,7 +196,7 @@ class StopRule:
     #: curve is flat, every learning rate is multiplied by ``factor`` and the patience
     #: starts again from that step.  One decay is the default: on large matrices the
     #: validation MSE's point-to-point noise at the full rates hides a slow trend that the
-    #: decayed rates follow much further (figures: ``bench/README.md``, "One learning-rate
+    #: decayed rates follow much further (figures: ``bench/NOTES.md``, "One learning-rate
     #: decay before the stop")
     decays: int = 1
     factor: float = 0.1

@@ -357,7 +357,7 @@ def train(net: FactorizedEmbeddingNet, X: torch.Tensor | RowSource, *, n_steps: 
     # each) while this thread runs at one intra-op thread, instead of OpenMP-parallel
     # operations; Adam stays on this one thread too, rather than waking OpenMP threads
     # that then spin on the cores the workers need.  Both choices were measured with
-    # bench/bench_ab.py (figures in bench/README.md).
+    # bench/archive/bench_ab.py (figures in bench/NOTES.md).
     caller_threads = torch.get_num_threads()
     on_cpu = device.type == "cpu"
     workers = cpu_workers(1 << 30, workers) if on_cpu else None   # fixed before this thread drops to 1

@@ -5,7 +5,7 @@
 ``n_steps`` = 40 passes over the samples (clipped to 2,000..100,000).
 
 ``training="fast"`` (the default) reaches the same quality with fewer (sample, gene)
-pairs (figures and how they were measured: ``bench/README.md``, "Time to quality"):
+pairs (figures and how they were measured: ``bench/NOTES.md``, "Time to quality"):
 
 * **Gene-subset batches.**  A step trains ``batch_samples`` profiles on ``batch_genes``
   genes (a walk through a random permutation of the genes, every gene once per cycle),
@@ -26,7 +26,7 @@ pairs (figures and how they were measured: ``bench/README.md``, "Time to quality
   step at what 10x gives at TCGA's shape (10,344 samples, 203 per step), and stops a
   small cohort's samples from jittering out of the layout PCA gave them (khan, 16 of 63
   samples per step: 3x; the demo 4x; pbmc68k_reduced 5x; 500 x 20,000 4.7x).  Figures:
-  ``bench/README.md``, "The sample table's step from the PCA start".
+  ``bench/NOTES.md``, "The sample table's step from the PCA start".
 * **Its own length: until converged** (``n_steps=None``, the default, or ``"auto"``).
   A seeded hash of (sample, gene) holds out 1.5-5% of the entries (at least ~4,000) as
   validation entries, left out of every step; their MSE is measured ten times per
@@ -85,7 +85,7 @@ def stop_patience(n_samples: int, n_genes: int, pairs_per_step: int) -> tuple[in
     19,962 makes a pass in ~2,600 steps; 2,000 x 19,962 in ~500) keeps the fixed 1,000
     steps, a small cohort (63 x 2,308: a pass in ~16 steps) judges "flat" over 150, where
     1,000 steps twice were most of its run (500 x 20,000: 500 steps; 100 x 12,000: 150).
-    Figures that chose 4 passes and 150 steps: ``bench/README.md``, "Patience of
+    Figures that chose 4 passes and 150 steps: ``bench/NOTES.md``, "Patience of
     four passes within 150..1,000 steps".  The validation MSE is measured
     :data:`VAL_PER_PATIENCE` times per window (every 100 steps for a 1,000-step window)."""
     per_pass = float(n_samples) * float(n_genes) / max(1, int(pairs_per_step))

@@ -19,7 +19,7 @@ last step).  Within a chunk nothing waits for the device:
    divergence and feeds the history, the callback, the progress bar and the checkpoints.
 
 On the CPU the chunked loop is bitwise the loop of one step at a time
-(``tests/test_step.py`` checks it against a frozen copy of that loop).
+(``tests/training/test_step.py`` checks it against a frozen copy of that loop).
 """
 
 from __future__ import annotations
@@ -326,7 +326,7 @@ class GraphedStep:
                 group["capturable"] = False
         self.captures += 1
 
-    # -- the CUDA calls, apart (tests/test_step.py replaces them to run this class's logic on
+    # -- the CUDA calls, apart (tests/training/test_step.py replaces them to run this class's logic on
     # the CPU, with a "graph" that replays by running the body again) --------------------------
     def _record(self, body: Callable[[], None]):
         """A CUDA graph of ``body()`` (recorded, not run)."""

@@ -15,7 +15,7 @@ The principal axes come from a seeded randomised range finder on at most ``max_r
 rows (every row of a smaller matrix); the scores of every sample then take one pass over
 the rows, in blocks, so an on-disk source is read once and never held in memory.  Missing
 values (NaN) count as their gene's mean.  Figures (steps and held-out quality with and
-without it): ``bench/README.md``, "A cohort of a hundred samples in seconds".
+without it): ``bench/NOTES.md``, "A cohort of a hundred samples in seconds".
 """
 
 from __future__ import annotations

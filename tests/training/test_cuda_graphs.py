@@ -3,7 +3,7 @@ the eager one, no host synchronisation in the steady loop, re-capture after the
 learning-rate decay, the user's path feeding from device memory.
 
 Skipped where torch sees no CUDA device (CI, the dev machines); ``bench/gpu_check.sh``
-runs it on a CUDA machine.  The CPU side of the same loop is tests/test_step.py."""
+runs it on a CUDA machine.  The CPU side of the same loop is tests/training/test_step.py."""
 from __future__ import annotations
 
 import warnings

@@ -13,6 +13,11 @@ the figure per configuration is the median over rounds.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # bench/: _common, bench_throughput
+
 import statistics
 import time
 

@@ -59,7 +59,7 @@ def _same(a, b, masked=False):
     """Bitwise the same run: history, parameters, Adam's state, the sampler's state.
     ``masked`` (held-out or missing entries): the frozen loop's batch Pearson r pooled the
     masked entries' predictions (the bug of issue 32), so r is compared only without masks;
-    tests/test_batch_stats.py checks the masked r against an independent computation."""
+    tests/training/test_batch_stats.py checks the masked r against an independent computation."""
     (net_a, opt_a, s_a, h_a), (net_b, opt_b, s_b, h_b) = a, b
     assert h_a.step == h_b.step
     assert h_a.loss == h_b.loss

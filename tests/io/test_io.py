@@ -22,7 +22,7 @@ from factembed.io import (
     write_expression,
 )
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
 def make_data(n=6, m=5, seed=0, labels=True, biotypes=True) -> ExpressionData:

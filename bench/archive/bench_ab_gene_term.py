@@ -21,6 +21,11 @@ and the per-round ratios.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # bench/: _common, bench_throughput
+
 import functools
 import statistics
 
