@@ -28,7 +28,7 @@ from .covariate_terms import covariate_shift, fit_covariates, level_frames, reco
 from ..covariates import CovariateSpec
 from ..errors import FEInputError
 from .genes import cosine_similarity, gene_position, rank_by_similarity
-from .imputation import empty_gene_mask, fill_missing, frame_output
+from .imputation import empty_gene_mask, fill_missing, frame_output, output_array
 from .inputs import as_matrix, is_anndata, is_row_source, on_model_genes, on_model_genes_missing, row_blocks
 from .inference import ROW_BLOCK, embed_new_samples, reconstruct
 from ..engine.network import FactorizedEmbeddingNet
@@ -55,23 +55,6 @@ def _rows_per_block(n_genes: int) -> int:
 def _is_dataframe(X: Any) -> bool:
     pd = sys.modules.get("pandas")
     return pd is not None and isinstance(X, pd.DataFrame)
-
-
-def _output_array(X: Any, arr32: np.ndarray, copy: bool) -> np.ndarray:
-    """The array :meth:`FactorizedEmbeddings.impute` fills: ``X``'s values in its own
-    floating dtype (float32 and float64 kept, integers as float64), in place when
-    ``copy`` is False and ``X`` is such a numpy array already."""
-    if isinstance(X, np.ndarray) and X.dtype in (np.float32, np.float64) and X.flags.c_contiguous:
-        return X if not copy else X.copy()
-    src = X
-    torch_mod = sys.modules.get("torch")
-    if torch_mod is not None and isinstance(X, torch_mod.Tensor):
-        src = X.detach().cpu().numpy()
-    src = np.asarray(src)
-    dtype = np.result_type(src.dtype, np.float32) if src.dtype.kind in "biuf" else np.float32
-    if dtype == np.float32:
-        return arr32.copy() if np.shares_memory(arr32, src) else arr32
-    return np.array(src, dtype=dtype, order="C", copy=True)
 
 
 #: scikit-learn estimator checks that FactorizedEmbeddings fails by design, with the reason
@@ -466,7 +449,7 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
                               f"imputed result (first: {', '.join(map(str, extra[:5]))})", stacklevel=2)
             out = frame_output(X, arr, absent, names)
         else:
-            out = _output_array(X, arr, copy)
+            out = output_array(X, arr, copy)
         shift = self._covariate_shift(covariates, X, n)
         fill_missing(out, arr, rows, self.net_, shift=shift, embed=lambda block, idx: self._embed(
             block, missing=True, shift=None if shift is None else shift[torch.from_numpy(idx)]))

@@ -1,8 +1,10 @@
 """The pieces of :meth:`FactorizedEmbeddings.impute` that are not the estimator's state:
-which genes may be empty, the output matrix of a DataFrame, and the fill loop."""
+which genes may be empty, the output matrix (of an array: output_array; of a DataFrame:
+frame_output), and the fill loop."""
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Callable
 
 import numpy as np
@@ -81,3 +83,20 @@ def fill_missing(out: np.ndarray, arr: np.ndarray, observed_per_row: np.ndarray,
             hole = np.isnan(sub)
             sub[hole] = R[hole]
             out[r] = sub
+
+
+def output_array(X: Any, arr32: np.ndarray, copy: bool) -> np.ndarray:
+    """The array :meth:`FactorizedEmbeddings.impute` fills: ``X``'s values in its own
+    floating dtype (float32 and float64 kept, integers as float64), in place when
+    ``copy`` is False and ``X`` is such a numpy array already."""
+    if isinstance(X, np.ndarray) and X.dtype in (np.float32, np.float64) and X.flags.c_contiguous:
+        return X if not copy else X.copy()
+    src = X
+    torch_mod = sys.modules.get("torch")
+    if torch_mod is not None and isinstance(X, torch_mod.Tensor):
+        src = X.detach().cpu().numpy()
+    src = np.asarray(src)
+    dtype = np.result_type(src.dtype, np.float32) if src.dtype.kind in "biuf" else np.float32
+    if dtype == np.float32:
+        return arr32.copy() if np.shares_memory(arr32, src) else arr32
+    return np.array(src, dtype=dtype, order="C", copy=True)
