@@ -196,6 +196,17 @@ def test_cli_fit_and_transform_with_a_covariate_column(tmp_path, capsys):
                  "--labels", str(tmp_path / "ann.csv"), "--label-column", "group", "--quiet"]) == 0
     filled = pd.read_csv(tmp_path / "filled.csv")
     assert filled["g4"].notna().all()
+    # a batch the model never saw: learned by default, refused with --unseen error
+    ann3 = pd.read_csv(tmp_path / "ann.csv")
+    ann3["batch"] = 3
+    ann3.to_csv(tmp_path / "ann3.csv", index=False)
+    assert main(["transform", str(tmp_path / "m"), str(tmp_path / "train.csv"), "-o", str(tmp_path / "z3.csv"),
+                 "--labels", str(tmp_path / "ann3.csv"), "--label-column", "group", "--quiet"]) == 0
+    assert len(pd.read_csv(tmp_path / "z3.csv")) == 60
+    capsys.readouterr()
+    assert main(["transform", str(tmp_path / "m"), str(tmp_path / "train.csv"), "-o", str(tmp_path / "z4.csv"),
+                 "--labels", str(tmp_path / "ann3.csv"), "--label-column", "group", "--quiet", "--unseen", "error"]) != 0
+    assert "level '3'" in capsys.readouterr().err
     # without them: a one-line error naming the column and the flag
     capsys.readouterr()
     assert main(["transform", str(tmp_path / "m"), str(tmp_path / "train.csv"), "-o", str(tmp_path / "z2.csv"),
@@ -223,3 +234,57 @@ def test_tl_fe_with_covariate_keys():
     del new.obs["batch"]
     with pytest.raises(FEInputError, match="no column 'batch'"):
         tl.fe_transform(new, est)
+
+
+def _three_batches(seed=0, n=360, m=400):
+    """Planted clusters measured in three batches (independent per-gene shifts and scales)."""
+    P = make_planted(n, m, n_groups=4, latent_dim=3, scatter=0.15, loading_sd=1.0, base=None, noise=0.1,
+                     clip=False, balanced=True, seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    batch = rng.integers(0, 3, n)
+    shift = rng.normal(0, 1.5, (3, m)).astype(np.float32)
+    scale = np.exp(rng.normal(0, 0.2, (3, m))).astype(np.float32)
+    return P.X * scale[batch] + shift[batch], P.labels, np.array([f"run_{b}" for b in batch])
+
+
+def _centroid_gap(Z, labels, Ztr, ltr):
+    """Per label, the distance of Z's centroid to the training centroid, in training sds."""
+    return float(np.mean([np.linalg.norm(Z[labels == g].mean(0) - Ztr[ltr == g].mean(0)) / Ztr[ltr == g].std(0).mean()
+                          for g in np.unique(labels)]))
+
+
+def test_a_batch_the_model_never_saw_is_learned_in_transform_or_refused():
+    from scipy.sparse import csr_matrix
+    from sklearn.neighbors import KNeighborsClassifier
+    X, labels, names = _three_batches()
+    train = names != "run_2"
+    fe = FactorizedEmbeddings(gene_dim=16, hidden=(32, 16), random_state=0, verbose=False).fit(
+        X[train], covariates={"batch": names[train]})
+    Ztr, ltr = fe.embedding_, labels[train]
+    new = np.flatnonzero(~train)[:40]
+    learned = fe.transform(X[new], covariates={"batch": names[new]})          # unseen="learn" by default
+    as_known = fe.transform(X[new], covariates={"batch": ["run_0"] * len(new)})
+    gap_learned, gap_known = (_centroid_gap(Z, labels[new], Ztr, ltr) for Z in (learned, as_known))
+    assert gap_learned < 0.5 * gap_known, (gap_learned, gap_known)
+    assert KNeighborsClassifier(5).fit(Ztr, ltr).score(learned, labels[new]) >= 0.9
+    # the new batch's rows do not depend on the known-batch rows embedded with them
+    seen = np.flatnonzero(train)[:10]
+    both = fe.transform(X[np.r_[new, seen]], covariates={"batch": names[np.r_[new, seen]]})
+    np.testing.assert_allclose(both[:len(new)], learned, atol=1e-3)
+    np.testing.assert_allclose(both[len(new):], fe.transform(X[seen], covariates={"batch": names[seen]}), atol=1e-4)
+    # score and impute use the learned offsets
+    assert fe.score(X[new], covariates={"batch": names[new]}) > 0.95
+    Xh = X[new].copy()
+    Xh[::3, 7] = np.nan
+    imp = fe.impute(Xh, covariates={"batch": names[new]})
+    err = np.abs(imp[::3, 7] - X[new][::3, 7]).mean()
+    assert err < 0.2 * np.abs(X[new][::3, 7] - X[train][:, 7].mean()).mean()
+    # refused: on request, with fewer than MIN_NEW_LEVEL_SAMPLES samples, from a sparse matrix
+    with pytest.raises(FEInputError, match=r"'run_2' \(row 0\) was not seen in training"):
+        fe.transform(X[new], covariates={"batch": names[new]}, unseen="error")
+    with pytest.raises(FEInputError, match=r"new level 'run_2' has 4 sample\(s\).*at least 5"):
+        fe.transform(X[new[:4]], covariates={"batch": names[new[:4]]})
+    with pytest.raises(FEInputError, match="in memory"):
+        fe.transform(csr_matrix(X[new]), covariates={"batch": names[new]})
+    with pytest.raises(ValueError, match="unseen must be"):
+        fe.transform(X[new], covariates={"batch": names[new]}, unseen="guess")

@@ -162,13 +162,25 @@ class CovariateSpec:
         """``(level codes (n, n_categorical) int64, standardised values (n, n_numeric)
         float32)`` of ``table``, which must hold every covariate of the model (extra columns
         are ignored).  A level the model never saw is an error naming it and its samples."""
+        lv, nv, _ = self.encode_new(table, sample_names, what, unseen="error")
+        return lv, nv
+
+    def encode_new(self, table: Mapping[str, np.ndarray], sample_names: Sequence | None = None,
+                   what: str = "X", unseen: str = "error", min_samples: int = 1
+                   ) -> tuple[np.ndarray, np.ndarray, dict[str, tuple[str, ...]]]:
+        """:meth:`encode`, and with ``unseen="learn"`` the levels the model never saw too:
+        ``(codes, values, {covariate: its new levels})``, a new level coded after the
+        model's (``n_levels``, ``n_levels + 1``, ... in sorted order).  A new level with
+        fewer than ``min_samples`` samples is an error naming it and its count."""
+        if unseen not in ("error", "learn"):
+            raise ValueError(f"unseen must be 'error' or 'learn', got {unseen!r}")
         absent = [c for c in self.names if c not in table]
         if absent:
             raise FEInputError(f"the model was fitted with covariate(s) {', '.join(map(repr, self.names))}; "
                                f"{what}'s covariates lack {absent[0]!r}",
                                hint=f"pass covariates= with a column {absent[0]!r}, one value per sample")
         n = len(next(iter(table.values())))
-        codes, values = [], []
+        codes, values, added = [], [], {}
         for c in self.covariates:
             col = table[c.name]
             _check_no_missing(col, c.name, sample_names)
@@ -181,18 +193,29 @@ class CovariateSpec:
                 pos = {lv: i for i, lv in enumerate(c.levels)}
                 keys = [str(v) for v in col.tolist()]
                 new = sorted({k for k in keys if k not in pos})
-                if new:
+                if new and unseen == "error":
                     first = keys.index(new[0])
                     who = f"sample {sample_names[first]!r}" if sample_names is not None else f"row {first}"
                     raise FEInputError(
                         f"covariate {c.name!r}: level {new[0]!r} ({who}) was not seen in training "
                         f"(levels: {', '.join(map(repr, c.levels[:10]))})",
-                        hint="embedding samples of a new level is not built yet: fit the model with samples "
-                             "of that level, or pass the nearest known level")
+                        hint="pass unseen='learn' (the default of transform; --unseen learn) to learn the new "
+                             "level with the samples' embeddings, or give the nearest known level")
+                for lv_new in new:
+                    count = keys.count(lv_new)
+                    if count < min_samples:
+                        raise FEInputError(
+                            f"covariate {c.name!r}: the new level {lv_new!r} has {count} sample(s); learning a "
+                            f"level the model never saw needs at least {min_samples}",
+                            hint="embed more samples of that level in one call, give the nearest known level, "
+                                 "or refit the model with samples of it")
+                    pos[lv_new] = len(pos)
+                if new:
+                    added[c.name] = tuple(new)
                 codes.append(np.array([pos[k] for k in keys], dtype=np.int64))
         lv = np.stack(codes, 1) if codes else np.zeros((n, 0), dtype=np.int64)
         nv = np.stack(values, 1).astype(np.float32) if values else np.zeros((n, 0), dtype=np.float32)
-        return lv, nv
+        return lv, nv, added
 
     def broadcast(self, levels: Mapping[str, Any], n: int) -> dict[str, np.ndarray]:
         """A table of ``n`` samples that all have ``levels`` (one value per covariate), e.g.

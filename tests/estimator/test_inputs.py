@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
+import factembed
 from factembed import FactorizedEmbeddings, FEInputError
 from factembed.estimator import factorized_embeddings as est_mod
 from _small import adata as _adata, counts as _counts
@@ -21,7 +22,7 @@ TINY = dict(gene_dim=8, hidden=(16, 8), infer_steps=20, random_state=0, verbose=
 def test_check_estimator_passes_or_declares_its_expected_failures(one_torch_thread):
     from sklearn.utils.estimator_checks import check_estimator
 
-    expected = est_mod.sklearn_expected_failed_checks()
+    expected = factembed.estimator.sklearn_expected_failed_checks()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         results = check_estimator(FactorizedEmbeddings(n_steps=20, infer_steps=5, random_state=0, verbose=False),

@@ -80,6 +80,7 @@ def cmd_transform(args: argparse.Namespace) -> int:
                          "'factembed plot embedding MODEL OUTPUT -o page.html'")
     res = transform(args.model, args.data, args.output, read=read_options(args), fill_missing=args.fill_missing,
                     plot=args.plot, verbose=not args.quiet, distributed=args.distributed == "torchrun",
+                    unseen=args.unseen,
                     html=args.html)
     if res is not None:
         fill = ""
@@ -98,7 +99,7 @@ def cmd_impute(args: argparse.Namespace) -> int:
     from ..workflow import impute
 
     res = impute(args.model, args.data, args.output, read=read_options(args), model_scale=args.model_scale,
-                 empty_genes=args.impute_empty_genes, verbose=not args.quiet)
+                 empty_genes=args.impute_empty_genes, verbose=not args.quiet, unseen=args.unseen)
     d = res.data
     absent = (f", {len(res.absent_genes):,} of them genes absent from the file (first: "
               f"{', '.join(res.absent_genes[:3])})" if res.absent_genes else "")
@@ -326,6 +327,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--html", default=None, metavar="PAGE.html",
                    help="also write the interactive page with the new samples over the training embedding "
                         "(needs bokeh: pip install 'factembed[interactive]')")
+    t.add_argument("--unseen", choices=("learn", "error"), default="learn",
+                   help="a --covariate level the model never saw (a new batch): 'learn' (default) learns a "
+                        "per-gene offset of its samples with their embeddings (>= 5 samples of the level in "
+                        "the file), 'error' refuses it")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.add_argument("--distributed", choices=("torchrun",), default=None,
                    help="'torchrun': run as one rank of a torchrun you started; the samples are split over "
@@ -349,6 +354,10 @@ def build_parser() -> argparse.ArgumentParser:
     im.add_argument("--impute-empty-genes", action="store_true",
                     help="also fill genes that the file has but observes in no sample (by default an error naming "
                          "the gene: such a column is more often broken than absent)")
+    im.add_argument("--unseen", choices=("learn", "error"), default="learn",
+                   help="a --covariate level the model never saw (a new batch): 'learn' (default) learns a "
+                        "per-gene offset of its samples with their embeddings (>= 5 samples of the level in "
+                        "the file), 'error' refuses it")
     im.add_argument("--quiet", action="store_true", help="no progress bars")
     add_read_options(im)
     im.set_defaults(func=cmd_impute)

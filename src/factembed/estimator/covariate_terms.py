@@ -11,6 +11,7 @@ import torch
 
 from ..covariates import CovariateSpec, covariate_table
 from ..errors import FEInputError
+from .inference import MIN_NEW_LEVEL_SAMPLES, NewLevels
 
 
 def fit_covariates(covariates: Any, dims: dict | None, X: Any, n: int, samples: Any
@@ -34,10 +35,14 @@ def record_codes(net, levels: np.ndarray, values: np.ndarray) -> None:
 
 
 def covariate_shift(spec: CovariateSpec | None, net, covariates: Any, X: Any, n: int,
-                    what: str = "X") -> torch.Tensor | None:
+                    what: str = "X", unseen: str = "error") -> "torch.Tensor | NewLevels | None":
     """The covariate terms of ``n`` samples of ``X`` (``None`` for a model without
     covariates); ``covariates`` as in ``fit``, or a dict of one value per covariate for all
-    of them (e.g. ``{"batch": "run_1"}``: every sample as if measured in ``run_1``)."""
+    of them (e.g. ``{"batch": "run_1"}``: every sample as if measured in ``run_1``).
+    ``unseen="learn"``: levels the model never saw (at least
+    :data:`~factembed.estimator.inference.MIN_NEW_LEVEL_SAMPLES` samples each) give a
+    :class:`~factembed.estimator.inference.NewLevels` (their samples' terms and groups,
+    whose offsets the inference learns); ``"error"``: such a level is an error naming it."""
     if spec is None:
         if covariates is not None:
             raise FEInputError("this model was fitted without covariates; leave covariates= out")
@@ -47,8 +52,12 @@ def covariate_shift(spec: CovariateSpec | None, net, covariates: Any, X: Any, n:
                            f"pass covariates= for the samples of {what}")
     if isinstance(covariates, dict) and all(np.ndim(v) == 0 for v in covariates.values()):
         covariates = spec.broadcast(covariates, n)
-    levels, values = spec.encode(covariate_table(covariates, X, n, what), what=what)
+    levels, values, new = spec.encode_new(covariate_table(covariates, X, n, what), what=what, unseen=unseen,
+                                          min_samples=MIN_NEW_LEVEL_SAMPLES)
     dev = net.gene_embedding.device
+    if new:
+        counts = [len(new.get(c.name, ())) for c in spec.covariates if c.kind == "categorical"]
+        return NewLevels(net, torch.from_numpy(levels), torch.from_numpy(values), counts)
     with torch.no_grad():
         return net.covariate_term(torch.from_numpy(levels).to(dev), torch.from_numpy(values).to(dev))
 

@@ -15,7 +15,6 @@ weights).  Nothing is ever unpickled, so loading an untrusted model cannot run c
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +28,8 @@ from ..covariates import CovariateSpec
 from ..errors import FEInputError
 from .genes import cosine_similarity, gene_position, rank_by_similarity
 from .imputation import empty_gene_mask, fill_missing, frame_output, output_array
-from .inputs import as_matrix, is_anndata, is_row_source, on_model_genes, on_model_genes_missing, row_blocks
-from .inference import ROW_BLOCK, embed_new_samples, reconstruct
+from .inputs import as_matrix, is_anndata, is_dataframe, is_row_source, on_model_genes, on_model_genes_missing, row_blocks
+from .inference import ROW_BLOCK, NewLevels, embed_new_samples, embed_with_new_levels, reconstruct
 from ..engine.network import FactorizedEmbeddingNet
 from .model_files import META_FILE, WEIGHTS_FILE, read_model_files, write_model_files
 from ..training.recipes import plan_training
@@ -50,33 +49,6 @@ def _rows_per_block(n_genes: int) -> int:
     """Rows read at a time from a sparse or backed input of ``n_genes`` columns."""
     rows = max(1, _BLOCK_ELEMENTS // max(1, int(n_genes)))
     return max(ROW_BLOCK, rows // ROW_BLOCK * ROW_BLOCK)
-
-
-def _is_dataframe(X: Any) -> bool:
-    pd = sys.modules.get("pandas")
-    return pd is not None and isinstance(X, pd.DataFrame)
-
-
-#: scikit-learn estimator checks that FactorizedEmbeddings fails by design, with the reason
-_EXPECTED_FAILED_CHECKS = {
-    "check_transformer_general": (
-        "fit_transform returns the embedding learned jointly with the model during training "
-        "(transductive), transform embeds samples into the frozen model by inference (inductive): "
-        "they agree only up to the inference error, not within scikit-learn's atol=1e-2"),
-    "check_transformer_data_not_an_array": (
-        "same check as check_transformer_general on a non-array input: fit_transform (learned embedding) "
-        "and transform (inference) differ by design"),
-}
-
-
-def sklearn_expected_failed_checks(estimator: Any = None) -> dict[str, str]:
-    """The scikit-learn estimator checks that :class:`FactorizedEmbeddings` fails by design,
-    each with its reason, for scikit-learn's own mechanism (>= 1.6)::
-
-        check_estimator(FactorizedEmbeddings(...), expected_failed_checks=sklearn_expected_failed_checks())
-        @parametrize_with_checks([...], expected_failed_checks=sklearn_expected_failed_checks)
-    """
-    return dict(_EXPECTED_FAILED_CHECKS)
 
 
 class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
@@ -327,8 +299,8 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
         self._check_fitted()
         return level_frames(getattr(self, "covariates_", None), self.net_)
 
-    def _covariate_shift(self, covariates: Any, X: Any, n: int, what: str = "X") -> torch.Tensor | None:
-        return covariate_shift(getattr(self, "covariates_", None), self.net_, covariates, X, n, what)
+    def _covariate_shift(self, covariates: Any, X: Any, n: int, what: str = "X", unseen: str = "error"):
+        return covariate_shift(getattr(self, "covariates_", None), self.net_, covariates, X, n, what, unseen)
 
     def fit_transform(self, X: Any, y: Any = None) -> np.ndarray:
         """Fit and return the training embedding ``embedding_``.
@@ -337,7 +309,7 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
         learned jointly with the model, while :meth:`transform` embeds samples into the
         frozen model by inference, so ``fit_transform(X)`` and ``fit(X).transform(X)``
         agree only up to the inference error (declared to scikit-learn's checks, see
-        :func:`sklearn_expected_failed_checks`)."""
+        :func:`~factembed.estimator.sklearn_expected_failed_checks`)."""
         return self.fit(X).embedding_
 
     def __sklearn_tags__(self):
@@ -347,7 +319,8 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
         return tags
 
     # -- using a fitted model -------------------------------------------------------
-    def transform(self, X: Any, *, missing: str = "error", covariates: Any = None) -> np.ndarray:
+    def transform(self, X: Any, *, missing: str = "error", covariates: Any = None,
+                  unseen: str = "learn") -> np.ndarray:
         """Embed the samples of ``X`` by inference; the fitted model is not modified.
 
         ``X``: as in :meth:`fit`; sparse and backed input is embedded in dense row blocks
@@ -362,7 +335,13 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
         sample; a sample with no observed value is an error naming it.  A gene observed
         in no sample then simply does not contribute.  Without any NaN both give the
         same embedding.  ``covariates``: the samples' covariates, for a model fitted with
-        them (see :meth:`fit`)."""
+        them (see :meth:`fit`).  ``unseen``: a categorical level the model never saw (a new
+        batch) is learned with the samples' embeddings (``"learn"``, the default: the
+        level's samples get the mean of the known levels' terms and a per-gene offset of
+        their measurements, estimated with their embeddings in
+        :data:`~factembed.estimator.inference.NEW_LEVEL_ROUNDS` rounds, every model parameter
+        frozen; it needs at least :data:`~factembed.estimator.inference.MIN_NEW_LEVEL_SAMPLES`
+        samples of the level in the call, as an in-memory array) or refused (``"error"``)."""
         self._check_fitted()
         if missing not in ("error", "ignore"):
             raise ValueError(f"missing must be 'error' or 'ignore', got {missing!r}")
@@ -370,11 +349,11 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
             arr, _, samples, _ = self._align_missing(X, "X")
             rows, _ = observed_counts(arr)
             check_observed(rows, samples=samples, what="X")
-            shift = self._covariate_shift(covariates, X, arr.shape[0])
+            shift = self._covariate_shift(covariates, X, arr.shape[0], unseen=unseen)
             return self._embed(arr, missing=bool((rows < arr.shape[1]).any()), shift=shift)
         mat = self._align(X, "X")
         try:
-            return self._embed(mat, shift=self._covariate_shift(covariates, X, mat.shape[0]))
+            return self._embed(mat, shift=self._covariate_shift(covariates, X, mat.shape[0], unseen=unseen))
         finally:
             _close_opened(mat)
 
@@ -392,6 +371,8 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
         kw = dict(steps=cfg.infer_steps, lr=cfg.infer_lr, infer_genes=cfg.infer_genes, init_genes=cfg.init_genes,
                   compute_dtype=resolve_precision(cfg.precision, device), gene_chunk=cfg.gene_chunk,
                   missing=missing)
+        if isinstance(shift, NewLevels):
+            return self._embed_new_levels(mat, missing, shift)[0]
         if isinstance(mat, np.ndarray):
             return embed_new_samples(self.net_, torch.from_numpy(mat), generator=gen, progress=progress,
                                      shift=shift, **kw).numpy()
@@ -407,7 +388,21 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
                 bar.update(len(block))
         return out
 
-    def impute(self, X: Any, *, empty_genes: Any = "error", copy: bool = True, covariates: Any = None) -> Any:
+    def _embed_new_levels(self, mat: Any, missing: bool, new: NewLevels) -> tuple[np.ndarray, np.ndarray]:
+        """``(embeddings, per-row offsets)`` of samples some of whose covariate levels are new
+        (:func:`~factembed.estimator.inference.embed_with_new_levels`)."""
+        if not isinstance(mat, np.ndarray):
+            raise FEInputError("learning a covariate level the model never saw needs the samples in memory "
+                               "(a dense array or DataFrame), not a sparse or on-disk matrix",
+                               hint="pass a dense array, or unseen='error' and a known level")
+        Z, offsets = embed_with_new_levels(
+            self.net_, torch.from_numpy(mat), new, generator=self._generator(salt=2),
+            embed=lambda x, term: torch.from_numpy(self._embed(x.numpy(), missing, term)))
+        rows = torch.where(new.group[:, None] >= 0, offsets[new.group.clamp(min=0)], torch.zeros(()))
+        return Z.numpy(), rows.numpy()
+
+    def impute(self, X: Any, *, empty_genes: Any = "error", copy: bool = True, covariates: Any = None,
+               unseen: str = "learn") -> Any:
         """``X`` with every NaN replaced by the decoder's value at the sample's embedding,
         inferred from its observed values only (as ``transform(X, missing="ignore")``
         does); observed values are returned unchanged, and samples without NaN are not
@@ -427,10 +422,12 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
         decoder alone; or a list of gene names (or column positions) allowed to be empty.
         Genes a DataFrame lacks are always imputed.  A sample with no observed value is
         an error naming it.  ``copy=False`` fills a float32 / float64 C-contiguous
-        numpy array in place (other inputs are always copied).
+        numpy array in place (other inputs are always copied).  ``covariates``, ``unseen``:
+        as in :meth:`transform` (a new level is learned from all the samples of ``X``, their
+        observed values, before their missing values are filled).
         """
         self._check_fitted()
-        is_df = _is_dataframe(X)
+        is_df = is_dataframe(X)
         arr, absent, samples, genes = self._align_missing(X, "X")
         n, m = arr.shape
         names = getattr(self, "feature_names_in_", None)
@@ -450,9 +447,14 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
             out = frame_output(X, arr, absent, names)
         else:
             out = output_array(X, arr, copy)
-        shift = self._covariate_shift(covariates, X, n)
-        fill_missing(out, arr, rows, self.net_, shift=shift, embed=lambda block, idx: self._embed(
-            block, missing=True, shift=None if shift is None else shift[torch.from_numpy(idx)]))
+        shift = self._covariate_shift(covariates, X, n, unseen=unseen)
+        if isinstance(shift, NewLevels):         # new levels: offsets learned from every sample of X
+            Z_all, offset = self._embed_new_levels(arr, True, shift)
+            fill_missing(out, arr, rows, self.net_, shift=shift.term, embed=lambda block, idx: Z_all[idx],
+                         row_offset=lambda r: offset[r])
+        else:
+            fill_missing(out, arr, rows, self.net_, shift=shift, embed=lambda block, idx: self._embed(
+                block, missing=True, shift=None if shift is None else shift[torch.from_numpy(idx)]))
         if is_df:
             import pandas as pd
             return pd.DataFrame(out, index=X.index.copy(), columns=list(out_names))
@@ -472,21 +474,28 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
         shift = self._covariate_shift(covariates, None, z.shape[0], "Z")
         return reconstruct(self.net_, torch.from_numpy(z), shift=shift).numpy()
 
-    def score(self, X: Any, y: Any = None, *, covariates: Any = None) -> float:
+    def score(self, X: Any, y: Any = None, *, covariates: Any = None, unseen: str = "learn") -> float:
         """Pearson r between ``X`` and its reconstruction through ``transform`` then
         ``inverse_transform`` (all entries pooled; higher is better).  Computed over row
         blocks: sparse input is never made dense whole."""
         self._check_fitted()
         mat = self._align(X, "X")
         try:
-            cov = self._covariate_shift(covariates, X, mat.shape[0])
-            Z = torch.from_numpy(self._embed(mat, shift=cov))
+            cov = self._covariate_shift(covariates, X, mat.shape[0], unseen=unseen)
+            offset = None
+            if isinstance(cov, NewLevels):
+                Z, offset = self._embed_new_levels(mat, False, cov)
+                Z, cov = torch.from_numpy(Z), cov.term
+            else:
+                Z = torch.from_numpy(self._embed(mat, shift=cov))
             shift = None
             sums = np.zeros(5)           # sum a, sum b, sum a^2, sum b^2, sum ab (shifted values)
             count = 0
             for a, block in row_blocks(mat, self._block_rows()):
                 rec = reconstruct(self.net_, Z[a:a + len(block)],
                                   shift=None if cov is None else cov[a:a + len(block)]).numpy().astype(np.float64)
+                if offset is not None:
+                    rec += offset[a:a + len(block)]
                 x = block.astype(np.float64)
                 if shift is None:        # shifting by a first mean keeps the sums well conditioned
                     shift = (x.mean(), rec.mean())

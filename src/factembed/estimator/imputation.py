@@ -63,11 +63,13 @@ def frame_output(X: Any, arr: np.ndarray, absent: np.ndarray | None, names: np.n
 
 
 def fill_missing(out: np.ndarray, arr: np.ndarray, observed_per_row: np.ndarray, net,
-                 embed: Callable[[np.ndarray, np.ndarray], np.ndarray], shift: torch.Tensor | None = None) -> None:
+                 embed: Callable[[np.ndarray, np.ndarray], np.ndarray], shift: torch.Tensor | None = None,
+                 row_offset: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
     """Replace the NaN of ``out`` (a copy of ``arr``, the float32 profiles with NaN) by the
     decoder's values at the embeddings ``embed(profiles, row numbers)`` of the rows that
     have any, in chunks of :data:`IMPUTE_CHUNK` rows; ``shift``: every row's covariate term
-    (a model with covariates)."""
+    (a model with covariates); ``row_offset(rows)``: per-gene offsets added to those rows'
+    decoded values (the samples of covariate levels the model never saw)."""
     n, m = arr.shape
     todo = np.flatnonzero(observed_per_row < m)
     fill_rows = int(min(ROW_BLOCK, max(1, IMPUTE_FILL_ELEMENTS // m)))   # decoded rows per fill block
@@ -79,6 +81,8 @@ def fill_missing(out: np.ndarray, arr: np.ndarray, observed_per_row: np.ndarray,
             r = idx[b:b + fill_rows]
             R = reconstruct(net, Z[b:b + fill_rows],
                             shift=None if shift is None else shift[torch.from_numpy(r)]).numpy()
+            if row_offset is not None:
+                R = R + row_offset(r)
             sub = out[r]
             hole = np.isnan(sub)
             sub[hole] = R[hole]

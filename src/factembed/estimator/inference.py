@@ -18,6 +18,7 @@ for the whole matrix.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 
@@ -38,6 +39,94 @@ INIT_CANDIDATES = 4096
 AUTO_STEP = 0.25
 #: ``lr="auto"`` for a model of one training sample (no neighbour to measure): the absolute step
 AUTO_FALLBACK_LR = 1e-2
+
+
+#: the fewest samples of a covariate level the model never saw from which ``transform``
+#: learns that level's offsets (fewer: an error naming the level)
+MIN_NEW_LEVEL_SAMPLES = 5
+#: rounds of embedding and offset estimation for the samples of new levels
+NEW_LEVEL_ROUNDS = 4
+
+
+class NewLevels:
+    """New samples some of whose categorical levels the model never saw (a new batch).
+
+    A new level cannot be a vector of the model's level table: with few training levels the
+    table spans only the effects of those levels.  So the samples of a new level are
+    decoded as the covariate's most frequent training level (its reference,
+    :attr:`reference`) plus a per-gene offset of their measurements, one per group of
+    samples that share their new levels (:attr:`group`, -1 for samples without one),
+    learned with their embeddings by :func:`embed_with_new_levels`.  :attr:`term`: every
+    sample's covariate term so."""
+
+    def __init__(self, net: FactorizedEmbeddingNet, levels: torch.Tensor, values: torch.Tensor,
+                 new_counts: list[int]):
+        dev = net.gene_embedding.device
+        known = torch.tensor([k for k, _ in net.covariate_shapes if k > 0], dtype=torch.long)
+        counts = [torch.bincount(net.covariate_levels[:, c].cpu(), minlength=int(k)) for c, k in enumerate(known)]
+        self.reference = torch.stack([c.argmax() for c in counts]) if counts else torch.zeros(0, dtype=torch.long)
+        self.has_new = torch.tensor([bool(k) for k in new_counts], dtype=torch.bool)
+        is_new = levels >= known                                   # (n, n_categorical)
+        decoded = torch.where(is_new, self.reference.expand_as(levels), levels)
+        with torch.no_grad():
+            self.term = net.covariate_term(decoded.to(dev), values.to(dev)).detach()
+        key = torch.where(is_new, levels, torch.full_like(levels, -1))
+        uniq, inverse = torch.unique(key, dim=0, return_inverse=True)
+        has_new = (uniq >= 0).any(1)
+        ids = torch.cumsum(has_new.long(), 0) - 1
+        self.group = torch.where(has_new[inverse], ids[inverse], torch.full_like(inverse, -1))
+        self.n_groups = int(has_new.sum())
+
+    @torch.no_grad()
+    def training_term(self, net: FactorizedEmbeddingNet, rows: torch.Tensor) -> torch.Tensor:
+        """The covariate terms of training samples ``rows`` with the covariates that have new
+        levels set to their reference (how the new levels' samples are decoded)."""
+        levels = net.covariate_levels.index_select(0, rows)
+        ref = self.reference.to(levels.device).expand_as(levels)
+        levels = torch.where(self.has_new.to(levels.device).expand_as(levels), ref, levels)
+        return net.covariate_term(levels, net.covariate_values.index_select(0, rows))
+
+
+@torch.no_grad()
+def _group_means(X: torch.Tensor, group: torch.Tensor, n_groups: int) -> torch.Tensor:
+    """Per group, the mean of each column over its rows' observed (non-NaN) values (0 where none)."""
+    out = torch.zeros(n_groups, X.shape[1])
+    for g in range(n_groups):
+        rows = X[group == g]
+        seen = ~torch.isnan(rows)
+        out[g] = torch.where(seen, rows, torch.zeros(())).sum(0) / seen.sum(0).clamp_min(1)
+    return out
+
+
+def embed_with_new_levels(net: FactorizedEmbeddingNet, X_new: torch.Tensor, new: NewLevels,
+                          embed: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                          rounds: int = NEW_LEVEL_ROUNDS, generator: torch.Generator | None = None
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(embeddings, offsets)`` of the rows of ``X_new`` given the :class:`NewLevels` of
+    their covariates: ``embed(profiles, covariate terms)`` embeds rows as ``transform``
+    does.  Each group's per-gene offset starts at the group's mean profile minus the
+    training samples' mean reconstruction at the reference levels (as if the group held
+    the training cohort's mix of samples) and is then, ``rounds - 1`` times, the group's mean residual after its
+    rows are embedded with the offset taken off.  Rows of no group are embedded once."""
+    group = new.group
+    in_group = group >= 0
+    dev = net.gene_embedding.device
+    C = _random_subset(net.n_samples, INIT_CANDIDATES, generator or torch.Generator().manual_seed(0))
+    rows = torch.arange(net.n_samples, device=dev) if C is None else C.to(dev)
+    with torch.no_grad():
+        train_rec = reconstruct(net, net.sample_embedding.detach()[rows], shift=new.training_term(net, rows))
+    offsets = _group_means(X_new[in_group], group[in_group], new.n_groups) - train_rec.mean(0)
+    Z = embed(X_new, new.term) if not in_group.all() else None
+    idx = torch.nonzero(in_group)[:, 0]
+    sub, term, g = X_new[idx], new.term[idx.to(new.term.device)], group[idx]
+    for r in range(max(1, int(rounds))):
+        Zg = embed(sub - offsets[g], term)
+        if r + 1 < rounds:
+            residual = sub - reconstruct(net, Zg, shift=term)
+            offsets = _group_means(residual, g, new.n_groups)
+    Z = Zg.clone() if Z is None else Z
+    Z[idx] = Zg
+    return Z, offsets
 
 
 def _random_subset(m: int, k: int, generator: torch.Generator) -> torch.Tensor | None:

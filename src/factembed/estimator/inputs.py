@@ -16,6 +16,7 @@ training) and ``read_rows(start, stop)`` (for inference in blocks).
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import numpy as np
@@ -172,3 +173,8 @@ def on_model_genes_missing(X: Any, names: np.ndarray | None, n_features: int, wh
     if arr.shape[1] != n_features:
         raise FEInputError(f"{what} has {arr.shape[1]} genes but the model was fitted on {n_features}")
     return arr, absent, samples, genes
+
+
+def is_dataframe(X: Any) -> bool:
+    pd = sys.modules.get("pandas")
+    return pd is not None and isinstance(X, pd.DataFrame)

@@ -52,7 +52,7 @@ def _report_missing(raw, d, pre, mode: str | None) -> tuple[int, int]:
 
 def transform(model: str, data: str, output: str, *, read: ReadOptions | None = None,
               fill_missing: bool | str = False, plot: str | None = None, verbose: bool = True,
-              distributed: bool = False, html: str | None = None) -> TransformResult | None:
+              distributed: bool = False, html: str | None = None, unseen: str = "learn") -> TransformResult | None:
     """Embed the samples of ``data`` into the model at ``model`` and write the table
     (``.csv``/``.tsv``) or ``.h5ad`` to ``output``; ``plot``: a PNG of the new samples over
     the training embedding.  ``fill_missing``: ``"decoder"`` (or ``True``) embeds each
@@ -77,7 +77,7 @@ def transform(model: str, data: str, output: str, *, read: ReadOptions | None = 
     absent, n_nan = _report_missing(raw, d, pre, mode)
     del raw
     Z = fe.transform(d.X, missing="ignore" if mode == "decoder" else "error",
-                     covariates=model_covariates(fe, d, read))
+                     covariates=model_covariates(fe, d, read), unseen=unseen)
     if output.endswith(".h5ad"):
         write_embedding_h5ad(output, d, Z, fe.gene_embedding_)
     else:
@@ -167,7 +167,7 @@ class ImputeResult:
 
 
 def impute(model: str, data: str, output: str, *, read: ReadOptions | None = None, model_scale: bool = False,
-           empty_genes: bool = False, verbose: bool = True) -> ImputeResult:
+           empty_genes: bool = False, verbose: bool = True, unseen: str = "learn") -> ImputeResult:
     """Fill the missing values of ``data`` with the model's decoder and write the result
     to ``output`` (format from its extension: ``.csv``/``.tsv``/``.txt`` (``.gz``),
     ``.h5``, ``.h5ad``, ``.npz``).
@@ -218,7 +218,7 @@ def impute(model: str, data: str, output: str, *, read: ReadOptions | None = Non
                              "alone, or leave the column out of the file (absent genes are imputed)")
     n, m = d.shape
     n_values = int(n * m - rows.sum())
-    d.X = fe.impute(d.X, empty_genes="impute", copy=False, covariates=model_covariates(fe, d, read))
+    d.X = fe.impute(d.X, empty_genes="impute", copy=False, covariates=model_covariates(fe, d, read), unseen=unseen)
     if invert:
         _to_input_scale(d.X, raw, pre)
         d.transform = None
