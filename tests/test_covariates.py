@@ -9,19 +9,16 @@ from factembed import FactorizedEmbeddings
 from factembed.covariates import CovariateSpec, covariate_table
 from factembed.errors import FEInputError
 from factembed.engine.network import FactorizedEmbeddingNet
-from factembed.planted import make_planted
+from factembed.planted import make_planted, plant_batches
 
 
 def planted_batches(seed=0, n=240, m=400):
-    """Planted clusters (label i % 4) measured in two random batches: per-batch, per-gene
-    shifts (sd 1.5) and scales (log-sd 0.2); also the matrix as batch 0 would measure it."""
+    """Planted clusters (label i % 4) measured in two random batches (plant_batches: per-gene
+    shifts sd 1.5, log-scales sd 0.2); also the matrix as batch 0 would measure it."""
     P = make_planted(n, m, n_groups=4, latent_dim=3, scatter=0.15, loading_sd=1.0, base=None, noise=0.1,
                      clip=False, balanced=True, seed=seed)
-    rng = np.random.default_rng(seed + 1)
-    batch = rng.integers(0, 2, n)
-    shift = rng.normal(0, 1.5, (2, m)).astype(np.float32)
-    scale = np.exp(rng.normal(0, 0.2, (2, m))).astype(np.float32)
-    return P.X * scale[batch] + shift[batch], P.labels, batch, P.X * scale[0] + shift[0]
+    B = plant_batches(P.X, 2, seed=seed + 1)
+    return B.X, P.labels, B.batch, B.as_batch(P.X, 0)
 
 
 def batch_gap(Z, labels, batch):
@@ -240,11 +237,8 @@ def _three_batches(seed=0, n=360, m=400):
     """Planted clusters measured in three batches (independent per-gene shifts and scales)."""
     P = make_planted(n, m, n_groups=4, latent_dim=3, scatter=0.15, loading_sd=1.0, base=None, noise=0.1,
                      clip=False, balanced=True, seed=seed)
-    rng = np.random.default_rng(seed + 1)
-    batch = rng.integers(0, 3, n)
-    shift = rng.normal(0, 1.5, (3, m)).astype(np.float32)
-    scale = np.exp(rng.normal(0, 0.2, (3, m))).astype(np.float32)
-    return P.X * scale[batch] + shift[batch], P.labels, np.array([f"run_{b}" for b in batch])
+    B = plant_batches(P.X, 3, seed=seed + 1)
+    return B.X, P.labels, np.array([f"run_{b}" for b in B.batch])
 
 
 def _centroid_gap(Z, labels, Ztr, ltr):

@@ -62,3 +62,26 @@ def test_out_is_filled_in_row_blocks_with_the_same_draws(tmp_path):
 def test_bad_arguments_name_themselves(kw, word):
     with pytest.raises(ValueError, match=word):
         make_planted(10, 10, **kw)
+
+
+def test_plant_batches_measures_the_matrix_with_known_shifts_and_scales():
+    from factembed.planted import plant_batches
+    rng = np.random.default_rng(0)
+    clean = (rng.normal(size=(4000, 6)) * np.array([1, 2, 3, 4, 5, 6])).astype(np.float32)
+    groups = np.arange(4000) % 4
+    P = plant_batches(clean, 3, seed=1)
+    np.testing.assert_allclose(P.X, clean * P.scale[P.batch] + P.shift[P.batch], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(P.as_batch(clean, 2)[P.batch == 2], P.X[P.batch == 2], rtol=1e-6, atol=1e-6)
+    assert P.shift.shape == P.scale.shape == (3, 6) and (P.scale > 0).all()
+    assert abs(np.bincount(P.batch, minlength=3) / 4000 - 1 / 3).max() < 0.03          # balanced
+    # confounded: a group's home batch (g % 2) holds c + (1 - c) / 2 of it
+    C = plant_batches(clean, 2, groups=groups, confounding=0.6, seed=1)
+    home = np.mean(C.batch == groups % 2)
+    assert abs(home - 0.8) < 0.03, home
+    # relative shifts follow each gene's sd
+    R = plant_batches(clean, 2, shift_sd=1.0, scale_sd=0.0, relative=True, seed=2)
+    ratio = np.abs(R.shift).mean(0) / clean.std(0)
+    assert ratio.max() / ratio.min() < 4 and (R.scale == 1).all()
+    assert np.array_equal(plant_batches(clean, 2, seed=5).X, plant_batches(clean, 2, seed=5).X)
+    with pytest.raises(ValueError, match="groups"):
+        plant_batches(clean, 2, confounding=0.5)

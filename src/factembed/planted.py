@@ -23,6 +23,10 @@ mean 1.2, as log10(TPM + 1) of TCGA; ``Gamma(1.5, 0.7)`` capped at 6 for
 built in row blocks, so the peak memory is about the float32 matrix itself.  The draws
 are a fixed function of ``seed`` (NumPy's default generator), so figures made with a
 preset can be made again.
+
+:func:`plant_batches` measures any matrix (a planted one, or a real cohort taken as
+batch-free) in several batches with known per-batch, per-gene shifts and scales, balanced
+or confounded with the samples' groups: the truth a batch correction is judged by.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["make_planted", "PlantedMatrix", "NONLINEAR_UNITS"]
+__all__ = ["make_planted", "PlantedMatrix", "NONLINEAR_UNITS", "plant_batches", "PlantedBatches"]
 
 #: width of the random tanh layer of ``structure="nonlinear"``
 NONLINEAR_UNITS = 16
@@ -116,3 +120,49 @@ def make_planted(n_samples: int, n_genes: int, *, n_groups: int = 4, latent_dim:
         if out is not None:
             X[i:i + BLOCK_ROWS] = rows
     return PlantedMatrix(X, labels, latent)
+
+
+class PlantedBatches(NamedTuple):
+    """What :func:`plant_batches` drew: the measured matrix ``X`` (float32), each sample's
+    ``batch`` (ints 0..n_batches-1), the per-batch, per-gene ``shift`` and ``scale``
+    (``(n_batches, n_genes)``), so that ``X = clean * scale[batch] + shift[batch]``."""
+    X: np.ndarray
+    batch: np.ndarray
+    shift: np.ndarray
+    scale: np.ndarray
+
+    def as_batch(self, clean: np.ndarray, b: int) -> np.ndarray:
+        """``clean`` as batch ``b`` measures it (the truth of a correction to batch ``b``)."""
+        return (clean * self.scale[b] + self.shift[b]).astype(np.float32)
+
+
+def plant_batches(clean: np.ndarray, n_batches: int = 2, *, groups: np.ndarray | None = None,
+                  confounding: float = 0.0, shift_sd: float = 1.5, scale_sd: float = 0.2,
+                  relative: bool = False, seed: int = 0) -> PlantedBatches:
+    """``clean`` (samples x genes) measured in ``n_batches`` batches: batch ``b`` adds a
+    per-gene shift ~ N(0, ``shift_sd``:sup:`2`) (times each gene's sd over the samples
+    when ``relative``, for real matrices whose genes vary on different scales) and
+    multiplies by a per-gene scale ``exp(N(0, scale_sd``:sup:`2`\ ``))``.
+
+    Batches are drawn uniformly per sample; with ``groups`` and ``confounding`` c in
+    [0, 1), a sample of group ``g`` falls in batch ``g % n_batches`` with probability
+    ``c + (1 - c) / n_batches`` and uniformly in the others otherwise (c = 0: balanced)."""
+    X = np.asarray(clean, dtype=np.float32)
+    n, m = X.shape
+    _positive("n_batches", n_batches)
+    if not 0.0 <= confounding < 1.0:
+        raise ValueError(f"confounding must be in [0, 1), got {confounding!r}")
+    if confounding and groups is None:
+        raise ValueError("confounding needs the samples' groups")
+    rng = np.random.default_rng(seed)
+    batch = rng.integers(0, n_batches, n)
+    if confounding:
+        codes = np.unique(np.asarray(groups), return_inverse=True)[1]
+        home = codes % n_batches
+        stay = rng.random(n) < confounding + (1.0 - confounding) / n_batches
+        other = (home + rng.integers(1, max(2, n_batches), n)) % n_batches if n_batches > 1 else home
+        batch = np.where(stay, home, other)
+    unit = X.std(0) if relative else np.ones(m, dtype=np.float32)
+    shift = (rng.normal(0.0, shift_sd, (n_batches, m)) * unit).astype(np.float32)
+    scale = np.exp(rng.normal(0.0, scale_sd, (n_batches, m))).astype(np.float32)
+    return PlantedBatches((X * scale[batch] + shift[batch]).astype(np.float32), batch, shift, scale)
