@@ -282,3 +282,29 @@ def test_a_batch_the_model_never_saw_is_learned_in_transform_or_refused():
         fe.transform(csr_matrix(X[new]), covariates={"batch": names[new]})
     with pytest.raises(ValueError, match="unseen must be"):
         fe.transform(X[new], covariates={"batch": names[new]}, unseen="guess")
+
+
+def test_a_backed_fit_takes_covariates_from_labels_like_the_in_memory_fit(tmp_path):
+    """--backed --covariate: the same levels by name and the same model as the in-memory fit
+    of the same file (both read the same rows; the backed one in blocks)."""
+    import h5py
+    from factembed.cli import main
+    X, labels, batch, _ = planted_batches(seed=5, n=64, m=30)
+    X = np.abs(X)
+    samples = np.array([f"s{i}" for i in range(64)])
+    with h5py.File(tmp_path / "x.h5", "w") as f:
+        f["data"] = X
+        f["samples"] = samples.astype("S")
+        f["genes"] = np.array([f"g{j}" for j in range(30)]).astype("S")
+    pd.DataFrame({"sample": samples[::-1], "batch": [f"run_{b}" for b in batch[::-1]],
+                  "group": labels[::-1]}).to_csv(
+        tmp_path / "ann.csv", index=False)                          # rows in another order: matched by name
+    fast = ["--steps", "30", "--gene-dim", "4", "--hidden", "8", "--seed", "0", "--quiet", "--no-html",
+            "--labels", str(tmp_path / "ann.csv"), "--covariate", "batch"]
+    assert main(["fit", str(tmp_path / "x.h5"), "-o", str(tmp_path / "backed"), "--backed", *fast]) == 0
+    assert main(["fit", str(tmp_path / "x.h5"), "-o", str(tmp_path / "memory"), "--label-column", "group", *fast]) == 0
+    backed, memory = (FactorizedEmbeddings.load(tmp_path / d) for d in ("backed", "memory"))
+    assert backed.covariates_ == memory.covariates_ and backed.covariates_.covariates[0].levels == ("run_0", "run_1")
+    np.testing.assert_array_equal(backed.net_.covariate_levels[:, 0].numpy(), batch)
+    assert backed.extra_["backed"] and backed.covariate_embedding_["batch"].shape == (2, 4)
+    assert main(["fit", str(tmp_path / "x.h5"), "-o", str(tmp_path / "dist"), "--distributed", "2", *fast]) != 0

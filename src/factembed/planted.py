@@ -140,9 +140,9 @@ def plant_batches(clean: np.ndarray, n_batches: int = 2, *, groups: np.ndarray |
                   confounding: float = 0.0, shift_sd: float = 1.5, scale_sd: float = 0.2,
                   relative: bool = False, seed: int = 0) -> PlantedBatches:
     """``clean`` (samples x genes) measured in ``n_batches`` batches: batch ``b`` adds a
-    per-gene shift ~ N(0, ``shift_sd``:sup:`2`) (times each gene's sd over the samples
+    per-gene shift ~ N(0, ``shift_sd`` squared) (times each gene's sd over the samples
     when ``relative``, for real matrices whose genes vary on different scales) and
-    multiplies by a per-gene scale ``exp(N(0, scale_sd``:sup:`2`\ ``))``.
+    multiplies by a per-gene scale exp(N(0, ``scale_sd`` squared)).
 
     Batches are drawn uniformly per sample; with ``groups`` and ``confounding`` c in
     [0, 1), a sample of group ``g`` falls in batch ``g % n_batches`` with probability

@@ -203,11 +203,12 @@ def open_backed(request: FitRequest):
     from ..sources import open_source, stored_as_log
 
     unsupported = [opt for opt, on in (("--samples-as-columns", request.read.samples_as_rows is False),
-                                       ("--labels", request.read.labels_path is not None)) if on]
+                                       ("--labels", request.read.labels_path is not None
+                                        and not request.covariates)) if on]
     if unsupported:
         raise FEInputError(f"{', '.join(unsupported)} cannot be combined with --backed (backed training "
-                           "streams the file as stored: write it samples x genes with the labels inside)",
-                           request.data)
+                           "streams the file as stored: write it samples x genes with the labels inside; "
+                           "--labels with --backed supplies only the --covariate columns)", request.data)
     options: dict[str, Any] = {}
     if request.read.label_column:
         options["label_column"] = request.read.label_column

@@ -6,6 +6,7 @@ import json
 import secrets
 import shutil
 import time
+from types import SimpleNamespace
 from dataclasses import replace
 from pathlib import Path
 
@@ -39,10 +40,10 @@ def fit(request: FitRequest, echo: Echo = _stderr) -> FitResult | None:
                          "agree on the retry); use checkpoints and --resume with a smaller --lr")
     if request.missing not in ("error", "ignore"):
         raise ValueError(f"missing must be 'error' or 'ignore', got {request.missing!r}")
-    if request.covariates and (request.backed or request.processes is not None):
-        raise FEInputError("covariates are not available for backed or distributed fits yet",
-                           hint="fit in memory (FactorizedEmbeddings().fit(X, covariates=...))",
-                           cli_hint="leave out --backed / --distributed to fit with --covariate")
+    if request.covariates and request.processes is not None:
+        raise FEInputError("covariates are not available for distributed fits yet",
+                           hint="fit in one process (FactorizedEmbeddings().fit(X, covariates=...))",
+                           cli_hint="leave out --distributed to fit with --covariate (--backed works)")
     if request.processes == UNDER_TORCHRUN:
         if request.prepared is None:            # a launcher of the user's: every rank checks
             check_output(request)
@@ -154,9 +155,13 @@ def _fit_backed(request: FitRequest, echo: Echo) -> FitResult:
         if m != full.shape[1]:
             echo(f"training on {n:,} samples x {m:,} of {full.shape[1]:,} genes ({fitted.config.describe()})")
         fe = FactorizedEmbeddings.from_config(request.config)
+        covariates = None
+        if request.covariates:         # from --labels (a backed file's own per-sample columns are not read)
+            rows = SimpleNamespace(samples=samples, obs=None, source=request.data)
+            covariates = covariate_columns(request.covariates, rows, request.read.labels_path)
         t0 = time.perf_counter()
         fe.fit(source, sample_names=samples, gene_names=fitted.genes, missing=request.missing,
-               **_checkpoint_kwargs(request))
+               covariates=covariates, **_checkpoint_kwargs(request))
         seconds = time.perf_counter() - t0
         written = write_fit_outputs(fe, samples, full.labels, Path(request.output),
                                     _extra(request, fitted, seconds, backed=True), _title(request), html=request.html)
