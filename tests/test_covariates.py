@@ -168,6 +168,11 @@ def test_cli_fit_and_transform_with_a_covariate_column(tmp_path, capsys):
     assert main(["info", str(tmp_path / "m")]) == 0
     out = capsys.readouterr().out
     assert "covariate batch: 2 levels (1, 2), 4 numbers each" in out and "covariate age: numeric (mean 50" in out
+    # the model's embedding.csv carries the covariates (the page colours by its columns)
+    emb = pd.read_csv(tmp_path / "m" / "embedding.csv")
+    assert list(emb.columns[:4]) == ["sample", "label", "batch", "age"]
+    np.testing.assert_array_equal(emb["batch"].to_numpy(), batch + 1)
+    np.testing.assert_allclose(emb["age"].to_numpy(), np.linspace(20, 80, 60), rtol=1e-5)
     # transform reads the same columns from its --labels
     assert main(["transform", str(tmp_path / "m"), str(tmp_path / "train.csv"), "-o", str(tmp_path / "z.csv"),
                  "--labels", str(tmp_path / "ann.csv"), "--label-column", "group", "--quiet"]) == 0

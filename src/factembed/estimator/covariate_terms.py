@@ -69,3 +69,19 @@ def level_frames(spec: CovariateSpec | None, net) -> dict:
     cats = [] if spec is None else [c for c in spec.covariates if c.kind == "categorical"]
     return {c.name: pd.DataFrame(t.detach().cpu().numpy().copy(), index=pd.Index(c.levels, name=c.name))
             for c, t in zip(cats, net.covariate_embeddings)}
+
+
+def training_covariates(spec: CovariateSpec | None, net) -> dict[str, np.ndarray]:
+    """``{name: values}`` of the training samples' covariates as the user gave them (level
+    names; numbers back on their own scale), from the codes the network records."""
+    if spec is None:
+        return {}
+    out, cat, num = {}, 0, 0
+    for c in spec.covariates:
+        if c.kind == "categorical":
+            out[c.name] = np.asarray(c.levels, dtype=object)[net.covariate_levels[:, cat].cpu().numpy()]
+            cat += 1
+        else:
+            out[c.name] = net.covariate_values[:, num].cpu().numpy().astype(np.float64) * c.sd + c.mean
+            num += 1
+    return out

@@ -22,11 +22,13 @@ def write_embedding_table(
     samples: Sequence[str],
     labels: Sequence[str] | None = None,
     prefix: str = "FE",
+    columns: "dict[str, Sequence] | None" = None,
 ) -> None:
     """Write a sample embedding as CSV/TSV (optionally ``.gz``), atomically.
 
-    Columns: ``sample``, ``label`` (when labels are given), ``FE1`` ...
-    ``FEk`` (``prefix`` + 1-based dimension).
+    Columns: ``sample``, ``label`` (when labels are given), ``columns`` (more per-sample
+    annotations, e.g. a model's covariates, by name), ``FE1`` ... ``FEk`` (``prefix`` +
+    1-based dimension).
     """
     import pandas as pd
 
@@ -49,6 +51,13 @@ def write_embedding_table(
         if len(labels) != emb.shape[0]:
             raise FEInputError(f"{len(labels)} labels for {emb.shape[0]} embedding rows", path)
         cols[LABEL_KEY] = labels
+    for name, values in (columns or {}).items():
+        if name in cols or (name.startswith(prefix) and name[len(prefix):].isdigit()):
+            continue                  # never shadows the sample, the label or a dimension
+        values = np.asarray(values)
+        if len(values) != emb.shape[0]:
+            raise FEInputError(f"column {name!r} has {len(values)} values for {emb.shape[0]} embedding rows", path)
+        cols[name] = values
     df = pd.DataFrame(cols)
     for j in range(emb.shape[1]):
         df[f"{prefix}{j + 1}"] = emb[:, j]

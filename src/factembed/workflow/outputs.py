@@ -104,7 +104,9 @@ def write_fit_outputs(fe, samples, labels, out: Path, extra: dict, title: str, *
     fe.save(out, extra=extra)
     fe.extra_ = extra
     written = [out / META_FILE, out / WEIGHTS_FILE]
-    write_embedding_table(out / "embedding.csv", fe.embedding_, samples, labels)
+    from ..estimator.covariate_terms import training_covariates
+    write_embedding_table(out / "embedding.csv", fe.embedding_, samples, labels,
+                          columns=training_covariates(getattr(fe, "covariates_", None), fe.net_))
     written.append(out / "embedding.csv")
     with atomic_output(out / "history.csv") as tmp:
         hist = {k: v for k, v in fe.history_.items() if not k.startswith("val_")}
