@@ -31,7 +31,8 @@ on two, its samples embedded by ``transform`` (the default ``unseen="learn"``) f
 all of them, against passing a known batch instead; ``gap``: distance of the new samples'
 group centroids to the training ones, in within-group sds (held-out samples of the seen
 batches give the level to reach).  And the cost: seconds per training step with and without
-a covariate, interleaved rounds, at ``--cost-shape`` (TCGA's genes).
+a covariate, after a warm-up fit, interleaved rounds (``--cost-rounds``, median), at
+``--cost-shape`` (TCGA's genes); the seconds from a fifth of the run to its last step.
 
     python bench/bench_covariates.py                  # every design, ~10 min on 2 cores
     python bench/bench_covariates.py --designs planted,khan --no-cost
@@ -218,7 +219,8 @@ def cost(args) -> dict:
     cov = {"batch": np.array(["a", "b"])[np.arange(n) % 2]}
     steps = 20 if args.quick else 300
     per = {"without": [], "with": []}
-    for _ in range(1 if args.quick else 3):
+    FactorizedEmbeddings(n_steps=steps // 2, random_state=0, verbose=False).fit(X)      # warm-up, not counted
+    for _ in range(1 if args.quick else args.cost_rounds):
         for key in ("without", "with"):
             fe = FactorizedEmbeddings(n_steps=steps, random_state=0, verbose=False)
             fe.fit(X, covariates=cov if key == "with" else None)
@@ -226,6 +228,7 @@ def cost(args) -> dict:
             per[key].append((s[-1] - s[len(s) // 5]) / (len(s) - 1 - len(s) // 5) * 1e3)
     out = {"shape": [n, m], "steps": steps, "ms_per_step": {k: round(statistics.median(v), 2) for k, v in per.items()}}
     out["ratio"] = round(out["ms_per_step"]["with"] / out["ms_per_step"]["without"], 3)
+    out["ratio_per_round"] = [round(a / b, 3) for a, b in zip(per["with"], per["without"])]
     print(f"  cost at {n:,} x {m:,}: {out}", flush=True)
     return out
 
@@ -239,6 +242,7 @@ def main() -> None:
     p.add_argument("--no-cost", action="store_true")
     p.add_argument("--cost-shape", type=lambda s: tuple(int(v) for v in s.split("x")), default=(2000, 19_962),
                    help="N x M of the cost rounds (default 2000x19962)")
+    p.add_argument("--cost-rounds", type=int, default=5, help="interleaved rounds of the cost (median)")
     args = p.parse_args()
     designs = [d for d in args.designs.split(",") if d]
     if args.quick:
