@@ -89,18 +89,14 @@ def split(groups: np.ndarray, seed: int = 0) -> np.ndarray:
 
 
 def knn_scores(Ztr, Zte, gtr, gte, btr, bte) -> dict:
+    """Group 5-NN accuracy of the test samples, and the library's batch mixing within groups."""
     from sklearn.neighbors import KNeighborsClassifier
+
+    from factembed.evaluate.tasks import batch_mixing
     label = KNeighborsClassifier(5).fit(Ztr, gtr).score(Zte, gte)
-    hits, chance, total = 0.0, 0.0, 0
-    for g in np.unique(gte):
-        tr, te = gtr == g, gte == g
-        if len(np.unique(btr[tr])) < 2 or tr.sum() < 5:
-            continue
-        hits += KNeighborsClassifier(5).fit(Ztr[tr], btr[tr]).score(Zte[te], bte[te]) * te.sum()
-        chance += np.bincount(btr[tr]).max() / tr.sum() * te.sum()
-        total += te.sum()
-    return {"label_knn": round(float(label), 3), "batch_knn": round(hits / max(1, total), 3),
-            "batch_chance": round(chance / max(1, total), 3)}
+    mix = batch_mixing(Ztr, Zte, gtr, gte, btr, bte)
+    return {"label_knn": round(float(label), 3), "batch_knn": round(mix["batch_knn"], 3),
+            "batch_chance": round(mix["batch_chance"], 3)}
 
 
 def centred_rmse(A, B) -> float:

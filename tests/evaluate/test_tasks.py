@@ -325,3 +325,74 @@ def test_gse7390_survival_small():
     a, b = (factembed.evaluate(d, **kw)["results"] for _ in range(2))
     keep = ~a.metric.str.endswith("seconds")
     pd.testing.assert_frame_equal(a[keep], b[keep])
+
+
+def test_batch_mixing_against_a_brute_force_vote():
+    """batch_knn is the share of test samples whose 5 nearest training samples of the same
+    group vote their batch (counted here by brute force); chance the majority share."""
+    rng = np.random.default_rng(0)
+    Z_tr, Z_te = rng.normal(size=(60, 2)), rng.normal(size=(30, 2))
+    g_tr, g_te = np.arange(60) % 3, np.arange(30) % 3
+    b_tr, b_te = rng.integers(0, 2, 60), rng.integers(0, 2, 30)
+    got = et.batch_mixing(Z_tr, Z_te, g_tr, g_te, b_tr, b_te)
+    hits, chance = 0, 0.0
+    for i in range(30):
+        same = np.flatnonzero(g_tr == g_te[i])
+        near = same[np.argsort(((Z_tr[same] - Z_te[i]) ** 2).sum(1))[:5]]
+        hits += int(np.bincount(b_tr[near], minlength=2).argmax() == b_te[i])
+        chance += np.bincount(b_tr[same]).max() / len(same)
+    assert got["batch_knn"] == pytest.approx(hits / 30) and got["batch_chance"] == pytest.approx(chance / 30)
+    # batches apart within every group: predicted perfectly
+    Z_tr[:, 0] += 10 * b_tr
+    Z_te[:, 0] += 10 * b_te
+    assert et.batch_mixing(Z_tr, Z_te, g_tr, g_te, b_tr, b_te)["batch_knn"] == 1.0
+
+
+def test_evaluate_with_a_batch_covariate_reports_mixing_for_every_method():
+    pytest.importorskip("scanpy")
+    from factembed.planted import make_planted, plant_batches
+    P = make_planted(160, 300, n_groups=4, latent_dim=3, scatter=0.15, loading_sd=1.0, base=None, noise=0.1,
+                     clip=False, balanced=True, seed=0)
+    B = plant_batches(P.X, 2, seed=1)
+    d = ExpressionData(B.X, [f"s{i}" for i in range(160)], [f"g{j}" for j in range(300)],
+                       obs={"group": P.labels.astype(str), "batch": np.array(["b0", "b1"])[B.batch]})
+    kw = dict(dims=[2], n_folds=2, preprocessing=PRE, progress=False, tasks=["classification:group"])
+
+    class PlainFE(ev.FEEmbedder):               # FE without the covariate, for comparison
+        uses_covariates = False
+
+    res = factembed.evaluate(d, methods=["fe", "fe_plain", "pca", "combat_pca"], covariates=["batch"],
+                             fe_config=FEConfig(gene_dim=8, hidden=(16, 8), n_steps=300),
+                             extra_embedders={"fe_plain": PlainFE}, **kw)
+    df = res["results"].query("task == 'mixing:batch'")
+    knn = df[df.metric == "batch_knn"].groupby("method")["value"].mean()
+    chance = df[df.metric == "batch_chance"]["value"].mean()
+    assert set(knn.index) == {"fe", "fe_plain", "pca", "combat_pca"} and 0.4 < chance < 0.7
+    assert knn["pca"] > 0.95 and knn["fe_plain"] > 0.95     # the batch is in both embeddings
+    assert knn["fe"] < knn["fe_plain"] - 0.1 and knn["combat_pca"] < knn["pca"] - 0.2, knn.to_dict()
+    with pytest.raises(ValueError, match="correct a batch"):
+        factembed.evaluate(d, methods=["combat_pca"], **kw)
+
+
+def test_cli_evaluate_with_a_covariate_writes_the_mixing_tables(tmp_path, capsys):
+    pytest.importorskip("scanpy")
+    from factembed.cli import main
+    from factembed.io import write_expression
+    from factembed.planted import make_planted, plant_batches
+    P = make_planted(80, 60, n_groups=2, latent_dim=2, scatter=0.15, loading_sd=1.0, base=None, noise=0.1,
+                     clip=False, balanced=True, seed=0)
+    B = plant_batches(P.X, 2, seed=1)
+    samples = np.array([f"s{i}" for i in range(80)])
+    write_expression(tmp_path / "x.csv", ExpressionData(B.X, samples, np.array([f"g{j}" for j in range(60)])))
+    pd.DataFrame({"sample": samples, "group": P.labels.astype(str), "batch": np.array(["b0", "b1"])[B.batch]}
+                 ).to_csv(tmp_path / "ann.csv", index=False)
+    args = ["evaluate", str(tmp_path / "x.csv"), "--labels", str(tmp_path / "ann.csv"), "--label-column", "group",
+            "--no-log", "--folds", "2", "--dims", "2", "--steps", "30", "--gene-dim", "4", "--hidden", "8",
+            "--no-figures", "--quiet", "-o", str(tmp_path / "ev")]
+    assert main(args + ["--covariate", "batch", "--methods", "fe,pca,combat_pca"]) == 0
+    out = capsys.readouterr().out
+    assert "mixing:batch (within the groups of label): batch_knn" in out and "combat_pca" in out
+    md = (tmp_path / "ev" / "summary.md").read_text()
+    assert "## mixing:batch: batch mixing within the groups of label" in md
+    assert main(args + ["--methods", "pca,combat_pca"]) != 0
+    assert "--covariate BATCH" in capsys.readouterr().err

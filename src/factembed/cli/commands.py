@@ -165,6 +165,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     tasks = list(args.task or [])
     annotations = None
+    table_path = args.labels_path
     if tasks and args.labels_path and not args.label_column:
         # --labels holds the tasks' columns; read it whole (no single label column needed)
         from ..io import read_sample_table
@@ -175,12 +176,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         data, pre = _experiment_data(args)
     if tasks and args.label_column:
         tasks.insert(0, "classification:label")  # --label-column: the short form of one classification task
+    if args.covariate and annotations is None and table_path:
+        from ..io import read_sample_table
+        annotations = read_sample_table(table_path, data.samples)     # the covariates' columns
     methods = [m.strip().lower() for m in args.methods.split(",") if m.strip()]
     res = evaluate(data, methods=methods, dims=args.dims, n_folds=args.folds, fe_config=cfg, tasks=tasks or None,
                    annotations=annotations, preprocessing=pre, output=args.output, jobs=args.jobs,
                    seed=args.cv_seed, n_pairs=args.pairs, progress=cfg.verbose, figures=not args.no_figures,
                    title=args.title or ("HSMM demo" if args.data == "demo" else Path(args.data).name),
-                   missing=args.missing, n_bootstrap=args.bootstrap)
+                   missing=args.missing, n_bootstrap=args.bootstrap, covariates=args.covariate)
     df = res["results"]
     print(f"{data.n_samples} samples x {data.n_genes} genes, {args.folds}-fold CV in {res['seconds']:.0f} s "
           f"(stratified by {res['tasks'][0].name}); mean ± sd over folds")
@@ -194,6 +198,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             print(f"c-index of the pooled test folds [bootstrap 95% interval]\n{interval_table(df, t.name).to_string()}")
         for metric in shown[t.kind]:
             print(f"\n{t.name}: {metric}\n{metric_by_dim_table(df[df.fold >= 0], metric, task=t.name).to_string()}")
+    for task in sorted(t for t in set(df["task"]) if str(t).startswith("mixing:")):
+        for metric in ("batch_knn", "batch_chance"):
+            print(f"\n{task} (within the groups of {res['tasks'][0].name}): {metric}\n"
+                  f"{metric_by_dim_table(df, metric, task=task).to_string()}")
     for metric in ("distance_r", "recon_r"):
         if metric in set(df["metric"]):
             print(f"\n{metric}\n{metric_by_dim_table(df, metric).to_string()}")
@@ -389,6 +397,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--dims", type=int_tuple, default=(2, 4, 8, 16, 32, 64),
                    help="embedding dimensions, comma separated (default 2,4,8,16,32,64)")
     e.add_argument("--folds", type=int, default=5, help="stratified CV folds (default %(default)s)")
+    e.add_argument("--covariate", action="append", default=None, metavar="COLUMN",
+                   help="a known factor of the samples (a batch...; a column of --labels, the .h5ad obs or the "
+                        "HDF5 file; repeatable): FE fits it as a covariate, methods combat_pca / harmony_pca "
+                        "(pip install 'factembed[batch]') correct the first categorical one, and each method "
+                        "gets its batch mixing within the groups of the first classification task "
+                        "(batch_knn near its chance: mixed)")
     e.add_argument("--task", action="append", default=None, metavar="KIND:COLUMN",
                    help="what to predict from the embeddings (repeatable): classification:COLUMN, "
                         "regression:COLUMN (numeric), survival:TIME_COLUMN,EVENT_COLUMN (event 0/1; needs "

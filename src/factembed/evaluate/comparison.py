@@ -43,7 +43,7 @@ from __future__ import annotations
 import os
 import time
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -51,9 +51,11 @@ import numpy as np
 
 from .._utils.files import atomic_output, write_text_atomic
 from . import tasks as _tasks
+from .embedders import (EMBEDDERS, ComBatPCA, Embedder, FEEmbedder, FullProfile, HarmonyPCA,  # noqa: F401 (public here)
+                        PCAEmbedder, UMAPEmbedder, pearson_r)
 from ..config import FEConfig
 from .tasks import TaskSpec, make_classifier, make_folds, parse_task  # noqa: F401 (public here)
-from .tasks import ACCURACY_METRICS, CLASSIFIERS, EMBEDDING_TASK, METRIC_ORDER  # noqa: F401 (public here)
+from .tasks import ACCURACY_METRICS, CLASSIFIERS, EMBEDDING_TASK, METRIC_ORDER, MIXING_TASK  # noqa: F401 (public here)
 from .report import (evaluation_figures, interval_table, method_order,  # noqa: F401 (public here)
                               metric_by_dim_table, summarize, summary_table, write_outputs)
 
@@ -63,132 +65,8 @@ COLUMNS = ["fold", "method", "dim", "task", "metric", "value"]
 
 
 # --------------------------------------------------------------------------
-# embedding methods: fit on the training fold, out-of-sample path for the test fold
-# --------------------------------------------------------------------------
-
-
-class Embedder:
-    """Interface of an embedding method in the evaluation.
-
-    ``fit_transform(X_train)`` sees the training fold only and returns its embedding;
-    ``transform(X_test)`` embeds new rows without refitting."""
-
-    name = "base"
-    deterministic_dim = True
-    #: takes NaN entries (missing values) itself; the others get them filled with the
-    #: training fold's gene means
-    handles_missing = False
-
-    def __init__(self, dim: int, seed: int, fe_config: FEConfig | None = None):
-        self.dim = int(dim)
-        self.seed = int(seed)
-        self.fe_config = fe_config
-
-    def fit_transform(self, X: np.ndarray) -> np.ndarray:  # pragma: no cover - interface
-        raise NotImplementedError
-
-    def transform(self, X: np.ndarray) -> np.ndarray:  # pragma: no cover - interface
-        raise NotImplementedError
-
-    def extra_metrics(self, X_test: np.ndarray, Z_test: np.ndarray) -> dict[str, float]:
-        return {}
-
-
-class PCAEmbedder(Embedder):
-    """PCA (centred with the training mean); test rows are projected."""
-
-    name = "pca"
-
-    def fit_transform(self, X):
-        from sklearn.decomposition import PCA
-        self.model = PCA(n_components=self.dim, random_state=self.seed, svd_solver="full")
-        return self.model.fit_transform(X)
-
-    def transform(self, X):
-        return self.model.transform(X)
-
-
-class UMAPEmbedder(Embedder):
-    """UMAP (umap-learn, 15 neighbours, min_dist 0.1); test rows through ``UMAP.transform``."""
-
-    name = "umap"
-
-    def fit_transform(self, X):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            import umap
-            n_neighbors = int(min(15, max(2, X.shape[0] - 1)))
-            self.model = umap.UMAP(n_components=self.dim, n_neighbors=n_neighbors, min_dist=0.1,
-                                   random_state=self.seed, n_jobs=1,
-                                   init="spectral" if self.dim < X.shape[0] - 1 else "random")
-            return self.model.fit_transform(X)
-
-    def transform(self, X):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return self.model.transform(X)
-
-
-class FEEmbedder(Embedder):
-    """Factorized Embeddings with ``sample_dim = dim``; the training embedding is the
-    learned one, test rows are embedded by inference (``transform``)."""
-
-    name = "fe"
-    handles_missing = True
-
-    def fit_transform(self, X):
-        from ..estimator.factorized_embeddings import FactorizedEmbeddings
-        cfg = replace(self.fe_config or FEConfig(), sample_dim=self.dim, verbose=False)
-        if cfg.random_state is None:
-            cfg = replace(cfg, random_state=self.seed)
-        self.model = FactorizedEmbeddings.from_config(cfg)
-        self.missing = "ignore" if np.isnan(X).any() else "error"
-        self.model.fit(X, missing=self.missing)
-        self.train_X_ = X
-        return self.model.embedding_
-
-    def transform(self, X):
-        return self.model.transform(X, missing="ignore" if np.isnan(X).any() else "error")
-
-    def extra_metrics(self, X_test, Z_test):
-        rec = self.model.inverse_transform(Z_test)
-        seen = ~np.isnan(X_test)              # the observed entries only
-        return {"recon_r": pearson_r(X_test[seen], rec[seen]), "train_steps": float(self.model.n_steps_)}
-
-
-class FullProfile(Embedder):
-    """Reference: no reduction, the preprocessed profile itself."""
-
-    name = "full"
-
-    def fit_transform(self, X):
-        return np.asarray(X)
-
-    def transform(self, X):
-        return np.asarray(X)
-
-
-#: method name -> Embedder class (tests may register spies here)
-EMBEDDERS: dict[str, type[Embedder]] = {
-    "fe": FEEmbedder,
-    "pca": PCAEmbedder,
-    "umap": UMAPEmbedder,
-    "full": FullProfile,
-}
-
-
-# --------------------------------------------------------------------------
 # metrics
 # --------------------------------------------------------------------------
-
-
-def pearson_r(a: np.ndarray, b: np.ndarray) -> float:
-    a = np.asarray(a, dtype=np.float64).ravel()
-    b = np.asarray(b, dtype=np.float64).ravel()
-    a = a - a.mean()
-    b = b - b.mean()
-    den = np.sqrt((a @ a) * (b @ b))
-    return float(a @ b / den) if den > 0 else float("nan")
 
 
 def sample_pairs(n: int, n_pairs: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -234,6 +112,7 @@ class EvalContext:
     keep_fold: int = 0
     extra_embedders: dict = field(default_factory=dict)
     missing: str = "error"          # "ignore": NaN entries are missing values
+    covariates: dict | None = None  # name -> values in sample order (fitted by the methods that take them)
 
 
 def build_tasks(methods: Sequence[str], dims: Sequence[int], n_folds: int, n_genes: int) -> list[Task]:
@@ -287,11 +166,19 @@ def run_task(task: Task, ctx: EvalContext) -> tuple[list[dict], dict]:
     F_tr, F_te = fill_with_train_means(X_tr, X_te) if np.isnan(X_tr).any() or np.isnan(X_te).any() \
         else (X_tr, X_te)
     own = emb.handles_missing
+    cov = ctx.covariates if getattr(emb, "uses_covariates", False) else None
+    cov_tr = None if cov is None else {k: v[tr] for k, v in cov.items()}
+    cov_te = None if cov is None else {k: v[te] for k, v in cov.items()}
     t0 = time.perf_counter()
-    Z_tr = np.asarray(emb.fit_transform(X_tr if own else F_tr))
-    t1 = time.perf_counter()
-    Z_te = np.asarray(emb.transform(X_te if own else F_te))
-    t2 = time.perf_counter()
+    if getattr(emb, "transductive", False):
+        Z_tr, Z_te = (np.asarray(z) for z in emb.fit_both(F_tr, F_te, cov_tr, cov_te))
+        t1 = t2 = time.perf_counter()
+    else:
+        kw_tr, kw_te = ({}, {}) if cov is None else ({"covariates": cov_tr}, {"covariates": cov_te})
+        Z_tr = np.asarray(emb.fit_transform(X_tr if own else F_tr, **kw_tr))
+        t1 = time.perf_counter()
+        Z_te = np.asarray(emb.transform(X_te if own else F_te, **kw_te))
+        t2 = time.perf_counter()
     rows, preds = [], {}
     for t in ctx.tasks:
         scores, pred = _tasks.score_task(t, tr, te, Z_tr, Z_te, seed, classifiers=CLASSIFIERS)
@@ -299,6 +186,7 @@ def run_task(task: Task, ctx: EvalContext) -> tuple[list[dict], dict]:
                   "value": float(v)} for k, v in scores.items()]
         if pred is not None:
             preds[t.name] = {**pred, "fold": task.fold}
+    rows += _mixing_rows(ctx, task, tr, te, Z_tr, Z_te)
     metrics = {}
     pairs = sample_pairs(len(X_te), ctx.n_pairs, seed=ctx.seed * 7919 + task.fold)
     d_expr = pair_distances(F_te, pairs)
@@ -318,6 +206,24 @@ def run_task(task: Task, ctx: EvalContext) -> tuple[list[dict], dict]:
             if first is not None:
                 extras.update(y_train=first.y[tr].astype(str), y_test=first.y[te].astype(str))
     return rows, extras
+
+
+def _mixing_rows(ctx: EvalContext, task: Task, tr, te, Z_tr, Z_te) -> list[dict]:
+    """Batch mixing of each categorical covariate within the groups of the first
+    classification task (:func:`~factembed.evaluate.tasks.batch_mixing`), for every method."""
+    first = next((t for t in ctx.tasks if t.kind == "classification"), None)
+    if not ctx.covariates or first is None or task.method == "full":
+        return []
+    rows = []
+    ok_tr, ok_te = first.known[tr], first.known[te]
+    for name, values in ctx.covariates.items():
+        if np.asarray(values).dtype.kind in "biuf":
+            continue
+        scores = _tasks.batch_mixing(Z_tr[ok_tr], Z_te[ok_te], first.y[tr][ok_tr], first.y[te][ok_te],
+                                     values[tr][ok_tr], values[te][ok_te])
+        rows += [{"fold": task.fold, "method": task.method, "dim": task.dim, "task": f"{MIXING_TASK}:{name}",
+                  "metric": k, "value": float(v)} for k, v in scores.items()]
+    return rows
 
 
 # -- process pool ------------------------------------------------------------
@@ -436,6 +342,7 @@ def evaluate(
     title: str | None = None,
     missing: str = "error",
     n_bootstrap: int = _tasks.N_BOOTSTRAP,
+    covariates: Sequence[str] | None = None,
 ) -> dict:
     """Cross-validated comparison of embedding methods on ``data`` (an
     :class:`~factembed.io.ExpressionData`).
@@ -446,6 +353,13 @@ def evaluate(
     ``data.obs``, then ``"label"`` = ``data.labels``.  Default: classification of
     ``data.labels``.  Folds are stratified by the first task.  ``n_bootstrap``: resamples of
 the pooled c-index interval of survival tasks (about 0.75 ms each per cell on 200 samples).
+
+    ``covariates``: known factors of the samples (columns looked up as the tasks' are),
+    fitted by FE as covariates (the test fold embedded with its own levels; a level absent
+    from the training fold is learned by ``transform``) and, for the first categorical one,
+    by the batch corrections ``"combat_pca"`` and ``"harmony_pca"``.  Each categorical
+    covariate adds, for every method, its batch mixing within the groups of the first
+    classification task (task ``mixing:NAME``: ``batch_knn`` and its ``batch_chance``).
 
     ``missing="ignore"``: NaN entries are missing values; FE leaves them out of training
     and inference, the other methods (and the distances between expression profiles)
@@ -466,6 +380,11 @@ the pooled c-index interval of survival tasks (about 0.75 ms each per cell on 20
             raise ValueError("evaluate needs a task: sample labels (--label-column) or --task KIND:COLUMN")
         tasks = ["classification:label"]
     resolved = _tasks.resolve_tasks(data, tasks, annotations)
+    covs = _tasks.resolve_covariates(data, list(covariates), annotations) if covariates else None
+    needs = [m for m in methods if getattr(EMBEDDERS.get(m), "transductive", False)]
+    if needs and not any(np.asarray(v).dtype.kind not in "biuf" for v in (covs or {}).values()):
+        raise ValueError(f"method(s) {', '.join(needs)} correct a batch: give a categorical covariate "
+                         "(covariates=[...], --covariate BATCH)")
     if missing not in ("error", "ignore"):
         raise ValueError(f"missing must be 'error' or 'ignore', got {missing!r}")
     methods = list(dict.fromkeys(methods))
@@ -493,7 +412,7 @@ the pooled c-index interval of survival tasks (about 0.75 ms each per cell on 20
         cells = [t for t in cells if t not in dropped]
     ctx = EvalContext(X=data.X, tasks=resolved, samples=np.asarray(data.samples), genes=np.asarray(data.genes),
                       folds=folds, preprocessing=preprocessing, fe_config=fe_config, seed=seed, missing=missing,
-                      n_pairs=n_pairs, extra_embedders=dict(extra_embedders or {}))
+                      n_pairs=n_pairs, extra_embedders=dict(extra_embedders or {}), covariates=covs)
     t0 = time.perf_counter()
     rows, extras = run_grid(ctx, cells, jobs=jobs, progress=progress)
     pooled, km = _pooled_survival(resolved, extras.pop("_pred", {}), seed, n_bootstrap)

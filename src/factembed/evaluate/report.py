@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .._utils.files import atomic_output, write_text_atomic
-from .tasks import EMBEDDING_TASK, METRIC_ORDER
+from .tasks import EMBEDDING_TASK, METRIC_ORDER, MIXING_TASK
 
 
 def summarize(df) -> "Any":
@@ -116,6 +116,13 @@ def write_outputs(output, result: dict, *, data, methods, dims, n_folds, jobs, s
                    _to_markdown(interval_table(df, t.name)), ""]
         sub = df[(df["task"] == t.name) & (df["fold"] >= 0)]
         for metric in [m for m in METRIC_ORDER if m in set(sub["metric"]) and m != "n_test"]:
+            md += [f"### {metric}", "", _to_markdown(metric_by_dim_table(sub, metric)), ""]
+    for task in sorted(t for t in set(df["task"]) if str(t).startswith(f"{MIXING_TASK}:")):
+        md += [f"## {task}: batch mixing within the groups of {tasks[0].name}", "",
+               "batch_knn: 5-NN accuracy of the batch among training samples of the same group; near "
+               "batch_chance (the majority batch's share) = mixed.", ""]
+        sub = df[df["task"] == task]
+        for metric in ("batch_knn", "batch_chance"):
             md += [f"### {metric}", "", _to_markdown(metric_by_dim_table(sub, metric)), ""]
     emb = df[df["task"] == EMBEDDING_TASK]
     md += ["## embedding (task-independent)", ""]

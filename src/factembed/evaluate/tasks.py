@@ -44,7 +44,10 @@ ACCURACY_METRICS = tuple(f"{c}_accuracy" for c in CLASSIFIERS)
 METRIC_ORDER = (ACCURACY_METRICS + tuple(f"{c}_{m}" for m in ("balanced_accuracy", "macro_f1") for c in CLASSIFIERS)
                 + ("c_index", "c_index_pooled", "c_index_low", "c_index_high")
                 + tuple(f"{r}_{m}" for m in ("r2", "spearman_r") for r in REGRESSORS)
+                + ("batch_knn", "batch_chance")
                 + ("distance_r", "recon_r", "n_test", "fit_seconds", "embed_seconds"))
+#: the task name prefix of the batch-mixing rows of a categorical covariate (``mixing:batch``)
+MIXING_TASK = "mixing"
 #: the task of the rows that do not depend on a task (distances, reconstruction, times)
 EMBEDDING_TASK = "embedding"
 _MISSING_TEXT = {"", "na", "nan", "none", "null", "n/a"}
@@ -369,3 +372,45 @@ def knn_accuracy(Z: np.ndarray, labels: Sequence, folds: int = 5, k: int = 5,
         scores = cross_val_score(KNeighborsClassifier(k), Z, labels, cv=cv)
     sd = float(scores.std(ddof=1)) if len(scores) > 1 else 0.0
     return KnnAccuracy(float(scores.mean()), sd, float(counts.max() / counts.sum()))
+
+
+def resolve_covariates(data, names: Sequence[str], annotations: Mapping | None = None) -> dict[str, np.ndarray]:
+    """``{name: values}`` of the covariate columns ``names`` (looked up as task columns are:
+    ``annotations``, ``data.obs``, ``"label"``); a missing value is an error naming the
+    column and the first sample."""
+    out = {}
+    for name in names:
+        v = _column(data, annotations, name)
+        miss = _missing(v)
+        if miss.any():
+            i = int(np.flatnonzero(miss)[0])
+            raise FEInputError(f"covariate {name!r} is missing for {int(miss.sum())} sample(s) (first: "
+                               f"{str(data.samples[i])!r})", data.source,
+                               hint="give every sample a value (e.g. an 'unknown' level)")
+        out[name] = v if v.dtype.kind in "biuf" else np.array([str(x) for x in v.tolist()], dtype=object)
+    return out
+
+
+def batch_mixing(Z_tr: np.ndarray, Z_te: np.ndarray, groups_tr: np.ndarray, groups_te: np.ndarray,
+                 batch_tr: np.ndarray, batch_te: np.ndarray, k: int = 5) -> dict[str, float]:
+    """How well the batch of a test sample is predicted from the training samples *of its
+    own group* (a k-NN vote in the embedding): ``batch_knn``, pooled over the groups, and
+    ``batch_chance``, the majority batch's share within each group's training samples (what
+    a vote that ignores the embedding gets).  Near chance: the batches are mixed within
+    each group, so the biology (the groups) is not what is being removed.  Groups with
+    fewer than ``k`` training samples or one batch are left out."""
+    from sklearn.neighbors import KNeighborsClassifier
+    hits = chance = 0.0
+    total = 0
+    batch_tr, batch_te = np.asarray(batch_tr).astype(str), np.asarray(batch_te).astype(str)
+    for g in np.unique(groups_te):
+        tr, te = groups_tr == g, groups_te == g
+        if tr.sum() < k or len(np.unique(batch_tr[tr])) < 2:
+            continue
+        vote = KNeighborsClassifier(k).fit(Z_tr[tr], batch_tr[tr])
+        hits += float((vote.predict(Z_te[te]) == batch_te[te]).sum())
+        chance += np.unique(batch_tr[tr], return_counts=True)[1].max() / tr.sum() * te.sum()
+        total += int(te.sum())
+    if total == 0:
+        return {}
+    return {"batch_knn": hits / total, "batch_chance": chance / total}
