@@ -72,6 +72,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_unseen_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--unseen", choices=("learn", "error"), default="learn",
+                   help="a --covariate level the model never saw (a new batch): 'learn' (default) learns a "
+                        "per-gene offset of its samples with their embeddings (>= 5 samples of the level in "
+                        "the file), 'error' refuses it")
+
+
 def cmd_transform(args: argparse.Namespace) -> int:
     from ..workflow import transform
 
@@ -335,10 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--html", default=None, metavar="PAGE.html",
                    help="also write the interactive page with the new samples over the training embedding "
                         "(needs bokeh: pip install 'factembed[interactive]')")
-    t.add_argument("--unseen", choices=("learn", "error"), default="learn",
-                   help="a --covariate level the model never saw (a new batch): 'learn' (default) learns a "
-                        "per-gene offset of its samples with their embeddings (>= 5 samples of the level in "
-                        "the file), 'error' refuses it")
+    _add_unseen_option(t)
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.add_argument("--distributed", choices=("torchrun",), default=None,
                    help="'torchrun': run as one rank of a torchrun you started; the samples are split over "
@@ -362,10 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     im.add_argument("--impute-empty-genes", action="store_true",
                     help="also fill genes that the file has but observes in no sample (by default an error naming "
                          "the gene: such a column is more often broken than absent)")
-    im.add_argument("--unseen", choices=("learn", "error"), default="learn",
-                   help="a --covariate level the model never saw (a new batch): 'learn' (default) learns a "
-                        "per-gene offset of its samples with their embeddings (>= 5 samples of the level in "
-                        "the file), 'error' refuses it")
+    _add_unseen_option(im)
     im.add_argument("--quiet", action="store_true", help="no progress bars")
     add_read_options(im)
     im.set_defaults(func=cmd_impute)

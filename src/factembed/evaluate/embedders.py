@@ -136,12 +136,17 @@ class FullProfile(Embedder):
         return np.asarray(X)
 
 
-def _batch_key(covariates) -> tuple[str, np.ndarray]:
-    """The first categorical covariate (the batch a correction removes)."""
-    for name, v in (covariates or {}).items():
+def _batches(cov_tr, cov_te) -> np.ndarray:
+    """Both folds' batches (the first categorical covariate), training rows first."""
+    for name, v in (cov_tr or {}).items():
         if np.asarray(v).dtype.kind not in "biuf":
-            return name, np.asarray(v).astype(str)
+            return np.concatenate([np.asarray(v), np.asarray(cov_te[name])]).astype(str)
     raise ValueError("this method corrects a batch: pass a categorical covariate (--covariate BATCH)")
+
+
+def _pca(dim: int, seed: int):
+    from sklearn.decomposition import PCA
+    return PCA(n_components=dim, random_state=seed, svd_solver="full")
 
 
 class ComBatPCA(Embedder):
@@ -156,16 +161,13 @@ class ComBatPCA(Embedder):
     def fit_both(self, X_tr, X_te, cov_tr, cov_te):
         import anndata
         import scanpy as sc
-        from sklearn.decomposition import PCA
-        key, b_tr = _batch_key(cov_tr)
-        _, b_te = _batch_key(cov_te)
         ad = anndata.AnnData(np.vstack([X_tr, X_te]).astype(np.float64))
-        ad.obs["batch"] = np.concatenate([b_tr, b_te])
+        ad.obs["batch"] = _batches(cov_tr, cov_te)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             sc.pp.combat(ad, key="batch")
         C = np.asarray(ad.X)
-        pca = PCA(n_components=self.dim, random_state=self.seed, svd_solver="full").fit(C[:len(X_tr)])
+        pca = _pca(self.dim, self.seed).fit(C[:len(X_tr)])
         return pca.transform(C[:len(X_tr)]), pca.transform(C[len(X_tr):])
 
 
@@ -180,12 +182,9 @@ class HarmonyPCA(Embedder):
     def fit_both(self, X_tr, X_te, cov_tr, cov_te):
         import harmonypy
         import pandas as pd
-        from sklearn.decomposition import PCA
-        _, b_tr = _batch_key(cov_tr)
-        _, b_te = _batch_key(cov_te)
-        pca = PCA(n_components=self.dim, random_state=self.seed, svd_solver="full").fit(X_tr)
+        pca = _pca(self.dim, self.seed).fit(X_tr)
         P = np.vstack([pca.transform(X_tr), pca.transform(X_te)])
-        H = np.asarray(harmonypy.run_harmony(P, pd.DataFrame({"batch": np.concatenate([b_tr, b_te])}), ["batch"],
+        H = np.asarray(harmonypy.run_harmony(P, pd.DataFrame({"batch": _batches(cov_tr, cov_te)}), ["batch"],
                                              random_state=self.seed, verbose=False).Z_corr)
         H = H if H.shape[0] == len(P) else H.T
         return H[:len(X_tr)], H[len(X_tr):]
