@@ -252,6 +252,9 @@ def main() -> None:
     designs = [d for d in args.designs.split(",") if d]
     if args.quick:
         designs = [d for d in designs if d in ("planted", "confounded", "khan")]
+    if "khan" in designs and not (args.data / "khan_expr.csv.gz").is_file():
+        print(f"khan: no {args.data / 'khan_expr.csv.gz'} (--data DIR): design skipped")
+        designs.remove("khan")
     print(machine_line())
     result = {"designs": []}
     for d in designs:
