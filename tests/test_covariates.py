@@ -204,7 +204,8 @@ def test_cli_fit_and_transform_with_a_covariate_column(tmp_path, capsys):
     ann3.to_csv(tmp_path / "ann3.csv", index=False)
     assert main(["transform", str(tmp_path / "m"), str(tmp_path / "train.csv"), "-o", str(tmp_path / "z3.csv"),
                  "--labels", str(tmp_path / "ann3.csv"), "--label-column", "group", "--quiet"]) == 0
-    assert len(pd.read_csv(tmp_path / "z3.csv")) == 60
+    z3 = pd.read_csv(tmp_path / "z3.csv")
+    assert len(z3) == 60 and (z3["batch"] == 3).all()          # the new samples' covariates as columns
     capsys.readouterr()
     assert main(["transform", str(tmp_path / "m"), str(tmp_path / "train.csv"), "-o", str(tmp_path / "z4.csv"),
                  "--labels", str(tmp_path / "ann3.csv"), "--label-column", "group", "--quiet", "--unseen", "error"]) != 0

@@ -76,12 +76,13 @@ def transform(model: str, data: str, output: str, *, read: ReadOptions | None = 
     d = prepare_for_model(raw, fe, pre, fill_missing=mode)
     absent, n_nan = _report_missing(raw, d, pre, mode)
     del raw
-    Z = fe.transform(d.X, missing="ignore" if mode == "decoder" else "error",
-                     covariates=model_covariates(fe, d, read), unseen=unseen)
+    covariates = model_covariates(fe, d, read)
+    Z = fe.transform(d.X, missing="ignore" if mode == "decoder" else "error", covariates=covariates,
+                     unseen=unseen)
     if output.endswith(".h5ad"):
         write_embedding_h5ad(output, d, Z, fe.gene_embedding_)
-    else:
-        write_embedding_table(output, Z, d.samples, d.labels)
+    else:                      # the covariates as columns: the page draws the new samples with them
+        write_embedding_table(output, Z, d.samples, d.labels, columns=covariates)
     written = [Path(output)]
     if plot:
         from ..plot.figures import plot_transform
