@@ -314,4 +314,9 @@ def test_a_backed_fit_takes_covariates_from_labels_like_the_in_memory_fit(tmp_pa
     assert backed.covariates_ == memory.covariates_ and backed.covariates_.covariates[0].levels == ("run_0", "run_1")
     np.testing.assert_array_equal(backed.net_.covariate_levels[:, 0].numpy(), batch)
     assert backed.extra_["backed"] and backed.covariate_embedding_["batch"].shape == (2, 4)
-    assert main(["fit", str(tmp_path / "x.h5"), "-o", str(tmp_path / "dist"), "--distributed", "2", *fast]) != 0
+    # data-parallel: every rank reads the whole table; the same levels
+    assert main(["fit", str(tmp_path / "x.h5"), "-o", str(tmp_path / "dist"), "--distributed", "2", "--backed",
+                 *fast]) == 0
+    dist_fe = FactorizedEmbeddings.load(tmp_path / "dist")
+    assert dist_fe.covariates_ == memory.covariates_ and dist_fe.extra_["distributed"]["world_size"] == 2
+    np.testing.assert_array_equal(dist_fe.net_.covariate_levels[:, 0].numpy(), batch)

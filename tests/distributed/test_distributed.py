@@ -54,8 +54,18 @@ def _worker(rank, world, store, out, npy):
     res_a = fit_distributed(X[lo:hi], config=dict(CFG, n_steps="auto"), n_total=N, lo=lo)
     rec["auto"] = {"history": res_a.history, "n_steps": res_a.estimator.n_steps_,
                    "stop_reason": res_a.estimator.stop_reason_, "validation": res_a.estimator.validation_}
+    # covariates: the whole table on every rank, each rank's rows' codes, replicated level tables
+    res_c = fit_distributed(X[lo:hi], config=CFG, n_total=N, lo=lo, covariates={"batch": _batches()})
+    rec["cov_full"] = res_c.estimator.net_.state_dict()
+    rec["cov_levels"] = res_c.estimator.covariates_.covariates[0].levels
+    if rank == 0:
+        res_c.estimator.save(f"{out}/model_cov")
     torch.save(rec, f"{out}/rank{rank}.pt")
     dist.destroy_process_group()
+
+
+def _batches():
+    return np.array(["run_a", "run_b", "run_c"])[np.arange(N) % 3]
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +114,37 @@ def test_matches_single_process_with_the_union_batch(two_ranks):
     # the loss decreases as in the single-process run
     loss = recs[0]["history"]["loss"]
     assert len(loss) == STEPS and np.mean(loss[-5:]) < np.mean(loss[:5])
+
+
+def test_covariates_data_parallel_equal_the_single_process_run(two_ranks):
+    from factembed import FactorizedEmbeddings
+    from factembed.distributed import single_process_equivalent
+    d, recs = two_ranks
+    torch.set_num_threads(1)
+    X, _ = planted(n=N, m=M)
+    net = single_process_equivalent(X, CFG, world=2, covariates={"batch": _batches()})
+    for k, v in net.state_dict().items():
+        if v.dtype == torch.long:
+            assert torch.equal(v, recs[0]["cov_full"][k]), k
+        else:
+            torch.testing.assert_close(v, recs[0]["cov_full"][k], rtol=0, atol=TOL, msg=k)
+    assert recs[0]["cov_levels"] == recs[1]["cov_levels"] == ("run_a", "run_b", "run_c")
+    np.testing.assert_array_equal(recs[0]["cov_full"]["covariate_levels"][:, 0].numpy(), np.arange(N) % 3)
+    for k, v in recs[0]["cov_full"].items():          # both ranks assembled the same model
+        assert torch.equal(v, recs[1]["cov_full"][k]), k
+    # the level table trained (it is not the start) and the saved model uses it by name
+    init = FactorizedEmbeddingNet_init_levels()
+    assert (init - recs[0]["cov_full"]["covariate_embeddings.0"]).abs().max() > 1e-4
+    fe = FactorizedEmbeddings.load(d / "model_cov")
+    assert list(fe.covariate_embedding_["batch"].index) == ["run_a", "run_b", "run_c"]
+    Z = fe.transform(X[:12], covariates={"batch": _batches()[:12]})
+    assert Z.shape == (12, 2) and np.isfinite(Z).all()
+
+
+def FactorizedEmbeddingNet_init_levels():
+    from factembed import FEConfig
+    from factembed.distributed import build_shard_net
+    return build_shard_net(N, M, FEConfig(**CFG), 1, 0, N, ((3, 4),)).covariate_embeddings[0].detach()
 
 
 def test_saved_model_is_a_single_process_model(two_ranks):

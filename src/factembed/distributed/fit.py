@@ -14,6 +14,7 @@ import torch.distributed as dist
 from ..config import FEConfig
 from ..errors import FEInputError
 from ..engine.network import FactorizedEmbeddingNet
+from ..estimator.covariate_terms import fit_covariates, record_codes
 from ..training.loop import (BatchSampler, TensorRows, as_float32_tensor, make_optimizer, resolve_device,
                      resolve_precision, train)
 from .group import (_SEED_MULT, GradientAllReduce, _agree_seed, _comm_device, all_gather_objects,
@@ -40,26 +41,35 @@ class DistributedFit:
     resumed_from: int | None = None
 
 
-def build_shard_net(n_total: int, n_genes: int, cfg: FEConfig, seed: int, lo: int, hi: int) -> FactorizedEmbeddingNet:
+def build_shard_net(n_total: int, n_genes: int, cfg: FEConfig, seed: int, lo: int, hi: int,
+                    covariates: tuple = (), codes: tuple | None = None) -> FactorizedEmbeddingNet:
     """The network of the shard ``lo:hi``, initialised exactly as the single-process
     ``FactorizedEmbeddings(random_state=seed).fit`` would initialise the full model
-    (the full initial sample table, n_total x sample_dim floats, exists briefly)."""
+    (the full initial sample table, n_total x sample_dim floats, exists briefly).
+    ``covariates``: the covariates' shapes (:attr:`CovariateSpec.shapes`) and ``codes``
+    every sample's (level codes, standardised values); the shard keeps its rows of them."""
     gen = torch.Generator()
     gen.manual_seed(int(seed) * _SEED_MULT)
     torch.manual_seed(int(seed))
-    full = FactorizedEmbeddingNet(n_total, n_genes, cfg.sample_dim, cfg.gene_dim, cfg.hidden, generator=gen)
+    full = FactorizedEmbeddingNet(n_total, n_genes, cfg.sample_dim, cfg.gene_dim, cfg.hidden, generator=gen,
+                                  covariates=covariates)
+    if codes is not None:
+        record_codes(full, *codes)
     state = full.state_dict()
-    state["sample_embedding"] = state["sample_embedding"][lo:hi].clone()
+    for key in ("sample_embedding", "covariate_levels", "covariate_values"):
+        if key in state:
+            state[key] = state[key][lo:hi].clone()
     del full
     local = FactorizedEmbeddingNet(hi - lo, n_genes, cfg.sample_dim, cfg.gene_dim, cfg.hidden,
-                                   generator=torch.Generator().manual_seed(0))
+                                   generator=torch.Generator().manual_seed(0), covariates=covariates)
     local.load_state_dict(state)
     return local
 
 
 def fit_distributed(source: Any, *, config: FEConfig | dict, n_total: int, lo: int,
                     samples: Any = None, genes: Any = None, checkpoint_dir: str | None = None,
-                    checkpoint_every: int = 1000, resume: bool = False, missing: str = "error") -> DistributedFit:
+                    checkpoint_every: int = 1000, resume: bool = False, missing: str = "error",
+                    covariates: Any = None, covariate_dims: dict | None = None) -> DistributedFit:
     """Train on this rank's shard; call it on every rank of an initialised group.
 
     ``source`` holds this rank's rows ``lo:lo+len`` of the ``n_total`` samples: an
@@ -76,7 +86,12 @@ def fit_distributed(source: Any, *, config: FEConfig | dict, n_total: int, lo: i
     of (a rank killed between two ranks' writes falls back to the one before).
 
     ``missing="ignore"``: NaN entries are missing values, left out of every step's loss
-    (a backed source must let them through: ``allow_nan``)."""
+    (a backed source must let them through: ``allow_nan``).
+
+    ``covariates``: the known factors of *all* ``n_total`` samples (as in
+    :meth:`FactorizedEmbeddings.fit`: a DataFrame or a dict of arrays, in sample order), the
+    same on every rank: their levels are agreed from the whole table, each rank keeps its
+    rows' codes, and the level tables are replicated parameters like the decoder's."""
     from ..estimator.inputs import is_row_source
     from ..estimator.factorized_embeddings import FactorizedEmbeddings
     from ..training.runner import checkpoint_meta, fit_network, make_checkpointer
@@ -114,13 +129,19 @@ def fit_distributed(source: Any, *, config: FEConfig | dict, n_total: int, lo: i
     device = resolve_device(cfg.device) if dist.get_backend() != "nccl" else _comm_device()
     dtype = resolve_precision(cfg.precision, device)
     seed = _agree_seed(cfg.random_state)
-    net = build_shard_net(n_total, m, cfg, seed, lo, hi).to(device)
+    # every rank holds the whole covariate table: the levels are those of all samples
+    spec, codes = fit_covariates(covariates, covariate_dims, None, n_total, None)
+    cov_shapes = () if spec is None else spec.shapes
+    net = build_shard_net(n_total, m, cfg, seed, lo, hi, cov_shapes, codes).to(device)
     broadcast_replicated(net, 0)
     gen = rank_generator(seed, rank)
     hook = GradientAllReduce(net)
     checkpointer = make_checkpointer(None if checkpoint_dir is None else f"{checkpoint_dir}/rank-{rank}-of-{world}",
                                      checkpoint_every, checkpoint_meta(cfg, n_total, m, world_size=world, rank=rank,
-                                                                       lo=lo, hi=hi), resume=resume)
+                                                                       lo=lo, hi=hi,
+                                                                       **({} if spec is None else
+                                                                          {"covariates": spec.to_dict()})),
+                                     resume=resume)
     state = _common_checkpoint(checkpointer) if (checkpointer is not None and resume) else None
 
     def reduce(t: torch.Tensor) -> None:
@@ -157,15 +178,18 @@ def fit_distributed(source: Any, *, config: FEConfig | dict, n_total: int, lo: i
     scores = None if validation is None else validation.scores(net)    # collective: every rank
     table = gather_rows(net.sample_embedding.detach(), lo, n_total)
     full = FactorizedEmbeddingNet(n_total, m, cfg.sample_dim, cfg.gene_dim, cfg.hidden,
-                                  generator=torch.Generator().manual_seed(0))
+                                  generator=torch.Generator().manual_seed(0), covariates=cov_shapes)
     state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
     state["sample_embedding"] = table
+    if codes is not None:
+        state["covariate_levels"], state["covariate_values"] = (torch.from_numpy(c) for c in codes)
     full.load_state_dict(state)
     est = FactorizedEmbeddings.from_config(cfg)
     est._set_fitted(full, n_steps=n_steps, history=hist,
                     samples=None if samples is None else np.asarray(samples, dtype=object),
                     genes=None if genes is None else np.asarray(genes, dtype=object))
     est.lr_ = outcome.lr
+    est.covariates_ = spec
     est.stop_reason_ = history.stop_reason
     est.validation_ = scores
     est.training_plan_ = plan
@@ -244,7 +268,8 @@ def rank_plan(cfg: FEConfig, n: int, m: int, world: int):
     return plan_training(dataclasses.replace(cfg, init="random"), n, m, world)
 
 
-def single_process_equivalent(X: Any, config: FEConfig | dict, world: int) -> FactorizedEmbeddingNet:
+def single_process_equivalent(X: Any, config: FEConfig | dict, world: int,
+                              covariates: Any = None) -> FactorizedEmbeddingNet:
     """Train one process exactly as ``world`` ranks of :func:`fit_distributed` would
     (same initial values, batches = union of the ranks' batches, gradients of the
     global batch's mean loss); ``config.random_state`` must be set."""
@@ -255,7 +280,8 @@ def single_process_equivalent(X: Any, config: FEConfig | dict, world: int) -> Fa
     n, m = X.shape
     from ..training.runner import batch_plan
 
-    net = build_shard_net(n, m, cfg, cfg.random_state, 0, n)
+    spec, codes = fit_covariates(covariates, None, None, n, None)
+    net = build_shard_net(n, m, cfg, cfg.random_state, 0, n, () if spec is None else spec.shapes, codes)
     plan = rank_plan(cfg, n, m, world)
     sampler = batch_plan(union_sampler(n, world, plan.batch_samples, cfg.random_state), m, plan,
                          gene_seed(cfg.random_state))

@@ -40,10 +40,6 @@ def fit(request: FitRequest, echo: Echo = _stderr) -> FitResult | None:
                          "agree on the retry); use checkpoints and --resume with a smaller --lr")
     if request.missing not in ("error", "ignore"):
         raise ValueError(f"missing must be 'error' or 'ignore', got {request.missing!r}")
-    if request.covariates and request.processes is not None:
-        raise FEInputError("covariates are not available for distributed fits yet",
-                           hint="fit in one process (FactorizedEmbeddings().fit(X, covariates=...))",
-                           cli_hint="leave out --distributed to fit with --covariate (--backed works)")
     if request.processes == UNDER_TORCHRUN:
         if request.prepared is None:            # a launcher of the user's: every rank checks
             check_output(request)
@@ -287,10 +283,15 @@ def fit_rank(request: FitRequest, echo: Echo = _stderr) -> FitResult | None:
              f"{plan.batch_samples} profiles per rank per step (global batch {plan.batch_samples * world}); "
              f"{plan.describe()}")
         ck = request.checkpoints
+        covariates = None
+        if request.covariates:      # every rank reads the whole table (from --labels, by sample name)
+            covariates = covariate_columns(request.covariates, SimpleNamespace(samples=samples, obs=None,
+                                                                               source=request.data),
+                                           request.read.labels_path)
         t0 = time.perf_counter()
         res = fit_distributed(rows, config=cfg, n_total=n, lo=lo, samples=samples, genes=fitted.genes,
                               checkpoint_dir=ck.directory_for(request.output), checkpoint_every=max(1, ck.every),
-                              resume=ck.resume, missing=request.missing)
+                              resume=ck.resume, missing=request.missing, covariates=covariates)
         seconds = time.perf_counter() - t0
         for src in to_close:
             src.close()
