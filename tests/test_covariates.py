@@ -320,3 +320,8 @@ def test_a_backed_fit_takes_covariates_from_labels_like_the_in_memory_fit(tmp_pa
     dist_fe = FactorizedEmbeddings.load(tmp_path / "dist")
     assert dist_fe.covariates_ == memory.covariates_ and dist_fe.extra_["distributed"]["world_size"] == 2
     np.testing.assert_array_equal(dist_fe.net_.covariate_levels[:, 0].numpy(), batch)
+    # a column the table lacks: the launching process says so before it starts the ranks
+    bad = [a if a != "batch" else "donor" for a in fast]
+    assert main(["fit", str(tmp_path / "x.h5"), "-o", str(tmp_path / "dist2"), "--distributed", "2", "--backed",
+                 *bad]) != 0
+    assert not (tmp_path / "dist2" / ".factembed-prepared" / "request.json").exists()

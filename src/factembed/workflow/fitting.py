@@ -182,16 +182,20 @@ def _launch_distributed(request: FitRequest, echo: Echo) -> FitResult:
     if request.backed:
         full, fitted, columns, _ = prepare_backed(request, echo, progress=request.config.verbose)
         n = full.shape[0]
+        samples = full.samples if full.samples is not None else np.array([f"sample_{i}" for i in range(n)])
         full.close()
         prepared = {"kind": "backed", "columns": columns.tolist()}
     else:
         fitted, data = prepare_in_memory(request, echo)
-        n = data.n_samples
+        n, samples = data.n_samples, data.samples
         np.save(prep / "matrix.npy", np.ascontiguousarray(data.X, dtype=np.float32))
         prepared = {"kind": "matrix", "matrix": str(prep / "matrix.npy"),
                     "samples": data.samples.tolist(),
                     "labels": None if data.labels is None else [str(v) for v in data.labels.tolist()]}
         del data
+    if request.covariates:          # a bad covariate column: the usual one-line error, here, not in the ranks
+        covariate_columns(request.covariates, SimpleNamespace(samples=samples, obs=None, source=request.data),
+                          request.read.labels_path)
     from ..training.recipes import plan_training
     plan = plan_training(request.config, n, len(fitted.genes), nproc)
     if n < nproc * plan.batch_samples:
