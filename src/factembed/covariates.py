@@ -30,7 +30,7 @@ import numpy as np
 
 from .errors import FEInputError
 
-__all__ = ["Covariate", "CovariateSpec", "covariate_table", "MIN_LEVEL_DIM", "MAX_LEVEL_DIM"]
+__all__ = ["Covariate", "CovariateSpec", "covariate_table", "is_numeric", "MIN_LEVEL_DIM", "MAX_LEVEL_DIM"]
 
 #: the smallest and largest embedding of a categorical covariate's levels
 MIN_LEVEL_DIM = 4
@@ -80,8 +80,14 @@ def _is_missing(values: np.ndarray) -> np.ndarray:
                     dtype=bool)
 
 
+def is_numeric(values: Any) -> bool:
+    """A covariate column is numeric when its values are integers or floats; strings,
+    categories and booleans are categorical (the one rule of the package)."""
+    return np.asarray(values).dtype.kind in "iuf"
+
+
 def _kind(values: np.ndarray) -> str:
-    return "numeric" if values.dtype.kind in "iuf" else "categorical"
+    return "numeric" if is_numeric(values) else "categorical"
 
 
 def _as_column(values: Any, name: str, n: int, what: str) -> np.ndarray:

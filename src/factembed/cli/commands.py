@@ -167,7 +167,7 @@ def _experiment_data(args: argparse.Namespace):
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from ..evaluate.comparison import evaluate, interval_table, metric_by_dim_table
+    from ..evaluate.comparison import MIXING_TASK, evaluate, interval_table, metric_by_dim_table
 
     cfg = config_from_args(args)
     tasks = list(args.task or [])
@@ -205,7 +205,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             print(f"c-index of the pooled test folds [bootstrap 95% interval]\n{interval_table(df, t.name).to_string()}")
         for metric in shown[t.kind]:
             print(f"\n{t.name}: {metric}\n{metric_by_dim_table(df[df.fold >= 0], metric, task=t.name).to_string()}")
-    for task in sorted(t for t in set(df["task"]) if str(t).startswith("mixing:")):
+    for task in sorted(t for t in set(df["task"]) if str(t).startswith(f"{MIXING_TASK}:")):
         for metric in ("batch_knn", "batch_chance"):
             print(f"\n{task} (within the groups of {res['tasks'][0].name}): {metric}\n"
                   f"{metric_by_dim_table(df, metric, task=task).to_string()}")

@@ -337,8 +337,8 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
         same embedding.  ``covariates``: the samples' covariates, for a model fitted with
         them (see :meth:`fit`).  ``unseen``: a categorical level the model never saw (a new
         batch) is learned with the samples' embeddings (``"learn"``, the default: the
-        level's samples get the mean of the known levels' terms and a per-gene offset of
-        their measurements, estimated with their embeddings in
+        level's samples are decoded at the covariate's most frequent training level plus a
+        per-gene offset of their measurements, estimated with their embeddings in
         :data:`~factembed.estimator.inference.NEW_LEVEL_ROUNDS` rounds, every model parameter
         frozen; it needs at least :data:`~factembed.estimator.inference.MIN_NEW_LEVEL_SAMPLES`
         samples of the level in the call, as an in-memory array) or refused (``"error"``)."""
@@ -388,8 +388,9 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
                 bar.update(len(block))
         return out
 
-    def _embed_new_levels(self, mat: Any, missing: bool, new: NewLevels) -> tuple[np.ndarray, np.ndarray]:
-        """``(embeddings, per-row offsets)`` of samples some of whose covariate levels are new
+    def _embed_new_levels(self, mat: Any, missing: bool, new: NewLevels):
+        """``(embeddings, offsets of rows)`` of samples some of whose covariate levels are new
+        (the second a function of row numbers, :meth:`NewLevels.row_offsets`)
         (:func:`~factembed.estimator.inference.embed_with_new_levels`)."""
         if not isinstance(mat, np.ndarray):
             raise FEInputError("learning a covariate level the model never saw needs the samples in memory "
@@ -398,8 +399,7 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
         Z, offsets = embed_with_new_levels(
             self.net_, torch.from_numpy(mat), new, generator=self._generator(salt=2),
             embed=lambda x, term: torch.from_numpy(self._embed(x.numpy(), missing, term)))
-        rows = torch.where(new.group[:, None] >= 0, offsets[new.group.clamp(min=0)], torch.zeros(()))
-        return Z.numpy(), rows.numpy()
+        return Z.numpy(), lambda rows: new.row_offsets(offsets, rows)
 
     def impute(self, X: Any, *, empty_genes: Any = "error", copy: bool = True, covariates: Any = None,
                unseen: str = "learn") -> Any:
@@ -449,9 +449,9 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
             out = output_array(X, arr, copy)
         shift = self._covariate_shift(covariates, X, n, unseen=unseen)
         if isinstance(shift, NewLevels):         # new levels: offsets learned from every sample of X
-            Z_all, offset = self._embed_new_levels(arr, True, shift)
+            Z_all, offset_of = self._embed_new_levels(arr, True, shift)
             fill_missing(out, arr, rows, self.net_, shift=shift.term, embed=lambda block, idx: Z_all[idx],
-                         row_offset=lambda r: offset[r])
+                         row_offset=offset_of)
         else:
             fill_missing(out, arr, rows, self.net_, shift=shift, embed=lambda block, idx: self._embed(
                 block, missing=True, shift=None if shift is None else shift[torch.from_numpy(idx)]))
@@ -482,9 +482,9 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
         mat = self._align(X, "X")
         try:
             cov = self._covariate_shift(covariates, X, mat.shape[0], unseen=unseen)
-            offset = None
+            offset_of = None
             if isinstance(cov, NewLevels):
-                Z, offset = self._embed_new_levels(mat, False, cov)
+                Z, offset_of = self._embed_new_levels(mat, False, cov)
                 Z, cov = torch.from_numpy(Z), cov.term
             else:
                 Z = torch.from_numpy(self._embed(mat, shift=cov))
@@ -494,8 +494,8 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
             for a, block in row_blocks(mat, self._block_rows()):
                 rec = reconstruct(self.net_, Z[a:a + len(block)],
                                   shift=None if cov is None else cov[a:a + len(block)]).numpy().astype(np.float64)
-                if offset is not None:
-                    rec += offset[a:a + len(block)]
+                if offset_of is not None:
+                    rec += offset_of(np.arange(a, a + len(block)))
                 x = block.astype(np.float64)
                 if shift is None:        # shifting by a first mean keeps the sums well conditioned
                     shift = (x.mean(), rec.mean())

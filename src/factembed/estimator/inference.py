@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from typing import Callable
 
+import numpy as np
 import torch
 
 from ..engine.kernel import FusedProfileLoss
@@ -76,10 +77,16 @@ class NewLevels:
             self.term = net.covariate_term(decoded.to(dev), values.to(dev)).detach()
         key = torch.where(is_new, levels, torch.full_like(levels, -1))
         uniq, inverse = torch.unique(key, dim=0, return_inverse=True)
-        has_new = (uniq >= 0).any(1)
-        ids = torch.cumsum(has_new.long(), 0) - 1
-        self.group = torch.where(has_new[inverse], ids[inverse], torch.full_like(inverse, -1))
-        self.n_groups = int(has_new.sum())
+        is_group = (uniq >= 0).any(1)                          # a combination holding a new level
+        ids = torch.cumsum(is_group.long(), 0) - 1
+        self.group = torch.where(is_group[inverse], ids[inverse], torch.full_like(inverse, -1))
+        self.n_groups = int(is_group.sum())
+
+    def row_offsets(self, offsets: torch.Tensor, rows) -> np.ndarray:
+        """The per-gene offsets (``(n_groups, m)``, from :func:`embed_with_new_levels`) of
+        samples ``rows``: their group's, 0 for a sample without a new level."""
+        g = self.group[torch.as_tensor(rows)]
+        return torch.where(g[:, None] >= 0, offsets[g.clamp(min=0)], torch.zeros(())).numpy()
 
     @torch.no_grad()
     def training_term(self, net: FactorizedEmbeddingNet, rows: torch.Tensor) -> torch.Tensor:

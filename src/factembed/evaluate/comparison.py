@@ -54,6 +54,7 @@ from . import tasks as _tasks
 from .embedders import (EMBEDDERS, ComBatPCA, Embedder, FEEmbedder, FullProfile, HarmonyPCA,  # noqa: F401 (public here)
                         PCAEmbedder, UMAPEmbedder, pearson_r)
 from ..config import FEConfig
+from ..covariates import is_numeric
 from .tasks import TaskSpec, make_classifier, make_folds, parse_task  # noqa: F401 (public here)
 from .tasks import ACCURACY_METRICS, CLASSIFIERS, EMBEDDING_TASK, METRIC_ORDER, MIXING_TASK  # noqa: F401 (public here)
 from .report import (evaluation_figures, interval_table, method_order,  # noqa: F401 (public here)
@@ -217,7 +218,7 @@ def _mixing_rows(ctx: EvalContext, task: Task, tr, te, Z_tr, Z_te) -> list[dict]
     rows = []
     ok_tr, ok_te = first.known[tr], first.known[te]
     for name, values in ctx.covariates.items():
-        if np.asarray(values).dtype.kind in "biuf":
+        if is_numeric(values):
             continue
         scores = _tasks.batch_mixing(Z_tr[ok_tr], Z_te[ok_te], first.y[tr][ok_tr], first.y[te][ok_te],
                                      values[tr][ok_tr], values[te][ok_te])
@@ -382,7 +383,7 @@ the pooled c-index interval of survival tasks (about 0.75 ms each per cell on 20
     resolved = _tasks.resolve_tasks(data, tasks, annotations)
     covs = _tasks.resolve_covariates(data, list(covariates), annotations) if covariates else None
     needs = [m for m in methods if getattr(EMBEDDERS.get(m), "transductive", False)]
-    if needs and not any(np.asarray(v).dtype.kind not in "biuf" for v in (covs or {}).values()):
+    if needs and all(is_numeric(v) for v in (covs or {}).values()):
         raise ValueError(f"method(s) {', '.join(needs)} correct a batch: give a categorical covariate "
                          "(covariates=[...], --covariate BATCH)")
     if missing not in ("error", "ignore"):

@@ -12,6 +12,7 @@ from dataclasses import replace
 import numpy as np
 
 from ..config import FEConfig
+from ..covariates import is_numeric
 
 
 def pearson_r(a: np.ndarray, b: np.ndarray) -> float:
@@ -60,14 +61,18 @@ class Embedder:
         return {}
 
 
+def _pca(dim: int, seed: int):
+    from sklearn.decomposition import PCA
+    return PCA(n_components=dim, random_state=seed, svd_solver="full")
+
+
 class PCAEmbedder(Embedder):
     """PCA (centred with the training mean); test rows are projected."""
 
     name = "pca"
 
     def fit_transform(self, X):
-        from sklearn.decomposition import PCA
-        self.model = PCA(n_components=self.dim, random_state=self.seed, svd_solver="full")
+        self.model = _pca(self.dim, self.seed)
         return self.model.fit_transform(X)
 
     def transform(self, X):
@@ -139,14 +144,9 @@ class FullProfile(Embedder):
 def _batches(cov_tr, cov_te) -> np.ndarray:
     """Both folds' batches (the first categorical covariate), training rows first."""
     for name, v in (cov_tr or {}).items():
-        if np.asarray(v).dtype.kind not in "biuf":
+        if not is_numeric(v):
             return np.concatenate([np.asarray(v), np.asarray(cov_te[name])]).astype(str)
     raise ValueError("this method corrects a batch: pass a categorical covariate (--covariate BATCH)")
-
-
-def _pca(dim: int, seed: int):
-    from sklearn.decomposition import PCA
-    return PCA(n_components=dim, random_state=seed, svd_solver="full")
 
 
 class ComBatPCA(Embedder):

@@ -34,6 +34,7 @@ from typing import Mapping, NamedTuple, Sequence
 
 import numpy as np
 
+from ..covariates import is_numeric
 from ..errors import FEInputError
 
 KINDS = ("classification", "regression", "survival")
@@ -387,7 +388,7 @@ def resolve_covariates(data, names: Sequence[str], annotations: Mapping | None =
             raise FEInputError(f"covariate {name!r} is missing for {int(miss.sum())} sample(s) (first: "
                                f"{str(data.samples[i])!r})", data.source,
                                hint="give every sample a value (e.g. an 'unknown' level)")
-        out[name] = v if v.dtype.kind in "biuf" else np.array([str(x) for x in v.tolist()], dtype=object)
+        out[name] = v if is_numeric(v) else np.array([str(x) for x in v.tolist()], dtype=object)
     return out
 
 

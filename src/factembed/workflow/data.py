@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import replace
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -64,6 +65,16 @@ def covariate_columns(names, data, labels_path: str | None) -> dict:
             col = np.array([None if v is None else str(v) for v in col.tolist()], dtype=object)
         out[name] = num if numeric else col
     return out
+
+
+def labels_covariates(request, samples) -> dict | None:
+    """The request's ``--covariate`` columns from its ``--labels`` table, for ``samples``
+    (the backed and data-parallel fits, which hold no per-sample columns of their own);
+    ``None`` without covariates."""
+    if not request.covariates:
+        return None
+    rows = SimpleNamespace(samples=samples, obs=None, source=request.data)
+    return covariate_columns(request.covariates, rows, request.read.labels_path)
 
 
 def model_covariates(fe, data, read: ReadOptions | None) -> dict | None:

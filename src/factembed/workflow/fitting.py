@@ -6,7 +6,6 @@ import json
 import secrets
 import shutil
 import time
-from types import SimpleNamespace
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,8 +15,8 @@ from ..estimator.inputs import take_genes
 from ..errors import FEInputError
 from ..estimator.model_files import META_FILE, WEIGHTS_FILE
 from .requests import Echo, FitRequest, FitResult, PREPARED_DIR, UNDER_TORCHRUN, _quiet, _stderr
-from .data import (_kept_columns, covariate_columns, load_model, open_backed, prepare_backed, prepare_in_memory,
-                   select_from_stats, warn_constant_rows)
+from .data import (_kept_columns, covariate_columns, labels_covariates, load_model, open_backed, prepare_backed,
+                   prepare_in_memory, select_from_stats, warn_constant_rows)
 from .outputs import _extra, _title, write_fit_outputs
 
 
@@ -151,10 +150,7 @@ def _fit_backed(request: FitRequest, echo: Echo) -> FitResult:
         if m != full.shape[1]:
             echo(f"training on {n:,} samples x {m:,} of {full.shape[1]:,} genes ({fitted.config.describe()})")
         fe = FactorizedEmbeddings.from_config(request.config)
-        covariates = None
-        if request.covariates:         # from --labels (a backed file's own per-sample columns are not read)
-            rows = SimpleNamespace(samples=samples, obs=None, source=request.data)
-            covariates = covariate_columns(request.covariates, rows, request.read.labels_path)
+        covariates = labels_covariates(request, samples)   # a backed file's own per-sample columns are not read
         t0 = time.perf_counter()
         fe.fit(source, sample_names=samples, gene_names=fitted.genes, missing=request.missing,
                covariates=covariates, **_checkpoint_kwargs(request))
@@ -193,9 +189,7 @@ def _launch_distributed(request: FitRequest, echo: Echo) -> FitResult:
                     "samples": data.samples.tolist(),
                     "labels": None if data.labels is None else [str(v) for v in data.labels.tolist()]}
         del data
-    if request.covariates:          # a bad covariate column: the usual one-line error, here, not in the ranks
-        covariate_columns(request.covariates, SimpleNamespace(samples=samples, obs=None, source=request.data),
-                          request.read.labels_path)
+    labels_covariates(request, samples)     # a bad covariate column: the usual one-line error, here, not in the ranks
     from ..training.recipes import plan_training
     plan = plan_training(request.config, n, len(fitted.genes), nproc)
     if n < nproc * plan.batch_samples:
@@ -287,11 +281,7 @@ def fit_rank(request: FitRequest, echo: Echo = _stderr) -> FitResult | None:
              f"{plan.batch_samples} profiles per rank per step (global batch {plan.batch_samples * world}); "
              f"{plan.describe()}")
         ck = request.checkpoints
-        covariates = None
-        if request.covariates:      # every rank reads the whole table (from --labels, by sample name)
-            covariates = covariate_columns(request.covariates, SimpleNamespace(samples=samples, obs=None,
-                                                                               source=request.data),
-                                           request.read.labels_path)
+        covariates = labels_covariates(request, samples)    # every rank reads the whole table, by sample name
         t0 = time.perf_counter()
         res = fit_distributed(rows, config=cfg, n_total=n, lo=lo, samples=samples, genes=fitted.genes,
                               checkpoint_dir=ck.directory_for(request.output), checkpoint_every=max(1, ck.every),
