@@ -12,12 +12,12 @@ from factembed.engine.network import FactorizedEmbeddingNet
 from factembed.planted import make_planted, plant_batches
 
 
-def planted_batches(seed=0, n=240, m=400):
-    """Planted clusters (label i % 4) measured in two random batches (plant_batches: per-gene
+def planted_batches(seed=0, n=240, m=400, n_batches=2):
+    """Planted clusters (label i % 4) measured in random batches (plant_batches: per-gene
     shifts sd 1.5, log-scales sd 0.2); also the matrix as batch 0 would measure it."""
     P = make_planted(n, m, n_groups=4, latent_dim=3, scatter=0.15, loading_sd=1.0, base=None, noise=0.1,
                      clip=False, balanced=True, seed=seed)
-    B = plant_batches(P.X, 2, seed=seed + 1)
+    B = plant_batches(P.X, n_batches, seed=seed + 1)
     return B.X, P.labels, B.batch, B.as_batch(P.X, 0)
 
 
@@ -239,14 +239,6 @@ def test_tl_fe_with_covariate_keys():
         tl.fe_transform(new, est)
 
 
-def _three_batches(seed=0, n=360, m=400):
-    """Planted clusters measured in three batches (independent per-gene shifts and scales)."""
-    P = make_planted(n, m, n_groups=4, latent_dim=3, scatter=0.15, loading_sd=1.0, base=None, noise=0.1,
-                     clip=False, balanced=True, seed=seed)
-    B = plant_batches(P.X, 3, seed=seed + 1)
-    return B.X, P.labels, np.array([f"run_{b}" for b in B.batch])
-
-
 def _centroid_gap(Z, labels, Ztr, ltr):
     """Per label, the distance of Z's centroid to the training centroid, in training sds."""
     return float(np.mean([np.linalg.norm(Z[labels == g].mean(0) - Ztr[ltr == g].mean(0)) / Ztr[ltr == g].std(0).mean()
@@ -256,7 +248,8 @@ def _centroid_gap(Z, labels, Ztr, ltr):
 def test_a_batch_the_model_never_saw_is_learned_in_transform_or_refused():
     from scipy.sparse import csr_matrix
     from sklearn.neighbors import KNeighborsClassifier
-    X, labels, names = _three_batches()
+    X, labels, batch, _ = planted_batches(seed=0, n=360, m=400, n_batches=3)
+    names = np.array([f"run_{b}" for b in batch])
     train = names != "run_2"
     fe = FactorizedEmbeddings(gene_dim=16, hidden=(32, 16), random_state=0, verbose=False).fit(
         X[train], covariates={"batch": names[train]})
