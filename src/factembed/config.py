@@ -19,6 +19,8 @@ AUTO_MIN_STEPS = 2_000
 AUTO_MAX_STEPS = 100_000
 #: the training recipes (see :mod:`factembed.training.recipes`)
 TRAININGS = ("fast", "reference")
+#: the learning-rate schedules of a fit of explicit length (see :mod:`factembed.training.recipes`)
+LR_SCHEDULES = ("constant", "anneal")
 
 
 @dataclass
@@ -33,7 +35,10 @@ class FEConfig:
     *all* parameters added to the MSE), ``lr`` (Adam learning rate; ``None``: 5e-3),
     ``batch_samples`` (profiles per step), ``batch_genes`` (genes per step),
     ``sample_lr_scale`` (the sample table's learning rate as a multiple of ``lr``),
-    ``n_steps``; each ``None`` means the recipe's choice.
+    ``n_steps``; each ``None`` means the recipe's choice.  ``lr_schedule``: "constant"
+    (the default) or "anneal" (a fit of explicit length, ``n_steps=N``, keeps every
+    learning rate for its first half and lowers them linearly towards 0 over its second
+    half; see :func:`factembed.training.recipes.anneal_factor`).
 
     Start point: ``init`` ("pca": sample embedding from the first principal components,
     output bias at the data's mean level; "random": the study's draw; ``None``: the
@@ -68,6 +73,7 @@ class FEConfig:
     batch_genes: int | None = None
     sample_lr_scale: float | None = None
     init: str | None = None
+    lr_schedule: str = "constant"
     infer_steps: int = 50
     infer_lr: float | str = "auto"
     infer_genes: int = 512
@@ -117,6 +123,12 @@ class FEConfig:
         if self.init not in (None, "pca", "random"):
             raise ValueError(f"init must be 'pca', 'random' or None (the recipe's: fast 'pca', reference "
                              f"'random'), got {self.init!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be 'constant' or 'anneal', got {self.lr_schedule!r}")
+        if self.lr_schedule == "anneal" and self.n_steps == "auto":
+            raise ValueError("lr_schedule='anneal' needs a fit of explicit length (n_steps=N; --steps N "
+                             "on the command line): "
+                             "n_steps='auto' lowers the learning rates on its own plateau")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {self.precision!r}")
         if not isinstance(self.device, str):

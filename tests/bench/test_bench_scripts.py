@@ -13,7 +13,7 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 ARCHIVED = {"ab_gene_term"}     # settled, in bench/archive/, still run here so that it keeps running
 SCRIPTS = ["throughput", "roofline", "gene_dim", "memory", "inference", "quality", "ab_gene_term", "inference_demo", "kernel_profile",
-           "convergence", "step_speed", "inference_seeds", "covariates"]
+           "convergence", "step_speed", "inference_seeds", "covariates", "schedule"]
 
 
 def test_bench_scripts_run_quick(tmp_path, monkeypatch, capsys):

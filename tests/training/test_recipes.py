@@ -11,7 +11,7 @@ from _plain_mlp import plain_concat_mlp
 from factembed import FactorizedEmbeddings, FEConfig, auto_n_steps
 from factembed.engine.network import FactorizedEmbeddingNet
 from factembed.training.recipes import AUTO_MAX_STEPS, fast_batch_shape, plan_training
-from factembed.training.loop import BatchPlan, BatchSampler, GeneWalk, make_optimizer, train
+from factembed.training.loop import BatchSampler, GeneWalk, make_optimizer, train
 
 
 def test_gene_walk_visits_every_gene_once_per_cycle_with_fixed_size():
@@ -163,3 +163,59 @@ def test_adam_moves_an_intermittent_row_by_sqrt_of_its_share():
                 moves.append(now - before)
             before = now
         assert abs(np.mean(moves) / 1e-3 - math.sqrt(p)) < 0.1 * math.sqrt(p), (p, np.mean(moves))
+
+
+def test_anneal_factor_holds_then_descends_in_equal_stairs():
+    from factembed.training.recipes import ANNEAL_STAIRS, anneal_factor
+    n = 1000
+    f = [anneal_factor(s, n) for s in range(1, n + 1)]
+    assert f[:500] == [1.0] * 500                       # the first half at the full rates
+    assert all(a >= b for a, b in zip(f, f[1:]))        # never up
+    assert f[-1] == pytest.approx(1 / ANNEAL_STAIRS) and min(f) > 0
+    assert sorted(set(f[500:]), reverse=True) == pytest.approx([(ANNEAL_STAIRS - k) / ANNEAL_STAIRS
+                                                                for k in range(ANNEAL_STAIRS)])
+    # the descent is linear: each stair holds (n / 2) / stairs steps
+    assert np.bincount([round(v * ANNEAL_STAIRS) for v in f[500:]])[1:].tolist() == [10] * ANNEAL_STAIRS
+    assert [anneal_factor(s, 10, stairs=5) for s in range(1, 11)] == [1.0] * 6 + [0.8, 0.6, 0.4, 0.2]
+
+
+def test_anneal_is_for_a_fit_of_explicit_length():
+    plan = plan_training(FEConfig(n_steps=600, lr_schedule="anneal"), 63, 2_308)
+    assert plan.lr_schedule == "anneal" and not plan.auto_stop and plan.lr_factor()(600) == pytest.approx(0.02)
+    assert plan_training(FEConfig(n_steps=600), 63, 2_308).lr_factor() is None
+    assert plan_training(FEConfig(training="reference", lr_schedule="anneal"), 63, 2_308).n_steps == 2_000
+    with pytest.raises(ValueError, match="explicit length"):
+        plan_training(FEConfig(lr_schedule="anneal"), 63, 2_308)       # the fast recipe's auto length
+    with pytest.raises(ValueError, match="explicit length"):
+        FEConfig(n_steps="auto", lr_schedule="anneal")
+    with pytest.raises(ValueError, match="lr_schedule"):
+        FEConfig(lr_schedule="cosine")
+
+
+def test_the_loop_applies_the_schedule_as_steps_at_those_rates():
+    """``train(lr_factor=f)`` is, bitwise, one-step runs each at base x f(step) set by hand."""
+    from factembed.training.recipes import anneal_factor
+    X = torch.from_numpy(np.random.default_rng(3).normal(size=(24, 40)).astype(np.float32))
+
+    def setup():
+        net = FactorizedEmbeddingNet(24, 40, 2, 6, (8,), generator=torch.Generator().manual_seed(0))
+        gen = torch.Generator().manual_seed(1)
+        opt = make_optimizer(net, 1e-2, 0.0, torch.device("cpu"), sample_lr=3e-2)
+        return net, gen, opt, BatchSampler(24, 6, gen)
+
+    n = 30
+    net_a, gen_a, opt_a, samp_a = setup()
+    train(net_a, X, n_steps=n, lr=1e-2, l2=0.0, batch_samples=6, generator=gen_a, device=torch.device("cpu"),
+          progress=False, optimizer=opt_a, sampler=samp_a, lr_factor=lambda s: anneal_factor(s, n, stairs=5))
+    net_b, gen_b, opt_b, samp_b = setup()
+    history = None
+    for step in range(1, n + 1):
+        for group, base in zip(opt_b.param_groups, (3e-2, 1e-2)):
+            group["lr"] = base * anneal_factor(step, n, stairs=5)
+        history, _, _ = train(net_b, X, n_steps=step, lr=1e-2, l2=0.0, batch_samples=6, generator=gen_b,
+                              device=torch.device("cpu"), progress=False, optimizer=opt_b, sampler=samp_b,
+                              history=history, start_step=step - 1)
+    for k, v in net_a.state_dict().items():
+        assert torch.equal(v, net_b.state_dict()[k]), k
+    assert [g["lr"] for g in opt_a.param_groups] == pytest.approx([3e-2 * 0.2, 1e-2 * 0.2])
+    assert [g["initial_lr"] for g in opt_a.param_groups] == [3e-2, 1e-2]

@@ -1,6 +1,7 @@
 """The training runner: checkpoints, resume (in-process and after SIGKILL), divergence guard."""
 import json
 
+import shutil
 import signal
 import subprocess
 import sys
@@ -123,3 +124,24 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     ha = json.loads((tmp_path / "resumed" / "model.json").read_text())["history"]
     hb = json.loads((tmp_path / "straight" / "model.json").read_text())["history"]
     assert ha["loss"] == hb["loss"]
+
+
+def test_an_annealed_run_resumes_bitwise_and_refuses_another_length(planted_data, tmp_path):
+    """A run of lr_schedule="anneal" killed in its descent resumes at the rates of its step."""
+    X, _ = planted_data
+    kw = dict(KW, n_steps=120, lr_schedule="anneal")
+    full = FactorizedEmbeddings(**kw).fit(X, checkpoint_dir=tmp_path / "full", checkpoint_every=40)
+    shutil.copytree(tmp_path / "full", tmp_path / "cut")
+    for p in (tmp_path / "cut").glob("step-000000120.*"):
+        p.unlink()                                        # the run "died" after its step 80
+    resumed = FactorizedEmbeddings(**kw).fit(X, checkpoint_dir=tmp_path / "cut", checkpoint_every=40,
+                                            resume=True)
+    assert resumed.resumed_from_ == 80
+    for k, v in full.net_.state_dict().items():
+        assert np.array_equal(v.numpy(), resumed.net_.state_dict()[k].numpy()), k
+    assert resumed.history_["loss"] == full.history_["loss"]
+    constant = FactorizedEmbeddings(**dict(KW, n_steps=120)).fit(X)
+    assert not np.array_equal(constant.embedding_, full.embedding_)   # the schedule did change the run
+    with pytest.raises(FEInputError, match="different run"):          # its rates follow its length
+        FactorizedEmbeddings(**dict(kw, n_steps=200)).fit(X, checkpoint_dir=tmp_path / "cut",
+                                                          checkpoint_every=40, resume=True)

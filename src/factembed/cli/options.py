@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import fields
 
-from ..config import TRAININGS, FEConfig
+from ..config import LR_SCHEDULES, TRAININGS, FEConfig
 
 #: help text of every hyper-parameter option (FEConfig field -> text)
 CONFIG_HELP = {
@@ -28,6 +28,9 @@ CONFIG_HELP = {
     "n_steps": "training steps: 'auto' (until the MSE of held-out entries improves less than 0.2%% over 1,000 "
                "steps, twice: learning rates /10 the first time; at most 25,000) or a number (exactly that many, no validation) (default: fast 'auto', "
                "reference 40 passes over the samples, clipped to 2,000..100,000)",
+    "lr_schedule": "learning rates of a fit of explicit length (--steps N): 'constant' or 'anneal' (kept for the "
+                   "first half of the steps, then lowered linearly towards 0: a settled end state in fewer "
+                   "steps) (default %(default)s)",
     "init": "start point of training: 'pca' (sample embedding from the first principal components, output "
             "bias at the data's mean) or 'random' (the study's draw) (default: fast 'pca', reference 'random')",
     "infer_steps": "Adam steps when embedding new samples (default %(default)s)",
@@ -92,7 +95,7 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
         else:
             kind = str
         extra = {"choices": TRAININGS} if f.name == "training" else {"choices": ("pca", "random")} \
-            if f.name == "init" else {}
+            if f.name == "init" else {"choices": LR_SCHEDULES} if f.name == "lr_schedule" else {}
         group.add_argument(opt, dest=f.name, type=kind, default=default, help=CONFIG_HELP[f.name], **extra)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 

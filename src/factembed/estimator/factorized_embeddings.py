@@ -63,7 +63,8 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
     ``training="fast"`` (or ``"reference"``, the study's exact training; see
     :mod:`factembed.training.recipes`) with ``lr``, ``batch_samples``, ``batch_genes``,
     ``sample_lr_scale``, ``n_steps`` = ``None`` (the recipe's choice; explicit values
-    override it), inference ``infer_steps=50, infer_lr="auto", infer_genes=512,
+    override it), ``lr_schedule="constant"`` (or ``"anneal"`` with ``n_steps=N``),
+    inference ``infer_steps=50, infer_lr="auto", infer_genes=512,
     init_genes=2048``, engine ``device="auto", precision="fp32", gene_chunk=None,
     random_state=None, verbose=True``.
 
@@ -84,7 +85,8 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
     def __init__(self, sample_dim: int = 2, gene_dim: int = 100, hidden: tuple[int, ...] = (100, 50, 50),
                  l2: float = 1e-7, lr: float | None = None, batch_samples: int | None = None,
                  n_steps: int | None = None, training: str = "fast", batch_genes: int | None = None,
-                 sample_lr_scale: float | None = None, init: str | None = None, infer_steps: int = 50, infer_lr: float | str = "auto", infer_genes: int = 512,
+                 sample_lr_scale: float | None = None, init: str | None = None, lr_schedule: str = "constant",
+                 infer_steps: int = 50, infer_lr: float | str = "auto", infer_genes: int = 512,
                  init_genes: int = 2048, device: str = "auto", precision: str = "fp32",
                  gene_chunk: int | None = None, random_state: int | None = None, verbose: bool = True):
         self.sample_dim = sample_dim
@@ -98,6 +100,7 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
         self.batch_genes = batch_genes
         self.sample_lr_scale = sample_lr_scale
         self.init = init
+        self.lr_schedule = lr_schedule
         self.infer_steps = infer_steps
         self.infer_lr = infer_lr
         self.infer_genes = infer_genes

@@ -245,6 +245,16 @@ def make_optimizer(params, lr: float, l2: float, device: torch.device,
         return torch.optim.Adam(params, **kwargs)
 
 
+def set_scheduled_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:
+    """Every group's learning rate at ``factor`` times its ``initial_lr`` (its rate when
+    the optimizer was made, which a checkpoint keeps); untouched when already there."""
+    for group in optimizer.param_groups:
+        base = group.setdefault("initial_lr", group["lr"])
+        value = base * factor
+        if group["lr"] != value:
+            group["lr"] = value
+
+
 class _Progress:
     """A tqdm bar refreshed at most a few times a second (no per-step overhead).
     ``total=None`` (a fit that stops when its validation curve is flat): no total and no
@@ -302,7 +312,8 @@ def train(net: FactorizedEmbeddingNet, X: torch.Tensor | RowSource, *, n_steps: 
           kernel: Callable[..., FusedProfileLoss] | None = None,
           workers: int | None = None, validation=None, stop_rule=None,
           missing: bool = False, chunk_steps: int | None = None, graphs: bool | None = None,
-          feed: str | None = None) -> tuple[History, torch.optim.Optimizer, BatchSampler]:
+          feed: str | None = None, lr_factor: Callable[[int], float] | None = None
+          ) -> tuple[History, torch.optim.Optimizer, BatchSampler]:
     """Train ``net`` in place on the (samples x genes) float32 matrix ``X`` (a tensor or
     any :class:`RowSource`).
 
@@ -331,6 +342,9 @@ def train(net: FactorizedEmbeddingNet, X: torch.Tensor | RowSource, *, n_steps: 
     ``stop_rule`` (a :class:`~factembed.training.heldout.StopRule`) training ends early when the
     rule says so (``history.stop_reason`` says why).  ``missing=True``: NaN entries of
     ``X`` are missing values, left out of the loss the same way.
+    ``lr_factor(step)``: before each (1-based) step every learning rate is set to that
+    multiple of its group's ``initial_lr`` (a schedule such as
+    :func:`~factembed.training.recipes.anneal_factor`); ``None``: the rates are left as they are.
 
     The steps run in chunks (:mod:`factembed.training.step`) of ``chunk_steps`` (default 16 on
     the CPU, 256 on CUDA) that end at every validation and checkpoint step: within a
@@ -427,6 +441,8 @@ def train(net: FactorizedEmbeddingNet, X: torch.Tensor | RowSource, *, n_steps: 
             ahead = None
             launched = []
             for j in range(last - first + 1):
+                if lr_factor is not None:
+                    set_scheduled_lr(optimizer, lr_factor(first + j))
                 records[j].copy_(step_fn(batch(j)))
                 launched.append(time.perf_counter() - t0)
             at_look = any(e and last % e == 0 for e in looks)

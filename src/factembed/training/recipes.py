@@ -44,7 +44,11 @@ pairs (figures and how they were measured: ``bench/NOTES.md``, "Time to quality"
 ``training="reference"`` with ``n_steps="auto"`` stops the study's training the same way.
 
 Explicit ``batch_samples``, ``batch_genes``, ``lr``, ``sample_lr_scale`` and ``n_steps``
-override either recipe.
+override either recipe.  A fit of explicit length keeps its learning rates constant, or with
+``lr_schedule="anneal"`` keeps them for the first half of its steps and lowers them linearly
+towards 0 over the second (:func:`anneal_factor`): the end state settles instead of
+jittering at the full rate, so a short fit ends lower (figures: ``bench/NOTES.md``, "A fixed
+length with an anneal").
 """
 
 from __future__ import annotations
@@ -74,6 +78,11 @@ PATIENCE_MAX = 1000
 #: validation measurements per patience window, at most every VAL_EVERY_MAX steps
 VAL_PER_PATIENCE = 10
 VAL_EVERY_MAX = 100
+#: ``lr_schedule="anneal"``: the share of the steps at the full rates, and the number of
+#: equal stairs of the linear descent after it (stairs, not a ramp: a CUDA-graph step is
+#: captured again at every change of a learning rate)
+ANNEAL_HOLD = 0.5
+ANNEAL_STAIRS = 50
 
 
 def stop_patience(n_samples: int, n_genes: int, pairs_per_step: int) -> tuple[int, int]:
@@ -117,13 +126,22 @@ class TrainingPlan:
     patience: int = PATIENCE_MAX  # auto_stop: steps over which "flat" is judged (see stop_patience)
     val_every: int = VAL_EVERY_MAX  # auto_stop: steps between two validation measurements
     init: str = "random"          # the start point: "pca" or "random" (factembed.training.warm_start)
+    lr_schedule: str = "constant"  # "constant" or "anneal" (explicit n_steps only: anneal_factor)
 
     def describe(self) -> str:
         genes = "all genes" if self.batch_genes is None else f"{self.batch_genes:,} genes"
         steps = (f"until the validation MSE is flat over {self.patience:,} steps, at most {self.n_steps:,}"
                  if self.auto_stop else f"{self.n_steps:,}")
+        anneal = ", annealed over the second half" if self.lr_schedule == "anneal" else ""
         return (f"{self.training} training: {steps} steps of {self.batch_samples} profiles x {genes}, "
-                f"lr {self.lr:g} (sample table {self.sample_lr:g}), {self.init} start")
+                f"lr {self.lr:g} (sample table {self.sample_lr:g}{anneal}), {self.init} start")
+
+    def lr_factor(self):
+        """The learning rates' multiplier of each (1-based) step, or None for constant rates."""
+        if self.lr_schedule != "anneal":
+            return None
+        n = self.n_steps
+        return lambda step: anneal_factor(step, n)
 
 
 def plan_training(cfg: FEConfig, n_samples: int, n_genes: int, world: int = 1) -> TrainingPlan:
@@ -148,9 +166,29 @@ def plan_training(cfg: FEConfig, n_samples: int, n_genes: int, world: int = 1) -
         n_steps = explicit_steps or AUTO_MAX_STEPS
     if auto:
         n_steps = AUTO_MAX_STEPS
+    schedule = getattr(cfg, "lr_schedule", "constant")
+    if auto and schedule != "constant":
+        raise ValueError(f"lr_schedule={schedule!r} needs a fit of explicit length (n_steps=N; --steps N "
+                         f"on the command line); the "
+                         f"{cfg.training} recipe's default length is n_steps='auto', which lowers the "
+                         "learning rates on its own plateau")
     patience, every = stop_patience(n, m, b * world * (m if bg is None else bg))
     return TrainingPlan(cfg.training, int(b), bg, float(lr), float(lr * scale), int(n_steps), auto,
-                        patience, every, init)
+                        patience, every, init, schedule)
+
+
+def anneal_factor(step: int, n_steps: int, hold: float = ANNEAL_HOLD, stairs: int = ANNEAL_STAIRS) -> float:
+    """The learning rates' multiplier at (1-based) ``step`` of ``n_steps`` under
+    ``lr_schedule="anneal"``: 1 for the first ``hold`` share of the steps, then a linear
+    descent over the rest in ``stairs`` equal stairs, from 1 to ``1 / stairs`` (never 0:
+    no step is wasted at a zero rate)."""
+    n, stairs = max(1, int(n_steps)), max(1, int(stairs))
+    start = int(math.floor(hold * n))
+    if step <= start:
+        return 1.0
+    span = n - start
+    k = min(stairs, ((int(step) - start) * stairs + span - 1) // span)   # stair 1..stairs
+    return float(stairs - k + 1) / stairs
 
 
 def fast_batch_shape(n: int, m: int, batch_samples: int | None = None,

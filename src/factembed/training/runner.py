@@ -32,8 +32,17 @@ RUNTIME_PARAMS = ("verbose", "device", "infer_steps", "infer_lr", "infer_genes",
 def checkpoint_meta(cfg: Any, n_samples: int, n_genes: int, **more: Any) -> dict:
     """What a checkpoint must match to be resumed: the hyper-parameters that shape the
     trained model (not the run-time ones, nor ``n_steps``: a run may be extended) and
-    the data shape (``more``: e.g. a data-parallel run's world size and rank)."""
-    return {"config": {k: v for k, v in cfg.to_dict().items() if k not in RUNTIME_PARAMS + ("n_steps",)},
+    the data shape (``more``: e.g. a data-parallel run's world size and rank).  An annealed
+    run (``lr_schedule="anneal"``) keeps ``n_steps``: its rates follow its length, so it
+    cannot be extended; the default constant schedule is left out, so checkpoints written
+    before the schedule existed still resume."""
+    config = cfg.to_dict()
+    leave_out = RUNTIME_PARAMS + ("n_steps",)
+    if config.get("lr_schedule", "constant") == "constant":
+        leave_out += ("lr_schedule",)
+    else:
+        leave_out = RUNTIME_PARAMS
+    return {"config": {k: v for k, v in config.items() if k not in leave_out},
             "n_samples": int(n_samples), "n_genes": int(n_genes), **more}
 
 
@@ -92,7 +101,8 @@ def fit_network(net: FactorizedEmbeddingNet, source: Any, plan: Any, *, l2: floa
                            progress=progress, checkpointer=checkpointer, resume=resume,
                            resume_state=resume_state, before_step=before_step,
                            divergence_retries=divergence_retries, kernel=kernel, workers=workers,
-                           validation=validation, stop_rule=stop_rule, missing=missing)
+                           validation=validation, stop_rule=stop_rule, missing=missing,
+                           lr_factor=plan.lr_factor() if hasattr(plan, "lr_factor") else None)
     return outcome, validation
 
 
@@ -114,7 +124,8 @@ def run_training(net: FactorizedEmbeddingNet, source: Any, *, n_steps: int, lr: 
                  progress: bool, checkpointer: Checkpointer | None = None, resume: bool = False,
                  divergence_retries: int = 0, before_step: Callable[[], None] | None = None,
                  resume_state: Any = None, kernel: Any = None, workers: int | None = None,
-                 validation: Any = None, stop_rule: Any = None, missing: bool = False) -> TrainingOutcome:
+                 validation: Any = None, stop_rule: Any = None, missing: bool = False,
+                 lr_factor: Callable[[int], float] | None = None) -> TrainingOutcome:
     """Train ``net`` in place on ``source`` for ``n_steps`` steps (see :func:`train`).
 
     ``new_sampler()`` makes a fresh batch sampler drawing from ``generator`` (called
@@ -126,13 +137,16 @@ def run_training(net: FactorizedEmbeddingNet, source: Any, *, n_steps: int, lr: 
     refused.  On CPU with the same seed, a resumed run is bitwise the uninterrupted one.
     ``kernel``, ``workers``, ``validation``, ``stop_rule`` and ``missing`` go to :func:`train`
     (the loss kernel, the CPU worker threads, the held-out entries and the stop of
-    ``n_steps="auto"``, NaN entries left out of the loss).  The stop rule needs no state of
-    its own in a checkpoint: it is a function of the validation curve in the history.
+    ``n_steps="auto"``, NaN entries left out of the loss) and so does ``lr_factor`` (the
+    learning-rate schedule: each step's multiplier of the rates the optimizer was made
+    with, kept in its groups as ``initial_lr``, so that a resumed run finds them).  The stop
+    rule needs no state of its own in a checkpoint: it is a function of the validation
+    curve in the history.
     """
     init_state = {k: v.clone() for k, v in net.state_dict().items()}
     gen_start = generator.get_state()
     sampler = new_sampler()
-    optimizer = make_optimizer(net, lr, l2, device, sample_lr=sample_lr)
+    optimizer = _with_initial_lr(make_optimizer(net, lr, l2, device, sample_lr=sample_lr))
     history, start, resumed_from = History(), 0, None
     state = resume_state
     if state is None and checkpointer is not None and resume:
@@ -153,7 +167,7 @@ def run_training(net: FactorizedEmbeddingNet, source: Any, *, n_steps: int, lr: 
                                   optimizer=optimizer, history=history, start_step=start,
                                   checkpointer=checkpointer, before_step=before_step, kernel=kernel,
                                   workers=workers, validation=validation, stop_rule=stop_rule,
-                                  missing=missing)
+                                  missing=missing, lr_factor=lr_factor)
             break
         except FloatingPointError as exc:
             if divergence_retries <= 0:
@@ -164,7 +178,7 @@ def run_training(net: FactorizedEmbeddingNet, source: Any, *, n_steps: int, lr: 
             state = checkpointer.latest() if checkpointer is not None else None
             if state is not None:
                 net.load_state_dict(state.net_state)
-                optimizer = make_optimizer(net, lr, l2, device, sample_lr=sample_lr)
+                optimizer = _with_initial_lr(make_optimizer(net, lr, l2, device, sample_lr=sample_lr))
                 optimizer.load_state_dict(state.optimizer_state)
                 sampler = new_sampler()
                 sampler.load_state_dict(state.sampler_state)
@@ -173,16 +187,23 @@ def run_training(net: FactorizedEmbeddingNet, source: Any, *, n_steps: int, lr: 
                 net.load_state_dict(init_state)
                 generator.set_state(gen_start)
                 sampler = new_sampler()
-                optimizer = make_optimizer(net, lr, l2, device, sample_lr=sample_lr)
+                optimizer = _with_initial_lr(make_optimizer(net, lr, l2, device, sample_lr=sample_lr))
                 history, start = History(), 0
             groups = optimizer.param_groups
             for group, value in zip(groups, [lr] if len(groups) == 1 else [sample_lr, lr]):
-                group["lr"] = value
+                group["lr"] = group["initial_lr"] = value
             warnings.warn(f"{exc}; retrying from step {start} with lr={lr:g}", stacklevel=2)
     if hasattr(sampler, "close"):
         sampler.close()
     return TrainingOutcome(history=history, lr=lr, resumed_from=resumed_from,
                            checkpoint_dir=None if checkpointer is None else str(checkpointer.dir))
+
+
+def _with_initial_lr(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """Record each group's learning rate as its ``initial_lr`` (the base of a schedule)."""
+    for group in optimizer.param_groups:
+        group.setdefault("initial_lr", group["lr"])
+    return optimizer
 
 
 def _trend(values: np.ndarray) -> tuple[float, float]:
