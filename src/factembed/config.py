@@ -35,10 +35,12 @@ class FEConfig:
     *all* parameters added to the MSE), ``lr`` (Adam learning rate; ``None``: 5e-3),
     ``batch_samples`` (profiles per step), ``batch_genes`` (genes per step),
     ``sample_lr_scale`` (the sample table's learning rate as a multiple of ``lr``),
-    ``n_steps``; each ``None`` means the recipe's choice.  ``lr_schedule``: "constant"
-    (the default) or "anneal" (a fit of explicit length, ``n_steps=N``, keeps every
+    ``n_steps``, ``lr_schedule``; each ``None`` means the recipe's choice.  ``lr_schedule``:
+    "constant" (what ``None`` gives every recipe) or "anneal": a fit of explicit length (``n_steps=N``) keeps every
     learning rate for its first half and lowers them linearly towards 0 over its second
-    half; see :func:`factembed.training.recipes.anneal_factor`).
+    half; a fit of ``n_steps="auto"`` keeps them until its validation MSE is flat or half
+    of a budget of steps has passed, then anneals over as many steps again (see
+    :class:`factembed.training.heldout.AnnealStop`).
 
     Start point: ``init`` ("pca": sample embedding from the first principal components,
     output bias at the data's mean level; "random": the study's draw; ``None``: the
@@ -73,7 +75,7 @@ class FEConfig:
     batch_genes: int | None = None
     sample_lr_scale: float | None = None
     init: str | None = None
-    lr_schedule: str = "constant"
+    lr_schedule: str | None = None
     infer_steps: int = 50
     infer_lr: float | str = "auto"
     infer_genes: int = 512
@@ -123,12 +125,9 @@ class FEConfig:
         if self.init not in (None, "pca", "random"):
             raise ValueError(f"init must be 'pca', 'random' or None (the recipe's: fast 'pca', reference "
                              f"'random'), got {self.init!r}")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"lr_schedule must be 'constant' or 'anneal', got {self.lr_schedule!r}")
-        if self.lr_schedule == "anneal" and self.n_steps == "auto":
-            raise ValueError("lr_schedule='anneal' needs a fit of explicit length (n_steps=N; --steps N "
-                             "on the command line): "
-                             "n_steps='auto' lowers the learning rates on its own plateau")
+        if self.lr_schedule is not None and self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be 'constant', 'anneal' or None (the recipe's), "
+                             f"got {self.lr_schedule!r}")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {self.precision!r}")
         if not isinstance(self.device, str):

@@ -166,7 +166,7 @@ def test_adam_moves_an_intermittent_row_by_sqrt_of_its_share():
 
 
 def test_anneal_factor_holds_then_descends_in_equal_stairs():
-    from factembed.training.recipes import ANNEAL_STAIRS, anneal_factor
+    from factembed.training.schedule import ANNEAL_STAIRS, anneal_factor
     n = 1000
     f = [anneal_factor(s, n) for s in range(1, n + 1)]
     assert f[:500] == [1.0] * 500                       # the first half at the full rates
@@ -179,22 +179,29 @@ def test_anneal_factor_holds_then_descends_in_equal_stairs():
     assert [anneal_factor(s, 10, stairs=5) for s in range(1, 11)] == [1.0] * 6 + [0.8, 0.6, 0.4, 0.2]
 
 
-def test_anneal_is_for_a_fit_of_explicit_length():
+def test_the_plans_of_an_anneal():
+    # a fit of explicit length: the schedule of its own steps
     plan = plan_training(FEConfig(n_steps=600, lr_schedule="anneal"), 63, 2_308)
     assert plan.lr_schedule == "anneal" and not plan.auto_stop and plan.lr_factor()(600) == pytest.approx(0.02)
     assert plan_training(FEConfig(n_steps=600), 63, 2_308).lr_factor() is None
     assert plan_training(FEConfig(training="reference", lr_schedule="anneal"), 63, 2_308).n_steps == 2_000
-    with pytest.raises(ValueError, match="explicit length"):
-        plan_training(FEConfig(lr_schedule="anneal"), 63, 2_308)       # the fast recipe's auto length
-    with pytest.raises(ValueError, match="explicit length"):
-        FEConfig(n_steps="auto", lr_schedule="anneal")
+    # until converged: the stop rule anneals; its budget is a third of the study's length for
+    # the shape, its half on the validation grid (khan: 2,000 / 3 -> 330 = 22 x 15)
+    auto = plan_training(FEConfig(lr_schedule="anneal"), 63, 2_308)
+    assert auto.auto_stop and auto.lr_factor() is None and (auto.val_every, auto.anneal_budget) == (15, 660)
+    tcga = plan_training(FEConfig(lr_schedule="anneal"), 10_344, 19_962)
+    assert tcga.anneal_budget == 2 * (100_000 // 3 // 2 // 100 * 100) == 33_200
+    default = plan_training(FEConfig(), 63, 2_308)                   # the default: constant rates
+    assert default.lr_schedule == "constant" and default.anneal_budget == 0
+    assert plan_training(FEConfig(lr_schedule="constant"), 63, 2_308) == default
+    assert FEConfig(n_steps="auto", lr_schedule="anneal").lr_schedule == "anneal"
     with pytest.raises(ValueError, match="lr_schedule"):
         FEConfig(lr_schedule="cosine")
 
 
 def test_the_loop_applies_the_schedule_as_steps_at_those_rates():
     """``train(lr_factor=f)`` is, bitwise, one-step runs each at base x f(step) set by hand."""
-    from factembed.training.recipes import anneal_factor
+    from factembed.training.schedule import anneal_factor
     X = torch.from_numpy(np.random.default_rng(3).normal(size=(24, 40)).astype(np.float32))
 
     def setup():

@@ -243,3 +243,98 @@ def test_the_progress_bar_of_an_auto_fit_shows_no_total_and_the_held_out_mse(cap
     FactorizedEmbeddings(gene_dim=4, hidden=(8,), n_steps=40, random_state=0, verbose=True).fit(X)
     err = capsys.readouterr().err
     assert "40/40" in err and "held-out" not in err          # a fixed length keeps its total
+
+
+def test_anneal_stop_starts_at_the_first_flat_point_or_half_the_budget():
+    from factembed.training.heldout import AnnealStop
+    steps = list(range(100, 5100, 100))
+    plateau = [1.0 / s if s <= 800 else 0.999 / 800 for s in steps]     # flat from step 800
+    rule = AnnealStop(patience=300, tol=0.01, min_steps=200, budget=4000)
+    # the test of "flat" is StopRule's: its first flat point starts the anneal
+    first_flat = StopRule(patience=300, tol=0.01, min_steps=200, decays=0).events(steps, plateau)[0][1]
+    assert first_flat == 1100
+    assert rule.events(steps, plateau) == [("anneal", 1100), ("stop", 2200)]
+    assert [rule.action(steps[:k], plateau[:k]) for k in range(1, len(steps) + 1)].count("anneal") == 1
+    assert rule.should_stop(steps[:22], plateau[:22]) and not rule.should_stop(steps[:21], plateau[:21])
+    falling = [1.0 / s for s in steps]                  # never flat: half the budget starts it
+    assert rule.events(steps, falling) == [("anneal", 2000), ("stop", 4000)]
+    assert rule.start(steps[:19], falling[:19]) is None
+    assert "half of its budget of 4,000 steps" in rule.reason(steps[:40], falling[:40], True)
+    assert "was flat" in rule.reason(steps[:22], plateau[:22], True)
+    # the rates: full to the start, then anneal_factor over twice the start
+    f = rule.lr_factor(steps[:25], falling[:25])
+    assert rule.lr_factor(steps[:19], falling[:19]) is None
+    assert [f(s) for s in (2000, 2001, 3960, 4000)] == pytest.approx([1.0, 1.0, 0.04, 0.02])
+    # incremental calls (the loop's) agree with a fresh replay on every prefix
+    inc = AnnealStop(patience=300, tol=0.01, min_steps=200, budget=4000)
+    for k in range(1, len(steps) + 1):
+        fresh = AnnealStop(patience=300, tol=0.01, min_steps=200, budget=4000)
+        assert inc.events(steps[:k], plateau[:k]) == fresh.events(steps[:k], plateau[:k])
+    assert inc.events(steps, falling) == [("anneal", 2000), ("stop", 4000)]   # another curve: rescanned
+
+
+def test_an_annealed_auto_fit_stops_at_twice_its_start_and_resumes_bitwise(tmp_path):
+    from factembed.engine.kernel import FusedProfileLoss
+    rng = np.random.default_rng(2)
+    X = (np.tanh(rng.normal(size=(50, 2)) @ rng.normal(size=(2, 40))) + 0.05 * rng.normal(size=(50, 40)))
+    X = X.astype(np.float32)
+    kw = dict(lr_schedule="anneal", gene_dim=8, hidden=(16,), random_state=0, verbose=False)
+    full = FactorizedEmbeddings(**kw).fit(X, checkpoint_dir=tmp_path / "a", checkpoint_every=150)
+    plan = full.training_plan_
+    assert (plan.anneal_budget, plan.val_every) == (660, 15)   # a third of the study's 2,000 steps
+    start = int(full.stop_reason_.split("annealed from step ")[1].split(" ")[0].replace(",", ""))
+    assert start <= 330 and full.n_steps_ == 2 * start
+    calls = []
+
+    def crashing(**k):
+        inner = FusedProfileLoss(**k)
+
+        class Crash:
+            last_stats = property(lambda self: inner.last_stats)
+
+            def __call__(self, *a, **kk):
+                calls.append(1)
+                if len(calls) > start + 100:      # dies inside the anneal
+                    raise KeyboardInterrupt
+                return inner(*a, **kk)
+        return Crash()
+
+    with pytest.raises(KeyboardInterrupt):
+        FactorizedEmbeddings(**kw).fit(X, checkpoint_dir=tmp_path / "b", checkpoint_every=15, kernel=crashing)
+    resumed = FactorizedEmbeddings(**kw).fit(X, checkpoint_dir=tmp_path / "b", checkpoint_every=15, resume=True)
+    assert resumed.resumed_from_ > start
+    assert resumed.n_steps_ == full.n_steps_ and resumed.stop_reason_ == full.stop_reason_
+    for k, v in full.net_.state_dict().items():
+        assert torch.equal(v, resumed.net_.state_dict()[k]), k
+    constant = FactorizedEmbeddings(**dict(kw, lr_schedule="constant")).fit(X)
+    assert "x0.1" in constant.stop_reason_ and not np.array_equal(constant.embedding_, full.embedding_)
+
+
+def test_an_annealed_auto_fit_ends_at_the_lowest_rates():
+    """With lr_schedule="anneal" the reason names the anneal's start, and the steps after it
+    ran at the anneal's rates, the last at 1/50; the default stays the constant rule."""
+    from factembed.training.recipes import FAST_AUTO_SCHEDULE, resolved_lr_schedule
+    from factembed import FEConfig
+    assert FAST_AUTO_SCHEDULE == "constant" == resolved_lr_schedule(FEConfig())
+    assert resolved_lr_schedule(FEConfig(lr_schedule="anneal")) == "anneal"
+    assert resolved_lr_schedule(FEConfig(n_steps=100)) == "constant"          # an explicit length
+    assert resolved_lr_schedule(FEConfig(training="reference")) == "constant"  # the study's training
+    assert resolved_lr_schedule(FEConfig(training="reference", n_steps="auto")) == "constant"
+    rng = np.random.default_rng(0)
+    X = (rng.normal(size=(40, 3)) @ rng.normal(size=(3, 80)) + 0.3 * rng.normal(size=(40, 80))).astype(np.float32)
+    seen = []
+    import factembed.training.loop as loop
+    real = loop.set_scheduled_lr
+
+    def spy(opt, factor):
+        seen.append(factor)
+        real(opt, factor)
+    try:
+        loop.set_scheduled_lr = spy
+        fe = FactorizedEmbeddings(gene_dim=4, hidden=(8,), random_state=0, verbose=False,
+                                  lr_schedule="anneal").fit(X)
+    finally:
+        loop.set_scheduled_lr = real
+    start = int(fe.stop_reason_.split("annealed from step ")[1].split(" ")[0].replace(",", ""))
+    assert fe.n_steps_ == 2 * start and f"stopped at step {2 * start:,}" in fe.stop_reason_
+    assert len(seen) == start and seen[0] == 1.0 and seen[-1] == pytest.approx(0.02)   # the anneal's steps

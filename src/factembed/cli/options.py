@@ -25,12 +25,13 @@ CONFIG_HELP = {
     "batch_samples": "profiles per training step (default: the recipe's; reference 4)",
     "batch_genes": "genes per training step (default: the recipe's; reference: all)",
     "sample_lr_scale": "learning rate of the sample table as a multiple of --lr (default: fast 3-10 from the PCA start, following the share of the samples in a step; 10 from --init random; reference 1)",
-    "n_steps": "training steps: 'auto' (until the MSE of held-out entries improves less than 0.2%% over 1,000 "
-               "steps, twice: learning rates /10 the first time; at most 25,000) or a number (exactly that many, no validation) (default: fast 'auto', "
-               "reference 40 passes over the samples, clipped to 2,000..100,000)",
-    "lr_schedule": "learning rates of a fit of explicit length (--steps N): 'constant' or 'anneal' (kept for the "
-                   "first half of the steps, then lowered linearly towards 0: a settled end state in fewer "
-                   "steps) (default %(default)s)",
+    "n_steps": "training steps: 'auto' (until converged: the MSE of held-out entries is measured as it trains; "
+               "see --lr-schedule for how the rates end; at most 25,000) or a number (exactly that many, no "
+               "validation) (default: fast 'auto', reference 40 passes over the samples, clipped to 2,000..100,000)",
+    "lr_schedule": "learning rates: 'constant' (with --steps auto: /10 at the first plateau of the held-out MSE, "
+                   "stop at the second) or 'anneal' (full rates until the held-out MSE is flat or until half of a "
+                   "budget of a third of the study's length, then lowered linearly towards 0 over as many steps "
+                   "again; with --steps N: full for the first half, then lowered) (default: constant)",
     "init": "start point of training: 'pca' (sample embedding from the first principal components, output "
             "bias at the data's mean) or 'random' (the study's draw) (default: fast 'pca', reference 'random')",
     "infer_steps": "Adam steps when embedding new samples (default %(default)s)",

@@ -63,7 +63,7 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
     ``training="fast"`` (or ``"reference"``, the study's exact training; see
     :mod:`factembed.training.recipes`) with ``lr``, ``batch_samples``, ``batch_genes``,
     ``sample_lr_scale``, ``n_steps`` = ``None`` (the recipe's choice; explicit values
-    override it), ``lr_schedule="constant"`` (or ``"anneal"`` with ``n_steps=N``),
+    override it), ``lr_schedule=None`` (the recipe's: "constant"; or "anneal"),
     inference ``infer_steps=50, infer_lr="auto", infer_genes=512,
     init_genes=2048``, engine ``device="auto", precision="fp32", gene_chunk=None,
     random_state=None, verbose=True``.
@@ -85,7 +85,7 @@ class FactorizedEmbeddings(TransformerMixin, BaseEstimator):
     def __init__(self, sample_dim: int = 2, gene_dim: int = 100, hidden: tuple[int, ...] = (100, 50, 50),
                  l2: float = 1e-7, lr: float | None = None, batch_samples: int | None = None,
                  n_steps: int | None = None, training: str = "fast", batch_genes: int | None = None,
-                 sample_lr_scale: float | None = None, init: str | None = None, lr_schedule: str = "constant",
+                 sample_lr_scale: float | None = None, init: str | None = None, lr_schedule: str | None = None,
                  infer_steps: int = 50, infer_lr: float | str = "auto", infer_genes: int = 512,
                  init_genes: int = 2048, device: str = "auto", precision: str = "fp32",
                  gene_chunk: int | None = None, random_state: int | None = None, verbose: bool = True):

@@ -13,6 +13,8 @@
   ``factor``; the next time, stop (never before ``min_steps``).  Its state is a pure function of
   the validation curve kept in the history, so a resumed run replays it from the
   checkpoint's history and stops at the same step.
+* :class:`AnnealStop`: the same test of "flat", or half of a step budget, starts a linear
+  descent of the rates over as many steps again, and the stop comes at its end.
 """
 
 from __future__ import annotations
@@ -264,4 +266,62 @@ class StopRule:
                     f"(best {values[best]:.4g} at step {steps[best]:,}); stopped at step {steps[-1]:,}"
                     + (f" (learning rates x{self.factor:g} at step{'s' if len(decayed) > 1 else ''} "
                        f"{', '.join(f'{s:,}' for s in decayed)})" if decayed else ""))
+        return f"reached the maximum of {steps[-1]:,} steps, validation MSE {values[-1]:.4g} (best {values[best]:.4g})"
+
+
+@dataclass
+class AnnealStop(StopRule):
+    """The stop of ``n_steps="auto"`` with ``lr_schedule="anneal"``: full learning rates
+    until the validation MSE is flat (the test of :class:`StopRule`) or until half of
+    ``budget`` steps, whichever comes first, at step ``S``; then every rate descends
+    linearly (:func:`~factembed.training.schedule.anneal_factor` over ``2 S`` steps) and
+    training stops at step ``2 S``, keeping the last state.  Like :class:`StopRule`, a pure
+    function of the validation curve (``S`` is a validation step), so a resumed run
+    finds the same rates and the same stop."""
+    budget: int = 0
+
+    def start(self, steps: list[int], values: list[float]) -> int | None:
+        """``S``, the step the anneal started at, or None while the rates are full."""
+        half = max(1, int(self.budget) // 2)
+        k0 = 0
+        if self._scan is not None:         # the scan goes on from the last call's end
+            seen_steps, seen_values, found = self._scan
+            if len(seen_steps) <= len(steps) and list(steps[:len(seen_steps)]) == seen_steps \
+                    and list(values[:len(seen_values)]) == seen_values:
+                if found is not None:
+                    return found
+                k0 = len(seen_steps)
+        found = None
+        for k in range(k0 + 1, len(steps) + 1):
+            if steps[k - 1] >= half or self._flat(steps[:k], values[:k], 0):
+                found = int(steps[k - 1])
+                steps, values = steps[:k], values[:k]
+                break
+        self._scan = (list(steps), list(values), found)
+        return found
+
+    def events(self, steps: list[int], values: list[float]) -> list[tuple[str, int]]:
+        s = self.start(steps, values) if steps else None
+        if s is None:
+            return []
+        out = [("anneal", s)]
+        return out + [("stop", 2 * s)] if steps[-1] >= 2 * s else out
+
+    def lr_factor(self, steps: list[int], values: list[float]):
+        """The rates' multiplier of each step from the curve so far (None: full rates)."""
+        from .schedule import anneal_factor
+
+        s = self.start(steps, values) if steps else None
+        return None if s is None else (lambda step: anneal_factor(step, 2 * s))
+
+    def reason(self, steps: list[int], values: list[float], stopped: bool) -> str:
+        if not steps:
+            return "no validation"
+        best = int(np.argmin(values))
+        s = self.start(steps, values)
+        why = ("the validation MSE was flat" if s is not None and s < max(1, int(self.budget) // 2)
+               else f"half of its budget of {int(self.budget):,} steps")
+        if stopped and s is not None:
+            return (f"learning rates annealed from step {s:,} ({why}); stopped at step {2 * s:,} "
+                    f"(validation MSE {values[-1]:.4g}, best {values[best]:.4g} at step {steps[best]:,})")
         return f"reached the maximum of {steps[-1]:,} steps, validation MSE {values[-1]:.4g} (best {values[best]:.4g})"

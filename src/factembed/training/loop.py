@@ -440,9 +440,11 @@ def train(net: FactorizedEmbeddingNet, X: torch.Tensor | RowSource, *, n_steps: 
             batch = ahead or feeder.prepare(last - first + 1)
             ahead = None
             launched = []
+            factor = lr_factor if lr_factor is not None or not hasattr(stop_rule, "lr_factor") else \
+                stop_rule.lr_factor(history.val_step, history.val_loss)     # an auto stop's anneal
             for j in range(last - first + 1):
-                if lr_factor is not None:
-                    set_scheduled_lr(optimizer, lr_factor(first + j))
+                if factor is not None:
+                    set_scheduled_lr(optimizer, factor(first + j))
                 records[j].copy_(step_fn(batch(j)))
                 launched.append(time.perf_counter() - t0)
             at_look = any(e and last % e == 0 for e in looks)

@@ -30,10 +30,18 @@ pairs (figures and how they were measured: ``bench/NOTES.md``, "Time to quality"
 * **Its own length: until converged** (``n_steps=None``, the default, or ``"auto"``).
   A seeded hash of (sample, gene) holds out 1.5-5% of the entries (at least ~4,000) as
   validation entries, left out of every step; their MSE is measured ten times per
-  *patience* window, the first time it has not improved by 0.2% over the patience every
+  *patience* window; the first time it has not improved by 0.2% over the patience every
   learning rate is divided by 10 (``StopRule.decays = 1``), the second time training
   stops (never before one patience window twice, at most ``AUTO_MAX_STEPS`` = 25,000),
-  keeping the last state.  The patience is 4 passes over the entries within 150..1,000
+  keeping the last state (``lr_schedule=None`` or ``"constant"``).  With
+  ``lr_schedule="anneal"`` (an option) the rates stay full until that MSE is flat or until
+  half of a budget of :data:`ANNEAL_BUDGET_SHARE` (a third) of the study's own length for
+  the shape (40 passes over the samples at 4 profiles per step, 2,000..100,000 steps),
+  whichever comes first, at step ``S``; then they descend linearly in 50 stairs to 1/50 and
+  training stops at ``2 S`` (:class:`~factembed.training.heldout.AnnealStop`): 0.28-0.33x the
+  study's time at 500 x 20,000 and 100 x 12,000, but above the study's training MSE on khan,
+  the demo and planted 100 x 12,000 at full size (``bench/NOTES.md``, "The anneal").
+  The patience is 4 passes over the entries within 150..1,000
   steps (:func:`stop_patience`): 1,000 steps on large matrices (from ~2,000 x 20,000 up),
   150 on a cohort of ~60 x 2,000 (:mod:`factembed.training.heldout` says why the last and not
   the best).  An explicit
@@ -46,7 +54,7 @@ pairs (figures and how they were measured: ``bench/NOTES.md``, "Time to quality"
 Explicit ``batch_samples``, ``batch_genes``, ``lr``, ``sample_lr_scale`` and ``n_steps``
 override either recipe.  A fit of explicit length keeps its learning rates constant, or with
 ``lr_schedule="anneal"`` keeps them for the first half of its steps and lowers them linearly
-towards 0 over the second (:func:`anneal_factor`): the end state settles instead of
+towards 0 over the second (:func:`~factembed.training.schedule.anneal_factor`): the end state settles instead of
 jittering at the full rate, so a short fit ends lower (figures: ``bench/NOTES.md``, "A fixed
 length with an anneal").
 """
@@ -57,6 +65,7 @@ import math
 from dataclasses import dataclass
 
 from ..config import FEConfig, auto_n_steps
+from .schedule import anneal_factor
 
 #: the fast recipe's sample-table learning rate, as a multiple of ``lr``: from a random start,
 #: and the most :func:`sample_lr_scale` gives from the PCA start
@@ -78,11 +87,14 @@ PATIENCE_MAX = 1000
 #: validation measurements per patience window, at most every VAL_EVERY_MAX steps
 VAL_PER_PATIENCE = 10
 VAL_EVERY_MAX = 100
-#: ``lr_schedule="anneal"``: the share of the steps at the full rates, and the number of
-#: equal stairs of the linear descent after it (stairs, not a ramp: a CUDA-graph step is
-#: captured again at every change of a learning rate)
-ANNEAL_HOLD = 0.5
-ANNEAL_STAIRS = 50
+#: ``n_steps="auto"`` with ``lr_schedule="anneal"``: the budget of steps, as a share of the
+#: study's own length for the shape (``auto_n_steps`` at 4 profiles per step: 40 passes over
+#: the samples within 2,000..100,000 steps); the anneal starts by half of it at the latest
+ANNEAL_BUDGET_SHARE = 1 / 3
+#: the fast recipe's schedule when trained until converged (``lr_schedule=None``): the
+#: anneal is an option, not the default (it missed the study's training MSE on khan, the demo
+#: and planted 100 x 12,000 at full size: ``bench/NOTES.md``, "The anneal")
+FAST_AUTO_SCHEDULE = "constant"
 
 
 def stop_patience(n_samples: int, n_genes: int, pairs_per_step: int) -> tuple[int, int]:
@@ -126,22 +138,38 @@ class TrainingPlan:
     patience: int = PATIENCE_MAX  # auto_stop: steps over which "flat" is judged (see stop_patience)
     val_every: int = VAL_EVERY_MAX  # auto_stop: steps between two validation measurements
     init: str = "random"          # the start point: "pca" or "random" (factembed.training.warm_start)
-    lr_schedule: str = "constant"  # "constant" or "anneal" (explicit n_steps only: anneal_factor)
+    lr_schedule: str = "constant"  # "constant" or "anneal" (anneal_factor; with auto_stop: AnnealStop)
+    anneal_budget: int = 0        # auto_stop with "anneal": the anneal starts by half of it at the latest
 
     def describe(self) -> str:
         genes = "all genes" if self.batch_genes is None else f"{self.batch_genes:,} genes"
         steps = (f"until the validation MSE is flat over {self.patience:,} steps, at most {self.n_steps:,}"
                  if self.auto_stop else f"{self.n_steps:,}")
-        anneal = ", annealed over the second half" if self.lr_schedule == "anneal" else ""
+        if self.auto_stop and self.lr_schedule == "anneal":
+            steps = (f"full rates until the validation MSE is flat over {self.patience:,} steps or until step "
+                     f"{self.anneal_budget // 2:,}, then as many annealed;")
+        anneal = ", annealed over the second half" if self.lr_schedule == "anneal" and not self.auto_stop else ""
         return (f"{self.training} training: {steps} steps of {self.batch_samples} profiles x {genes}, "
                 f"lr {self.lr:g} (sample table {self.sample_lr:g}{anneal}), {self.init} start")
 
     def lr_factor(self):
-        """The learning rates' multiplier of each (1-based) step, or None for constant rates."""
-        if self.lr_schedule != "anneal":
+        """The learning rates' multiplier of each (1-based) step of a fit of explicit length,
+        or None (constant rates, or the anneal of an auto stop, decided on its curve)."""
+        if self.lr_schedule != "anneal" or self.auto_stop:   # auto: the stop rule's anneal
             return None
         n = self.n_steps
         return lambda step: anneal_factor(step, n)
+
+
+def resolved_lr_schedule(cfg: FEConfig) -> str:
+    """``cfg.lr_schedule``, or the recipe's for ``None``: :data:`FAST_AUTO_SCHEDULE` for the
+    fast recipe trained until converged, ``"constant"`` otherwise (the reference recipe is
+    the study's training, and an explicit ``n_steps=N`` keeps its constant rates unless asked)."""
+    schedule = getattr(cfg, "lr_schedule", None)
+    if schedule is not None:
+        return schedule
+    auto = cfg.n_steps == "auto" or (cfg.n_steps is None and cfg.training == "fast")
+    return FAST_AUTO_SCHEDULE if cfg.training == "fast" and auto else "constant"
 
 
 def plan_training(cfg: FEConfig, n_samples: int, n_genes: int, world: int = 1) -> TrainingPlan:
@@ -166,29 +194,16 @@ def plan_training(cfg: FEConfig, n_samples: int, n_genes: int, world: int = 1) -
         n_steps = explicit_steps or AUTO_MAX_STEPS
     if auto:
         n_steps = AUTO_MAX_STEPS
-    schedule = getattr(cfg, "lr_schedule", "constant")
-    if auto and schedule != "constant":
-        raise ValueError(f"lr_schedule={schedule!r} needs a fit of explicit length (n_steps=N; --steps N "
-                         f"on the command line); the "
-                         f"{cfg.training} recipe's default length is n_steps='auto', which lowers the "
-                         "learning rates on its own plateau")
+    schedule = resolved_lr_schedule(cfg)
     patience, every = stop_patience(n, m, b * world * (m if bg is None else bg))
+    budget = 0
+    if auto and schedule == "anneal":
+        # the anneal's start is a validation step: half the budget on the validation grid
+        half = ANNEAL_BUDGET_SHARE * auto_n_steps(n, REFERENCE_BATCH_SAMPLES) / 2
+        budget = 2 * max(every, int(half) // every * every)
     return TrainingPlan(cfg.training, int(b), bg, float(lr), float(lr * scale), int(n_steps), auto,
-                        patience, every, init, schedule)
+                        patience, every, init, schedule, budget)
 
-
-def anneal_factor(step: int, n_steps: int, hold: float = ANNEAL_HOLD, stairs: int = ANNEAL_STAIRS) -> float:
-    """The learning rates' multiplier at (1-based) ``step`` of ``n_steps`` under
-    ``lr_schedule="anneal"``: 1 for the first ``hold`` share of the steps, then a linear
-    descent over the rest in ``stairs`` equal stairs, from 1 to ``1 / stairs`` (never 0:
-    no step is wasted at a zero rate)."""
-    n, stairs = max(1, int(n_steps)), max(1, int(stairs))
-    start = int(math.floor(hold * n))
-    if step <= start:
-        return 1.0
-    span = n - start
-    k = min(stairs, ((int(step) - start) * stairs + span - 1) // span)   # stair 1..stairs
-    return float(stairs - k + 1) / stairs
 
 
 def fast_batch_shape(n: int, m: int, batch_samples: int | None = None,

@@ -24,6 +24,7 @@ from .checkpoint import Checkpointer
 from ..errors import FEInputError
 from ..engine.network import FactorizedEmbeddingNet
 from .loop import BatchPlan, BatchSampler, GeneWalk, History, TensorRows, make_optimizer, train
+from .recipes import resolved_lr_schedule
 
 #: the config fields that do not shape the trained model: a checkpoint need not match them
 RUNTIME_PARAMS = ("verbose", "device", "infer_steps", "infer_lr", "infer_genes", "init_genes")
@@ -33,17 +34,17 @@ def checkpoint_meta(cfg: Any, n_samples: int, n_genes: int, **more: Any) -> dict
     """What a checkpoint must match to be resumed: the hyper-parameters that shape the
     trained model (not the run-time ones, nor ``n_steps``: a run may be extended) and
     the data shape (``more``: e.g. a data-parallel run's world size and rank).  An annealed
-    run (``lr_schedule="anneal"``) keeps ``n_steps``: its rates follow its length, so it
-    cannot be extended; the default constant schedule is left out, so checkpoints written
+    run (``lr_schedule="anneal"``, resolved: the fast recipe's default when trained until
+    converged) keeps ``n_steps`` and the schedule: its rates follow its length, so it cannot
+    be extended; a constant schedule is left out, so checkpoints of constant runs written
     before the schedule existed still resume."""
-    config = cfg.to_dict()
-    leave_out = RUNTIME_PARAMS + ("n_steps",)
-    if config.get("lr_schedule", "constant") == "constant":
-        leave_out += ("lr_schedule",)
-    else:
-        leave_out = RUNTIME_PARAMS
-    return {"config": {k: v for k, v in config.items() if k not in leave_out},
-            "n_samples": int(n_samples), "n_genes": int(n_genes), **more}
+    config = {k: v for k, v in cfg.to_dict().items() if k not in RUNTIME_PARAMS + ("lr_schedule",)}
+    anneal = resolved_lr_schedule(cfg) == "anneal"
+    if anneal:
+        config["lr_schedule"] = "anneal"          # resolved: a constant run's checkpoint is another run
+    if not (anneal and isinstance(cfg.n_steps, int)):
+        config.pop("n_steps", None)               # an explicit annealed length is part of the run
+    return {"config": config, "n_samples": int(n_samples), "n_genes": int(n_genes), **more}
 
 
 def batch_plan(rows: Any, n_genes: int, plan: Any, gene_seed: int) -> BatchPlan:
@@ -89,12 +90,14 @@ def fit_network(net: FactorizedEmbeddingNet, source: Any, plan: Any, *, l2: floa
 
     validation = stop_rule = None
     if plan.auto_stop:
-        from .heldout import StopRule, ValidationSet, default_fraction
+        from .heldout import AnnealStop, StopRule, ValidationSet, default_fraction
         validation = ValidationSet(TensorRows(source) if isinstance(source, torch.Tensor) else source,
                                    seed=val_seed, fraction=default_fraction(n_total, m),
                                    max_entries=max(1000, 50_000 // max(1, int(world))), offset=offset,
                                    reduce=reduce, every=plan.val_every)
-        stop_rule = StopRule(patience=plan.patience, min_steps=plan.patience)
+        stop_rule = AnnealStop(patience=plan.patience, min_steps=plan.patience, budget=plan.anneal_budget) \
+            if getattr(plan, "lr_schedule", "constant") == "anneal" else \
+            StopRule(patience=plan.patience, min_steps=plan.patience)
     outcome = run_training(net, source, n_steps=plan.n_steps, lr=plan.lr, sample_lr=plan.sample_lr, l2=l2,
                            batch_samples=plan.batch_samples, generator=generator, new_sampler=new_sampler,
                            device=device, compute_dtype=compute_dtype, gene_chunk=gene_chunk,
