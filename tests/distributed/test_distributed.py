@@ -280,3 +280,18 @@ def test_rank_plan_is_the_random_start_plan():
     plan = rank_plan(FEConfig(), 64, 40, 2)
     assert plan.init == "random" and plan.sample_lr == pytest.approx(10 * plan.lr)
     assert plan_training(FEConfig(), 64, 40, 2).sample_lr == pytest.approx(3 * plan.lr)
+
+
+def test_the_single_process_equivalent_follows_an_annealed_length():
+    """single_process_equivalent trains the plan's schedule: with lr_schedule="anneal" its
+    second half runs at the annealed rates, a different model from the constant one's (the
+    two-rank comparison with fit_distributed is not run with the anneal)."""
+    from factembed.distributed import single_process_equivalent
+    X, _ = planted(n=N, m=M)
+    constant = single_process_equivalent(X, CFG, world=2)
+    annealed = single_process_equivalent(X, {**CFG, "lr_schedule": "anneal"}, world=2)
+    half_c = single_process_equivalent(X, {**CFG, "n_steps": STEPS // 2}, world=2)
+    half_a = single_process_equivalent(X, {**CFG, "n_steps": STEPS // 2, "lr_schedule": "anneal"}, world=2)
+    assert not torch.equal(constant.sample_embedding, annealed.sample_embedding)
+    # a run of half the length anneals its own second half: not the first half of the long one
+    assert not torch.equal(half_c.sample_embedding, half_a.sample_embedding)

@@ -190,7 +190,9 @@ def test_the_plans_of_an_anneal():
     auto = plan_training(FEConfig(lr_schedule="anneal"), 63, 2_308)
     assert auto.auto_stop and auto.lr_factor() is None and (auto.val_every, auto.anneal_budget) == (15, 660)
     tcga = plan_training(FEConfig(lr_schedule="anneal"), 10_344, 19_962)
-    assert tcga.anneal_budget == 2 * (100_000 // 3 // 2 // 100 * 100) == 33_200
+    # a third of TCGA's 100,000 is more than the run's most steps: the anneal ends by step 25,000
+    assert tcga.n_steps == AUTO_MAX_STEPS and tcga.anneal_budget == AUTO_MAX_STEPS == 25_000
+    assert plan_training(FEConfig(lr_schedule="anneal"), 5_000, 19_962).anneal_budget == 2 * (50_000 // 3 // 2 // 100 * 100)
     default = plan_training(FEConfig(), 63, 2_308)                   # the default: constant rates
     assert default.lr_schedule == "constant" and default.anneal_budget == 0
     assert plan_training(FEConfig(lr_schedule="constant"), 63, 2_308) == default

@@ -145,3 +145,15 @@ def test_an_annealed_run_resumes_bitwise_and_refuses_another_length(planted_data
     with pytest.raises(FEInputError, match="different run"):          # its rates follow its length
         FactorizedEmbeddings(**dict(kw, n_steps=200)).fit(X, checkpoint_dir=tmp_path / "cut",
                                                           checkpoint_every=40, resume=True)
+
+
+def test_checkpoint_meta_tells_annealed_runs_apart_and_keeps_constant_runs_as_before():
+    from factembed import FEConfig
+    from factembed.training.runner import checkpoint_meta
+    old = checkpoint_meta(FEConfig(n_steps=30), 10, 20)["config"]
+    assert "lr_schedule" not in old and "n_steps" not in old          # as checkpoints before the schedule
+    assert checkpoint_meta(FEConfig(n_steps=30, lr_schedule="constant"), 10, 20)["config"] == old
+    fixed = checkpoint_meta(FEConfig(training="reference", lr_schedule="anneal"), 10, 20)["config"]
+    auto = checkpoint_meta(FEConfig(training="reference", lr_schedule="anneal", n_steps="auto"), 10, 20)["config"]
+    assert fixed["lr_schedule"] == auto["lr_schedule"] == "anneal" and fixed != auto   # 2,000 steps vs auto
+    assert checkpoint_meta(FEConfig(lr_schedule="anneal"), 10, 20)["config"]["n_steps"] == "auto"

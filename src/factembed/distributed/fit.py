@@ -289,7 +289,8 @@ def single_process_equivalent(X: Any, config: FEConfig | dict, world: int,
     train(net, TensorRows(X), n_steps=plan.n_steps, lr=plan.lr, l2=cfg.l2, batch_samples=sampler.b,
           generator=torch.Generator(), device=device, compute_dtype=resolve_precision(cfg.precision, device),
           gene_chunk=cfg.gene_chunk, progress=False, sampler=sampler,
-          optimizer=make_optimizer(net, plan.lr, cfg.l2, device, sample_lr=plan.sample_lr))
+          optimizer=make_optimizer(net, plan.lr, cfg.l2, device, sample_lr=plan.sample_lr),
+          lr_factor=plan.lr_factor())
     return net
 
 

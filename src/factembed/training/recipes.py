@@ -199,7 +199,8 @@ def plan_training(cfg: FEConfig, n_samples: int, n_genes: int, world: int = 1) -
     budget = 0
     if auto and schedule == "anneal":
         # the anneal's start is a validation step: half the budget on the validation grid
-        half = ANNEAL_BUDGET_SHARE * auto_n_steps(n, REFERENCE_BATCH_SAMPLES) / 2
+        # (and within the run's most steps, so that the anneal always ends)
+        half = min(ANNEAL_BUDGET_SHARE * auto_n_steps(n, REFERENCE_BATCH_SAMPLES), n_steps) / 2
         budget = 2 * max(every, int(half) // every * every)
     return TrainingPlan(cfg.training, int(b), bg, float(lr), float(lr * scale), int(n_steps), auto,
                         patience, every, init, schedule, budget)

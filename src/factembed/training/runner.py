@@ -42,8 +42,11 @@ def checkpoint_meta(cfg: Any, n_samples: int, n_genes: int, **more: Any) -> dict
     anneal = resolved_lr_schedule(cfg) == "anneal"
     if anneal:
         config["lr_schedule"] = "anneal"          # resolved: a constant run's checkpoint is another run
-    if not (anneal and isinstance(cfg.n_steps, int)):
-        config.pop("n_steps", None)               # an explicit annealed length is part of the run
+    if anneal:                                    # an annealed length is part of the run
+        auto = cfg.n_steps == "auto" or (cfg.n_steps is None and cfg.training == "fast")
+        config["n_steps"] = "auto" if auto else cfg.n_steps
+    else:
+        config.pop("n_steps", None)
     return {"config": config, "n_samples": int(n_samples), "n_genes": int(n_genes), **more}
 
 

@@ -17,8 +17,10 @@ ANNEAL_STAIRS = 50
 def anneal_factor(step: int, n_steps: int, hold: float = ANNEAL_HOLD, stairs: int = ANNEAL_STAIRS) -> float:
     """The learning rates' multiplier at (1-based) ``step`` of ``n_steps`` under
     ``lr_schedule="anneal"``: 1 for the first ``hold`` share of the steps, then a linear
-    descent over the rest in ``stairs`` equal stairs, from 1 to ``1 / stairs`` (never 0:
-    no step is wasted at a zero rate)."""
+    descent over the rest in ``stairs`` equal stairs, from 1 (the first stair still at the
+    full rates) to ``1 / stairs`` (never 0: no step is wasted at a zero rate).  A stair of
+    a short fit can be a single step: a CUDA-graph step is then captured again at nearly
+    every step of the descent."""
     n, stairs = max(1, int(n_steps)), max(1, int(stairs))
     start = int(math.floor(hold * n))
     if step <= start:
