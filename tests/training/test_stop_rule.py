@@ -105,19 +105,9 @@ def test_estimator_auto_steps_stops_and_reports(tmp_path):
     assert FactorizedEmbeddings.load(tmp_path / "m").history_["val_loss"] == fe.history_["val_loss"]
 
 
-def test_auto_steps_resume_after_a_crash_is_bitwise_and_stops_at_the_same_step(tmp_path):
-    """The stop rule's state is the validation curve in the checkpoint's history: a run
-    killed mid-way and resumed ends where the uninterrupted run ends, bit for bit."""
+def _crashing_after(n_calls: int):
+    """A kernel factory whose loss raises KeyboardInterrupt at its call ``n_calls + 1`` (a crash)."""
     from factembed.engine.kernel import FusedProfileLoss
-
-    rng = np.random.default_rng(2)
-    X = (np.tanh(rng.normal(size=(50, 2)) @ rng.normal(size=(2, 40))) + 0.05 * rng.normal(size=(50, 40)))
-    X = X.astype(np.float32)
-    kw = dict(n_steps="auto", gene_dim=8, hidden=(16,), random_state=0, verbose=False)
-    full = FactorizedEmbeddings(**kw).fit(X, checkpoint_dir=tmp_path / "a", checkpoint_every=200)
-    assert 700 < full.n_steps_ < 25_000
-    decay = int(full.stop_reason_.split("x0.1 at step ")[1].split(")")[0].replace(",", ""))
-
     calls = []
 
     def crashing(**k):
@@ -128,13 +118,28 @@ def test_auto_steps_resume_after_a_crash_is_bitwise_and_stops_at_the_same_step(t
 
             def __call__(self, *a, **kk):
                 calls.append(1)
-                if len(calls) > 450:
+                if len(calls) > n_calls:
                     raise KeyboardInterrupt
                 return inner(*a, **kk)
         return Crash()
+    return crashing
+
+
+def test_auto_steps_resume_after_a_crash_is_bitwise_and_stops_at_the_same_step(tmp_path):
+    """The stop rule's state is the validation curve in the checkpoint's history: a run
+    killed mid-way and resumed ends where the uninterrupted run ends, bit for bit."""
+
+    rng = np.random.default_rng(2)
+    X = (np.tanh(rng.normal(size=(50, 2)) @ rng.normal(size=(2, 40))) + 0.05 * rng.normal(size=(50, 40)))
+    X = X.astype(np.float32)
+    kw = dict(n_steps="auto", gene_dim=8, hidden=(16,), random_state=0, verbose=False)
+    full = FactorizedEmbeddings(**kw).fit(X, checkpoint_dir=tmp_path / "a", checkpoint_every=200)
+    assert 700 < full.n_steps_ < 25_000
+    decay = int(full.stop_reason_.split("x0.1 at step ")[1].split(")")[0].replace(",", ""))
 
     with pytest.raises(KeyboardInterrupt):
-        FactorizedEmbeddings(**kw).fit(X, checkpoint_dir=tmp_path / "b", checkpoint_every=200, kernel=crashing)
+        FactorizedEmbeddings(**kw).fit(X, checkpoint_dir=tmp_path / "b", checkpoint_every=200,
+                                       kernel=_crashing_after(450))
     resumed = FactorizedEmbeddings(**kw).fit(X, checkpoint_dir=tmp_path / "b", checkpoint_every=200, resume=True)
     assert resumed.resumed_from_ == 400 < decay              # the resumed run crosses the decay
     assert resumed.n_steps_ == full.n_steps_ and resumed.stop_reason_ == full.stop_reason_
@@ -274,7 +279,6 @@ def test_anneal_stop_starts_at_the_first_flat_point_or_half_the_budget():
 
 
 def test_an_annealed_auto_fit_stops_at_twice_its_start_and_resumes_bitwise(tmp_path):
-    from factembed.engine.kernel import FusedProfileLoss
     rng = np.random.default_rng(2)
     X = (np.tanh(rng.normal(size=(50, 2)) @ rng.normal(size=(2, 40))) + 0.05 * rng.normal(size=(50, 40)))
     X = X.astype(np.float32)
@@ -284,23 +288,9 @@ def test_an_annealed_auto_fit_stops_at_twice_its_start_and_resumes_bitwise(tmp_p
     assert (plan.anneal_budget, plan.val_every) == (660, 15)   # a third of the study's 2,000 steps
     start = int(full.stop_reason_.split("annealed from step ")[1].split(" ")[0].replace(",", ""))
     assert start <= 330 and full.n_steps_ == 2 * start
-    calls = []
-
-    def crashing(**k):
-        inner = FusedProfileLoss(**k)
-
-        class Crash:
-            last_stats = property(lambda self: inner.last_stats)
-
-            def __call__(self, *a, **kk):
-                calls.append(1)
-                if len(calls) > start + 100:      # dies inside the anneal
-                    raise KeyboardInterrupt
-                return inner(*a, **kk)
-        return Crash()
-
-    with pytest.raises(KeyboardInterrupt):
-        FactorizedEmbeddings(**kw).fit(X, checkpoint_dir=tmp_path / "b", checkpoint_every=15, kernel=crashing)
+    with pytest.raises(KeyboardInterrupt):                 # dies inside the anneal
+        FactorizedEmbeddings(**kw).fit(X, checkpoint_dir=tmp_path / "b", checkpoint_every=15,
+                                       kernel=_crashing_after(start + 100))
     resumed = FactorizedEmbeddings(**kw).fit(X, checkpoint_dir=tmp_path / "b", checkpoint_every=15, resume=True)
     assert resumed.resumed_from_ > start
     assert resumed.n_steps_ == full.n_steps_ and resumed.stop_reason_ == full.stop_reason_
