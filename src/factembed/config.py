@@ -19,7 +19,7 @@ AUTO_MIN_STEPS = 2_000
 AUTO_MAX_STEPS = 100_000
 #: the training recipes (see :mod:`factembed.training.recipes`)
 TRAININGS = ("fast", "reference")
-#: the learning-rate schedules of a fit of explicit length (see :mod:`factembed.training.recipes`)
+#: the learning-rate schedules (``lr_schedule``; see :mod:`factembed.training.recipes`)
 LR_SCHEDULES = ("constant", "anneal")
 
 

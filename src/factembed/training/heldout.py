@@ -280,9 +280,14 @@ class AnnealStop(StopRule):
     finds the same rates and the same stop."""
     budget: int = 0
 
+    @property
+    def half(self) -> int:
+        """The latest step the anneal starts at: half the budget."""
+        return max(1, int(self.budget) // 2)
+
     def start(self, steps: list[int], values: list[float]) -> int | None:
         """``S``, the step the anneal started at, or None while the rates are full."""
-        half = max(1, int(self.budget) // 2)
+        half = self.half
         k0 = 0
         if self._scan is not None:         # the scan goes on from the last call's end
             seen_steps, seen_values, found = self._scan
@@ -315,13 +320,10 @@ class AnnealStop(StopRule):
         return None if s is None else (lambda step: anneal_factor(step, 2 * s))
 
     def reason(self, steps: list[int], values: list[float], stopped: bool) -> str:
-        if not steps:
-            return "no validation"
+        s = self.start(steps, values) if steps else None
+        if not (stopped and s is not None):
+            return super().reason(steps, values, False)       # no validation, or the maximum reached
         best = int(np.argmin(values))
-        s = self.start(steps, values)
-        why = ("the validation MSE was flat" if s is not None and s < max(1, int(self.budget) // 2)
-               else f"half of its budget of {int(self.budget):,} steps")
-        if stopped and s is not None:
-            return (f"learning rates annealed from step {s:,} ({why}); stopped at step {2 * s:,} "
-                    f"(validation MSE {values[-1]:.4g}, best {values[best]:.4g} at step {steps[best]:,})")
-        return f"reached the maximum of {steps[-1]:,} steps, validation MSE {values[-1]:.4g} (best {values[best]:.4g})"
+        why = "the validation MSE was flat" if s < self.half else f"half of its budget of {int(self.budget):,} steps"
+        return (f"learning rates annealed from step {s:,} ({why}); stopped at step {2 * s:,} "
+                f"(validation MSE {values[-1]:.4g}, best {values[best]:.4g} at step {steps[best]:,})")

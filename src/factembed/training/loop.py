@@ -344,7 +344,9 @@ def train(net: FactorizedEmbeddingNet, X: torch.Tensor | RowSource, *, n_steps: 
     ``X`` are missing values, left out of the loss the same way.
     ``lr_factor(step)``: before each (1-based) step every learning rate is set to that
     multiple of its group's ``initial_lr`` (a schedule such as
-    :func:`~factembed.training.recipes.anneal_factor`); ``None``: the rates are left as they are.
+    :func:`~factembed.training.schedule.anneal_factor`); ``None``: the rates are left as they are
+    (or, with a stop rule that has an ``lr_factor`` of its curve, such as
+    :class:`~factembed.training.heldout.AnnealStop`, set by it from one chunk to the next).
 
     The steps run in chunks (:mod:`factembed.training.step`) of ``chunk_steps`` (default 16 on
     the CPU, 256 on CUDA) that end at every validation and checkpoint step: within a

@@ -38,7 +38,7 @@ pairs (figures and how they were measured: ``bench/NOTES.md``, "Time to quality"
   half of a budget of :data:`ANNEAL_BUDGET_SHARE` (a third) of the study's own length for
   the shape (40 passes over the samples at 4 profiles per step, 2,000..100,000 steps),
   whichever comes first, at step ``S``; then they descend linearly in 50 stairs to 1/50 and
-  training stops at ``2 S`` (:class:`~factembed.training.heldout.AnnealStop`): 0.28-0.33x the
+  training stops at ``2 S`` (:class:`~factembed.training.heldout.AnnealStop`): 0.28-0.30x the
   study's time at 500 x 20,000 and 100 x 12,000, but above the study's training MSE on khan,
   the demo and planted 100 x 12,000 at full size (``bench/NOTES.md``, "The anneal").
   The patience is 4 passes over the entries within 150..1,000
@@ -161,22 +161,26 @@ class TrainingPlan:
         return lambda step: anneal_factor(step, n)
 
 
+def trains_until_converged(cfg: FEConfig) -> bool:
+    """Whether ``cfg`` trains until its validation MSE is flat (``n_steps="auto"``, or the
+    fast recipe's default ``None``) rather than an explicit number of steps."""
+    return cfg.n_steps == "auto" or (cfg.n_steps is None and cfg.training == "fast")
+
+
 def resolved_lr_schedule(cfg: FEConfig) -> str:
     """``cfg.lr_schedule``, or the recipe's for ``None``: :data:`FAST_AUTO_SCHEDULE` for the
     fast recipe trained until converged, ``"constant"`` otherwise (the reference recipe is
     the study's training, and an explicit ``n_steps=N`` keeps its constant rates unless asked)."""
-    schedule = getattr(cfg, "lr_schedule", None)
-    if schedule is not None:
-        return schedule
-    auto = cfg.n_steps == "auto" or (cfg.n_steps is None and cfg.training == "fast")
-    return FAST_AUTO_SCHEDULE if cfg.training == "fast" and auto else "constant"
+    if cfg.lr_schedule is not None:
+        return cfg.lr_schedule
+    return FAST_AUTO_SCHEDULE if cfg.training == "fast" and trains_until_converged(cfg) else "constant"
 
 
 def plan_training(cfg: FEConfig, n_samples: int, n_genes: int, world: int = 1) -> TrainingPlan:
     """The :class:`TrainingPlan` of ``cfg`` for ``n_samples x n_genes`` data
     (``world`` ranks, each drawing ``batch_samples`` of its own shard per step)."""
     n, m, world = int(n_samples), int(n_genes), max(1, int(world))
-    auto = cfg.n_steps == "auto" or (cfg.n_steps is None and cfg.training == "fast")
+    auto = trains_until_converged(cfg)
     explicit_steps = None if auto else cfg.n_steps
     lr = cfg.lr if cfg.lr is not None else REFERENCE_LR
     init = cfg.init or ("random" if cfg.training == "reference" else "pca")
@@ -204,7 +208,6 @@ def plan_training(cfg: FEConfig, n_samples: int, n_genes: int, world: int = 1) -
         budget = 2 * max(every, int(half) // every * every)
     return TrainingPlan(cfg.training, int(b), bg, float(lr), float(lr * scale), int(n_steps), auto,
                         patience, every, init, schedule, budget)
-
 
 
 def fast_batch_shape(n: int, m: int, batch_samples: int | None = None,

@@ -24,7 +24,7 @@ from .checkpoint import Checkpointer
 from ..errors import FEInputError
 from ..engine.network import FactorizedEmbeddingNet
 from .loop import BatchPlan, BatchSampler, GeneWalk, History, TensorRows, make_optimizer, train
-from .recipes import resolved_lr_schedule
+from .recipes import resolved_lr_schedule, trains_until_converged
 
 #: the config fields that do not shape the trained model: a checkpoint need not match them
 RUNTIME_PARAMS = ("verbose", "device", "infer_steps", "infer_lr", "infer_genes", "init_genes")
@@ -34,19 +34,14 @@ def checkpoint_meta(cfg: Any, n_samples: int, n_genes: int, **more: Any) -> dict
     """What a checkpoint must match to be resumed: the hyper-parameters that shape the
     trained model (not the run-time ones, nor ``n_steps``: a run may be extended) and
     the data shape (``more``: e.g. a data-parallel run's world size and rank).  An annealed
-    run (``lr_schedule="anneal"``, resolved: the fast recipe's default when trained until
-    converged) keeps ``n_steps`` and the schedule: its rates follow its length, so it cannot
-    be extended; a constant schedule is left out, so checkpoints of constant runs written
+    run (the resolved ``lr_schedule`` is "anneal") keeps the schedule and its length
+    (``"auto"`` or the explicit ``n_steps``): its rates follow its length, so it cannot be
+    extended; a constant schedule is left out, so checkpoints of constant runs written
     before the schedule existed still resume."""
-    config = {k: v for k, v in cfg.to_dict().items() if k not in RUNTIME_PARAMS + ("lr_schedule",)}
-    anneal = resolved_lr_schedule(cfg) == "anneal"
-    if anneal:
-        config["lr_schedule"] = "anneal"          # resolved: a constant run's checkpoint is another run
-    if anneal:                                    # an annealed length is part of the run
-        auto = cfg.n_steps == "auto" or (cfg.n_steps is None and cfg.training == "fast")
-        config["n_steps"] = "auto" if auto else cfg.n_steps
-    else:
-        config.pop("n_steps", None)
+    config = {k: v for k, v in cfg.to_dict().items() if k not in RUNTIME_PARAMS + ("lr_schedule", "n_steps")}
+    if resolved_lr_schedule(cfg) == "anneal":
+        config["lr_schedule"] = "anneal"
+        config["n_steps"] = "auto" if trains_until_converged(cfg) else cfg.n_steps
     return {"config": config, "n_samples": int(n_samples), "n_genes": int(n_genes), **more}
 
 
@@ -99,8 +94,7 @@ def fit_network(net: FactorizedEmbeddingNet, source: Any, plan: Any, *, l2: floa
                                    max_entries=max(1000, 50_000 // max(1, int(world))), offset=offset,
                                    reduce=reduce, every=plan.val_every)
         stop_rule = AnnealStop(patience=plan.patience, min_steps=plan.patience, budget=plan.anneal_budget) \
-            if getattr(plan, "lr_schedule", "constant") == "anneal" else \
-            StopRule(patience=plan.patience, min_steps=plan.patience)
+            if plan.lr_schedule == "anneal" else StopRule(patience=plan.patience, min_steps=plan.patience)
     outcome = run_training(net, source, n_steps=plan.n_steps, lr=plan.lr, sample_lr=plan.sample_lr, l2=l2,
                            batch_samples=plan.batch_samples, generator=generator, new_sampler=new_sampler,
                            device=device, compute_dtype=compute_dtype, gene_chunk=gene_chunk,
@@ -108,7 +102,7 @@ def fit_network(net: FactorizedEmbeddingNet, source: Any, plan: Any, *, l2: floa
                            resume_state=resume_state, before_step=before_step,
                            divergence_retries=divergence_retries, kernel=kernel, workers=workers,
                            validation=validation, stop_rule=stop_rule, missing=missing,
-                           lr_factor=plan.lr_factor() if hasattr(plan, "lr_factor") else None)
+                           lr_factor=plan.lr_factor())
     return outcome, validation
 
 
